@@ -1,0 +1,699 @@
+"""PyTorch VideoFirst: a video-first dual encoder (Papalampidi et al., CVPR 2024, arXiv 2312.07395).
+
+A ViT embeds videos as 3D tubelets (images as 2D patches), optionally drops a fraction of the video tokens,
+and attends over the rest jointly in space and time (or factorised, or per frame). A transformers text
+encoder embeds captions. Both are projected to one space and trained contrastively.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import initialization as init
+from transformers.activations import ACT2FN
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
+from transformers.models.auto.modeling_auto import AutoModel
+from transformers.utils import ModelOutput
+
+from .configuration_videofirst import VideoFirstConfig, VideoFirstVisionConfig
+from .masking_videofirst import TokenGroups, TokenSelection, select_tokens
+
+
+@dataclass
+class VideoFirstVisionModelOutput(BaseModelOutputWithPooling):
+    r"""
+    last_hidden_state (`torch.FloatTensor` of shape `(batch_size, kept_tokens, hidden_size)`):
+        Final hidden states of the tokens that were kept (a leading class token first, when configured).
+    pooler_output (`torch.FloatTensor` of shape `(batch_size, hidden_size)`):
+        Pooled representation, before the projection.
+    token_indices (`torch.LongTensor` of shape `(batch_size, kept_tokens)`, *optional*):
+        Position of each kept token in the flattened `(time, height, width)` tubelet grid; `None` when every
+        token was kept.
+    token_mask (`torch.BoolTensor` of shape `(batch_size, kept_tokens)`, *optional*):
+        False for the right padding of samples that kept fewer tokens; `None` when there is none.
+    """
+
+    token_indices: torch.LongTensor | None = None
+    token_mask: torch.BoolTensor | None = None
+
+
+@dataclass
+class VideoFirstOutput(ModelOutput):
+    r"""
+    loss (`torch.FloatTensor` of shape `()`, *optional*, returned when `return_loss=True`):
+        Contrastive (or sigmoid) loss over the local batch.
+    logits_per_video (`torch.FloatTensor` of shape `(video_batch_size, text_batch_size)`):
+        Scaled similarities of every video (or image, when images were passed) to every text.
+    logits_per_text (`torch.FloatTensor` of shape `(text_batch_size, video_batch_size)`):
+        The transpose of `logits_per_video`.
+    video_embeds (`torch.FloatTensor` of shape `(batch_size, projection_dim)`):
+        L2-normalised video (or image) embeddings.
+    text_embeds (`torch.FloatTensor` of shape `(batch_size, projection_dim)`):
+        L2-normalised text embeddings.
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits_per_video: torch.FloatTensor | None = None
+    logits_per_text: torch.FloatTensor | None = None
+    video_embeds: torch.FloatTensor | None = None
+    text_embeds: torch.FloatTensor | None = None
+    text_model_output: BaseModelOutputWithPooling | None = None
+    vision_model_output: VideoFirstVisionModelOutput | None = None
+
+    def to_tuple(self) -> tuple:
+        return tuple(v.to_tuple() if isinstance(v, ModelOutput) else v for v in self.values())
+
+
+def contrastive_loss(logits_per_text: torch.Tensor) -> torch.Tensor:
+    """Symmetric InfoNCE of CLIP: the i-th text matches the i-th video."""
+    labels = torch.arange(logits_per_text.shape[0], device=logits_per_text.device)
+    text_loss = F.cross_entropy(logits_per_text, labels)
+    video_loss = F.cross_entropy(logits_per_text.t(), labels)
+    return (text_loss + video_loss) / 2.0
+
+
+def sigmoid_loss(logits_per_text: torch.Tensor) -> torch.Tensor:
+    """SigLIP's pairwise loss: every (text, video) pair is a binary match / no-match decision."""
+    targets = 2 * torch.eye(logits_per_text.shape[0], device=logits_per_text.device) - 1
+    return -F.logsigmoid(targets * logits_per_text).sum() / logits_per_text.shape[0]
+
+
+def eager_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    attn_weights = torch.matmul(query, key.transpose(-1, -2)) * scaling
+    if attention_mask is not None:
+        attn_weights = attn_weights + attention_mask
+    attn_weights = F.softmax(attn_weights, dim=-1, dtype=torch.float32).to(query.dtype)
+    attn_weights = F.dropout(attn_weights, p=dropout, training=module.training)
+    attn_output = torch.matmul(attn_weights, value).transpose(1, 2).contiguous()
+    return attn_output, attn_weights
+
+
+def additive_key_mask(key_valid: torch.BoolTensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    """`(batch, keys)` validity to the `(batch, 1, 1, keys)` additive mask every attention backend takes."""
+    if key_valid is None:
+        return None
+    mask = torch.zeros(key_valid.shape, dtype=dtype, device=key_valid.device)
+    mask = mask.masked_fill(~key_valid, torch.finfo(dtype).min)
+    return mask[:, None, None, :]
+
+
+class VideoFirstEmbeddings(nn.Module):
+    """Tubelet embedding for videos, patch embedding for images, and learned space / time positions.
+
+    Positions are factorised: one spatial table for the patch grid of `image_size`, one temporal table for
+    the `num_frames // t` tubelet steps of training. Inputs of other sizes interpolate them: bicubic in space
+    (as ViTs do for new resolutions) and linear in time, so a model trained on 16 frames runs on 256 with its
+    learned temporal ordering stretched over the longer clip.
+    """
+
+    def __init__(self, config: VideoFirstVisionConfig):
+        super().__init__()
+        self.config = config
+        hidden_size = config.hidden_size
+        self.tubelet_embedding = nn.Conv3d(
+            config.num_channels, hidden_size, kernel_size=config.tubelet_size, stride=config.tubelet_size
+        )
+        self.patch_embedding = nn.Conv2d(
+            config.num_channels, hidden_size, kernel_size=config.patch_size, stride=config.patch_size
+        )
+        patches_per_side = config.image_size // config.patch_size
+        self.spatial_position_embedding = nn.Parameter(torch.zeros(1, patches_per_side**2, hidden_size))
+        num_temporal_positions = config.num_frames // config.tubelet_size[0]
+        self.temporal_position_embedding = nn.Parameter(torch.zeros(1, num_temporal_positions, hidden_size))
+        if config.pooling == "cls":
+            self.class_embedding = nn.Parameter(torch.zeros(hidden_size))
+            self.class_position_embedding = nn.Parameter(torch.zeros(hidden_size))
+
+    def spatial_positions(self, height: int, width: int) -> torch.Tensor:
+        """`(1, height * width, dim)` spatial embeddings for a token grid of that size."""
+        table = self.spatial_position_embedding
+        side = int(table.shape[1] ** 0.5)
+        if (height, width) == (side, side):
+            return table
+        grid = table.reshape(1, side, side, -1).permute(0, 3, 1, 2)
+        grid = F.interpolate(grid, size=(height, width), mode="bicubic", align_corners=False)
+        return grid.permute(0, 2, 3, 1).reshape(1, height * width, -1)
+
+    def temporal_positions(self, num_steps: int) -> torch.Tensor:
+        """`(1, num_steps, dim)` temporal embeddings for that many tubelet steps."""
+        table = self.temporal_position_embedding
+        if num_steps == table.shape[1]:
+            return table
+        stretched = F.interpolate(table.transpose(1, 2), size=num_steps, mode="linear", align_corners=False)
+        return stretched.transpose(1, 2)
+
+    def embed_video(self, pixel_values_videos: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int]]:
+        """`(B, T, C, H, W)` frames to `(B, T' * H' * W', dim)` tokens (time-major) and the grid `(T', H', W')`."""
+        weight = self.tubelet_embedding.weight
+        tokens = self.tubelet_embedding(pixel_values_videos.to(weight.dtype).transpose(1, 2))
+        batch_size, dim, steps, height, width = tokens.shape
+        tokens = tokens.flatten(3).permute(0, 2, 3, 1)  # (B, T', H'W', dim)
+        tokens = tokens + self.spatial_positions(height, width)[:, None]
+        tokens = tokens + self.temporal_positions(steps)[:, :, None]
+        return tokens.reshape(batch_size, -1, dim), (steps, height, width)
+
+    def embed_image(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int]]:
+        """`(B, C, H, W)` images to `(B, H' * W', dim)` tokens: a one-step video without temporal embedding."""
+        weight = self.patch_embedding.weight
+        tokens = self.patch_embedding(pixel_values.to(weight.dtype))
+        _, _, height, width = tokens.shape
+        tokens = tokens.flatten(2).transpose(1, 2) + self.spatial_positions(height, width)
+        return tokens, (1, height, width)
+
+    def class_token(self, batch_size: int) -> torch.Tensor:
+        token = self.class_embedding + self.class_position_embedding
+        return token.expand(batch_size, 1, -1)
+
+
+class VideoFirstAttention(nn.Module):
+    """Multi-head self-attention over whatever token sequence it is given (a clip, a frame, a time line)."""
+
+    def __init__(self, config: VideoFirstVisionConfig):
+        super().__init__()
+        self.config = config
+        self.embed_dim = config.hidden_size
+        self.num_heads = config.num_attention_heads
+        self.head_dim = self.embed_dim // self.num_heads
+        self.scaling = self.head_dim**-0.5
+        self.dropout = config.attention_dropout
+        self.is_causal = False
+        self.q_proj = nn.Linear(self.embed_dim, self.embed_dim, bias=config.qkv_bias)
+        self.k_proj = nn.Linear(self.embed_dim, self.embed_dim, bias=config.qkv_bias)
+        self.v_proj = nn.Linear(self.embed_dim, self.embed_dim, bias=config.qkv_bias)
+        self.out_proj = nn.Linear(self.embed_dim, self.embed_dim)
+
+    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        input_shape = hidden_states.shape[:-1]
+        hidden_shape = (*input_shape, self.num_heads, self.head_dim)
+        query = self.q_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+        key = self.k_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+        value = self.v_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+
+        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
+            self.config._attn_implementation, eager_attention_forward
+        )
+        attn_output, _ = attention_interface(
+            self,
+            query,
+            key,
+            value,
+            attention_mask,
+            is_causal=False,
+            scaling=self.scaling,
+            dropout=self.dropout if self.training else 0.0,
+        )
+        return self.out_proj(attn_output.reshape(*input_shape, self.embed_dim))
+
+
+class VideoFirstMLP(nn.Module):
+    def __init__(self, config: VideoFirstVisionConfig):
+        super().__init__()
+        self.activation_fn = ACT2FN[config.hidden_act]
+        self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.activation_fn(self.fc1(hidden_states)))
+
+
+@dataclass
+class AttentionLayout:
+    """How the tokens of one forward pass attend: computed once, shared by every layer.
+
+    `joint_mask` is the additive key mask of joint attention (None: attend to all). `spatial` and `temporal`
+    pack tokens by frame and by spatial position; None means the tokens fill the whole `grid` in order, so
+    a reshape does the packing.
+    """
+
+    grid: tuple[int, int]
+    joint_mask: torch.Tensor | None = None
+    spatial: TokenGroups | None = None
+    spatial_mask: torch.Tensor | None = None
+    temporal: TokenGroups | None = None
+    temporal_mask: torch.Tensor | None = None
+
+
+class VideoFirstEncoderLayer(GradientCheckpointingLayer):
+    """A pre-norm ViT block whose attention is joint, per frame, or per frame followed by gated per-position
+    temporal attention (`h = h + tanh(alpha) * temporal(h)`, alpha starting at 0 so the block starts as the
+    image ViT's)."""
+
+    def __init__(self, config: VideoFirstVisionConfig):
+        super().__init__()
+        self.attention_type = config.attention_type
+        self.layer_norm1 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.self_attn = VideoFirstAttention(config)
+        if self.attention_type == "factorized":
+            self.temporal_layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+            self.temporal_attn = VideoFirstAttention(config)
+            self.temporal_gate = nn.Parameter(torch.zeros(()))
+        self.layer_norm2 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.mlp = VideoFirstMLP(config)
+
+    def _spatial_attention(self, hidden_states: torch.Tensor, layout: AttentionLayout) -> torch.Tensor:
+        if layout.spatial is None:
+            batch_size, length, dim = hidden_states.shape
+            per_frame = hidden_states.reshape(-1, layout.grid[1], dim)
+            return self.self_attn(per_frame).reshape(batch_size, length, dim)
+        packed = self.self_attn(layout.spatial.pack(hidden_states), layout.spatial_mask)
+        return layout.spatial.unpack(packed, hidden_states)
+
+    def _temporal_attention(self, hidden_states: torch.Tensor, layout: AttentionLayout) -> torch.Tensor:
+        if layout.temporal is None:
+            batch_size, length, dim = hidden_states.shape
+            steps, spatial = layout.grid
+            per_position = hidden_states.reshape(batch_size, steps, spatial, dim).transpose(1, 2)
+            attended = self.temporal_attn(per_position.reshape(-1, steps, dim))
+            attended = attended.reshape(batch_size, spatial, steps, dim).transpose(1, 2)
+            return attended.reshape(batch_size, length, dim)
+        packed = self.temporal_attn(layout.temporal.pack(hidden_states), layout.temporal_mask)
+        return layout.temporal.unpack(packed, hidden_states)
+
+    def forward(self, hidden_states: torch.Tensor, layout: AttentionLayout) -> torch.Tensor:
+        normed = self.layer_norm1(hidden_states)
+        if self.attention_type == "joint":
+            hidden_states = hidden_states + self.self_attn(normed, layout.joint_mask)
+        else:
+            hidden_states = hidden_states + self._spatial_attention(normed, layout)
+        if self.attention_type == "factorized":
+            temporal = self._temporal_attention(self.temporal_layer_norm(hidden_states), layout)
+            hidden_states = hidden_states + torch.tanh(self.temporal_gate) * temporal
+        return hidden_states + self.mlp(self.layer_norm2(hidden_states))
+
+
+class VideoFirstEncoder(nn.Module):
+    def __init__(self, config: VideoFirstVisionConfig):
+        super().__init__()
+        self.config = config
+        self.layers = nn.ModuleList([VideoFirstEncoderLayer(config) for _ in range(config.num_hidden_layers)])
+        self.gradient_checkpointing = False
+
+    def forward(
+        self, hidden_states: torch.Tensor, layout: AttentionLayout, output_hidden_states: bool = False
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
+        all_hidden_states = (hidden_states,) if output_hidden_states else None
+        for layer in self.layers:
+            hidden_states = layer(hidden_states, layout)
+            if output_hidden_states:
+                all_hidden_states = all_hidden_states + (hidden_states,)
+        return hidden_states, all_hidden_states
+
+
+class VideoFirstAttentionPoolingHead(nn.Module):
+    """A learned probe attends over the tokens (SigLIP's pooling head), followed by a residual MLP."""
+
+    def __init__(self, config: VideoFirstVisionConfig):
+        super().__init__()
+        self.probe = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
+        self.attention = VideoFirstPoolingAttention(config)
+        self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.mlp = VideoFirstMLP(config)
+
+    def forward(self, hidden_states: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
+        probe = self.probe.expand(hidden_states.shape[0], -1, -1)
+        pooled = self.attention(probe, hidden_states, key_mask)
+        pooled = pooled + self.mlp(self.layernorm(pooled))
+        return pooled[:, 0]
+
+
+class VideoFirstPoolingAttention(VideoFirstAttention):
+    """Cross-attention from the pooling probe to the tokens."""
+
+    def forward(
+        self, query_states: torch.Tensor, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        batch_size = hidden_states.shape[0]
+        query = self.q_proj(query_states).view(batch_size, -1, self.num_heads, self.head_dim).transpose(1, 2)
+        key = self.k_proj(hidden_states).view(batch_size, -1, self.num_heads, self.head_dim).transpose(1, 2)
+        value = self.v_proj(hidden_states).view(batch_size, -1, self.num_heads, self.head_dim).transpose(1, 2)
+        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
+            self.config._attn_implementation, eager_attention_forward
+        )
+        attn_output, _ = attention_interface(
+            self, query, key, value, attention_mask, is_causal=False, scaling=self.scaling, dropout=0.0
+        )
+        return self.out_proj(attn_output.reshape(batch_size, -1, self.embed_dim))
+
+
+class VideoFirstPreTrainedModel(PreTrainedModel):
+    config: VideoFirstConfig
+    base_model_prefix = "videofirst"
+    main_input_name = "pixel_values_videos"
+    input_modalities = ("video", "image", "text")
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["VideoFirstEncoderLayer"]
+    _supports_sdpa = True
+    _supports_flash_attn = False
+    _supports_flex_attn = False
+    _supports_attention_backend = True
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module):
+        config = self.config.vision_config if isinstance(self.config, VideoFirstConfig) else self.config
+        std = config.initializer_range
+        if isinstance(module, VideoFirstEmbeddings):
+            init.trunc_normal_(module.spatial_position_embedding, std=std)
+            # Time starts neutral: a fresh (or inflated) model sees a static video like its frame.
+            init.zeros_(module.temporal_position_embedding)
+            if hasattr(module, "class_embedding"):
+                init.trunc_normal_(module.class_embedding, std=std)
+                init.zeros_(module.class_position_embedding)
+        elif isinstance(module, VideoFirstAttentionPoolingHead):
+            init.trunc_normal_(module.probe, std=std)
+        elif isinstance(module, VideoFirstEncoderLayer) and module.attention_type == "factorized":
+            # The temporal block starts as a copy of the spatial one (children are initialised first).
+            for temporal, spatial in zip(module.temporal_attn.parameters(), module.self_attn.parameters()):
+                init.copy_(temporal, spatial)
+            init.copy_(module.temporal_layer_norm.weight, module.layer_norm1.weight)
+            init.copy_(module.temporal_layer_norm.bias, module.layer_norm1.bias)
+            init.zeros_(module.temporal_gate)
+        elif isinstance(module, VideoFirstModel):
+            init.constant_(module.logit_scale, self.config.logit_scale_init_value)
+            if module.logit_bias is not None:
+                init.constant_(module.logit_bias, self.config.logit_bias_init_value)
+        elif isinstance(module, (nn.Linear, nn.Conv2d, nn.Conv3d)):
+            init.trunc_normal_(module.weight, std=std)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.LayerNorm):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+
+
+class VideoFirstVisionModel(VideoFirstPreTrainedModel):
+    """The video tower: tubelets (or image patches), optional token dropping, a ViT encoder and pooling."""
+
+    config: VideoFirstVisionConfig
+    input_modalities = ("video", "image")
+
+    def __init__(self, config: VideoFirstVisionConfig):
+        super().__init__(config)
+        self.embeddings = VideoFirstEmbeddings(config)
+        self.pre_layernorm = (
+            nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps) if config.pre_layernorm else None
+        )
+        self.encoder = VideoFirstEncoder(config)
+        self.post_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.head = VideoFirstAttentionPoolingHead(config) if config.pooling == "attention" else None
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.embeddings.tubelet_embedding
+
+    def _check_video(self, pixel_values_videos: torch.Tensor, video_frame_mask: torch.Tensor | None) -> None:
+        config = self.config
+        tubelet_frames, tubelet_height, tubelet_width = config.tubelet_size
+        if pixel_values_videos.ndim != 5:
+            raise ValueError(
+                "`pixel_values_videos` must have shape (batch, frames, channels, height, width), got a tensor "
+                f"of rank {pixel_values_videos.ndim} with shape {tuple(pixel_values_videos.shape)}."
+            )
+        _, frames, channels, height, width = pixel_values_videos.shape
+        if channels != config.num_channels:
+            raise ValueError(
+                f"`pixel_values_videos` has {channels} channels in dimension 2, expected {config.num_channels} "
+                "(layout: batch, frames, channels, height, width)."
+            )
+        if frames == 0 or frames % tubelet_frames != 0:
+            raise ValueError(
+                f"`pixel_values_videos` has {frames} frames; the count must be a positive multiple of the tubelet "
+                f"length {tubelet_frames} (the processor pads videos to it)."
+            )
+        if height % tubelet_height != 0 or width % tubelet_width != 0:
+            raise ValueError(
+                f"Frame size {height}x{width} is not divisible by the tubelet size {tubelet_height}x{tubelet_width}."
+            )
+        if video_frame_mask is not None and tuple(video_frame_mask.shape) != tuple(pixel_values_videos.shape[:2]):
+            raise ValueError(
+                f"`video_frame_mask` must have shape (batch, frames) = {tuple(pixel_values_videos.shape[:2])}, "
+                f"got {tuple(video_frame_mask.shape)}."
+            )
+
+    def _check_image(self, pixel_values: torch.Tensor) -> None:
+        if pixel_values.ndim != 4 or pixel_values.shape[1] != self.config.num_channels:
+            raise ValueError(
+                f"`pixel_values` must have shape (batch, {self.config.num_channels}, height, width), got "
+                f"{tuple(pixel_values.shape)}."
+            )
+        height, width = pixel_values.shape[-2:]
+        if height % self.config.patch_size != 0 or width % self.config.patch_size != 0:
+            raise ValueError(
+                f"Image size {height}x{width} is not divisible by the patch size {self.config.patch_size}."
+            )
+
+    def _layout(
+        self, selection: TokenSelection | None, grid: tuple[int, int], batch_size: int, dtype: torch.dtype
+    ) -> AttentionLayout:
+        layout = AttentionLayout(grid=grid)
+        key_valid = None if selection is None or selection.all_valid else selection.valid
+        if self.config.attention_type == "joint":
+            if key_valid is not None and self.config.pooling == "cls":
+                key_valid = F.pad(key_valid, (1, 0), value=True)
+            layout.joint_mask = additive_key_mask(key_valid, dtype)
+            return layout
+        if selection is None:
+            return layout
+        steps, spatial = grid
+        layout.spatial = TokenGroups(selection.indices // spatial, steps, key_valid)
+        layout.spatial_mask = additive_key_mask(layout.spatial.key_valid, dtype)
+        if self.config.attention_type == "factorized":
+            layout.temporal = TokenGroups(selection.indices % spatial, spatial, key_valid)
+            layout.temporal_mask = additive_key_mask(layout.temporal.key_valid, dtype)
+        return layout
+
+    def forward(
+        self,
+        pixel_values_videos: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        video_frame_mask: torch.Tensor | None = None,
+        mask_ratio: float | None = None,
+        output_hidden_states: bool | None = None,
+        generator: torch.Generator | None = None,
+        **kwargs,
+    ) -> VideoFirstVisionModelOutput:
+        r"""
+        pixel_values_videos (`torch.FloatTensor` of shape `(batch, frames, channels, height, width)`):
+            Videos; `frames` must be a multiple of the tubelet length.
+        pixel_values (`torch.FloatTensor` of shape `(batch, channels, height, width)`):
+            Images, embedded with the 2D patch kernel. Pass either videos or images.
+        video_frame_mask (`torch.Tensor` of shape `(batch, frames)`, *optional*):
+            1 for real frames, 0 for padding. Tubelets with no real frame are dropped before the encoder:
+            nothing attends to them and they are not pooled.
+        mask_ratio (`float`, *optional*):
+            Fraction of tokens to drop. Defaults to `config.mask_ratio` for videos in training mode and to 0
+            otherwise (evaluation, images).
+        generator (`torch.Generator`, *optional*): source of randomness for the token drop.
+        """
+        if (pixel_values_videos is None) == (pixel_values is None):
+            raise ValueError("Pass exactly one of `pixel_values_videos` (videos) and `pixel_values` (images).")
+        output_hidden_states = (
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        )
+        if pixel_values_videos is not None:
+            self._check_video(pixel_values_videos, video_frame_mask)
+            if mask_ratio is None:
+                mask_ratio = self.config.mask_ratio if self.training else 0.0
+            tokens, (steps, height, width) = self.embeddings.embed_video(pixel_values_videos)
+        else:
+            self._check_image(pixel_values)
+            mask_ratio = mask_ratio or 0.0
+            tokens, (steps, height, width) = self.embeddings.embed_image(pixel_values)
+        if not 0.0 <= mask_ratio < 1.0:
+            raise ValueError(f"`mask_ratio` must be in [0, 1), got {mask_ratio}.")
+        batch_size, _, dim = tokens.shape
+        grid = (steps, height * width)
+
+        token_valid = None
+        if pixel_values_videos is not None and video_frame_mask is not None:
+            step_valid = video_frame_mask.bool().reshape(batch_size, steps, -1).any(dim=-1)
+            token_valid = step_valid[:, :, None].expand(-1, -1, grid[1]).reshape(batch_size, -1)
+        selection = select_tokens(
+            grid, batch_size, float(mask_ratio), self.config.mask_type, token_valid, tokens.device, generator
+        )
+        if selection is not None:
+            tokens = tokens.gather(1, selection.indices[:, :, None].expand(-1, -1, dim))
+        if self.config.pooling == "cls":
+            tokens = torch.cat([self.embeddings.class_token(batch_size).to(tokens.dtype), tokens], dim=1)
+        if self.pre_layernorm is not None:
+            tokens = self.pre_layernorm(tokens)
+
+        layout = self._layout(selection, grid, batch_size, tokens.dtype)
+        hidden_states, all_hidden_states = self.encoder(tokens, layout, output_hidden_states)
+        hidden_states = self.post_layernorm(hidden_states)
+
+        token_mask = None if selection is None or selection.all_valid else selection.valid
+        if self.config.pooling == "cls":
+            pooled = hidden_states[:, 0]
+        elif self.config.pooling == "attention":
+            pooled = self.head(hidden_states, additive_key_mask(token_mask, hidden_states.dtype))
+        elif token_mask is None:
+            pooled = hidden_states.mean(dim=1)
+        else:
+            weights = token_mask.to(hidden_states.dtype)[:, :, None]
+            pooled = (hidden_states * weights).sum(dim=1) / weights.sum(dim=1)
+
+        return VideoFirstVisionModelOutput(
+            last_hidden_state=hidden_states,
+            pooler_output=pooled,
+            hidden_states=all_hidden_states,
+            token_indices=None if selection is None else selection.indices,
+            token_mask=token_mask,
+        )
+
+
+class VideoFirstModel(VideoFirstPreTrainedModel):
+    """Video tower, text tower, projections into one space and a learnable temperature."""
+
+    config: VideoFirstConfig
+
+    def __init__(self, config: VideoFirstConfig):
+        super().__init__(config)
+        self.vision_model = VideoFirstVisionModel._from_config(config.vision_config)
+        self.text_model = AutoModel.from_config(config.text_config)
+        if config.text_pooling != "pooler" and getattr(self.text_model, "pooler", None) is not None:
+            # Mean or first-token pooling never uses BERT-style poolers; unused weights would break DDP.
+            self.text_model.pooler = None
+        self.video_projection = nn.Linear(
+            config.vision_config.hidden_size, config.projection_dim, bias=config.projection_bias
+        )
+        self.text_projection = nn.Linear(
+            config.text_config.hidden_size, config.projection_dim, bias=config.projection_bias
+        )
+        self.logit_scale = nn.Parameter(torch.tensor(config.logit_scale_init_value))
+        self.logit_bias = (
+            nn.Parameter(torch.tensor(config.logit_bias_init_value)) if config.loss_type == "sigmoid" else None
+        )
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.text_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module):
+        self.text_model.set_input_embeddings(value)
+
+    def scaled_logit_scale(self) -> torch.Tensor:
+        """The temperature multiplier, `exp(logit_scale)` clamped to `max_logit_scale` as in CLIP."""
+        return self.logit_scale.exp().clamp(max=self.config.max_logit_scale)
+
+    def get_video_features(
+        self,
+        pixel_values_videos: torch.Tensor,
+        video_frame_mask: torch.Tensor | None = None,
+        mask_ratio: float | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPooling:
+        r"""Embed videos; `pooler_output` is the L2-normalised projected embedding `(batch, projection_dim)`."""
+        vision_outputs = self.vision_model(
+            pixel_values_videos=pixel_values_videos,
+            video_frame_mask=video_frame_mask,
+            mask_ratio=mask_ratio,
+            **kwargs,
+        )
+        return self._project_vision(vision_outputs)
+
+    def get_image_features(
+        self, pixel_values: torch.Tensor, mask_ratio: float | None = None, **kwargs
+    ) -> BaseModelOutputWithPooling:
+        r"""Embed images through the 2D patch path; `pooler_output` is the normalised projected embedding."""
+        vision_outputs = self.vision_model(pixel_values=pixel_values, mask_ratio=mask_ratio, **kwargs)
+        return self._project_vision(vision_outputs)
+
+    def _project_vision(self, vision_outputs: VideoFirstVisionModelOutput) -> BaseModelOutputWithPooling:
+        embeds = F.normalize(self.video_projection(vision_outputs.pooler_output), dim=-1)
+        return BaseModelOutputWithPooling(
+            last_hidden_state=vision_outputs.last_hidden_state,
+            pooler_output=embeds,
+            hidden_states=vision_outputs.hidden_states,
+        )
+
+    def get_text_features(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPooling:
+        r"""Embed texts; `pooler_output` is the L2-normalised projected embedding `(batch, projection_dim)`."""
+        text_outputs = self.text_model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        hidden_states = text_outputs.last_hidden_state
+        if self.config.text_pooling == "pooler":
+            pooled = text_outputs.pooler_output
+        elif self.config.text_pooling == "first":
+            pooled = hidden_states[:, 0]
+        elif attention_mask is None:
+            pooled = hidden_states.mean(dim=1)
+        else:
+            weights = attention_mask.to(hidden_states.dtype)[:, :, None]
+            pooled = (hidden_states * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+        embeds = F.normalize(self.text_projection(pooled), dim=-1)
+        return BaseModelOutputWithPooling(
+            last_hidden_state=hidden_states, pooler_output=embeds, hidden_states=text_outputs.hidden_states
+        )
+
+    def forward(
+        self,
+        pixel_values_videos: torch.Tensor | None = None,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        video_frame_mask: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        return_loss: bool | None = None,
+        mask_ratio: float | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        **kwargs,
+    ) -> VideoFirstOutput:
+        r"""
+        Scores every video (or image) against every text of the batch.
+
+        pixel_values_videos (`torch.FloatTensor` of shape `(batch, frames, channels, height, width)`): videos.
+        pixel_values (`torch.FloatTensor` of shape `(batch, channels, height, width)`): images instead of videos.
+        video_frame_mask (`torch.Tensor` of shape `(batch, frames)`, *optional*): 1 for real frames.
+        return_loss (`bool`, *optional*): also return the loss of `config.loss_type` over this batch. The
+            training scripts use `videofirst.losses`, which gathers embeddings across processes.
+        mask_ratio (`float`, *optional*): token drop ratio for the videos (see [`VideoFirstVisionModel`]).
+        """
+        if input_ids is None:
+            raise ValueError("`input_ids` are required; use `get_video_features` to embed videos alone.")
+        if pixel_values_videos is not None:
+            vision_outputs = self.vision_model(
+                pixel_values_videos=pixel_values_videos, video_frame_mask=video_frame_mask, mask_ratio=mask_ratio
+            )
+        else:
+            vision_outputs = self.vision_model(pixel_values=pixel_values, mask_ratio=mask_ratio)
+        video_embeds = self._project_vision(vision_outputs).pooler_output
+        text_kwargs = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
+        text_outputs = self.get_text_features(input_ids=input_ids, attention_mask=attention_mask, **text_kwargs)
+        text_embeds = text_outputs.pooler_output
+
+        logits_per_text = self.scaled_logit_scale() * text_embeds @ video_embeds.t()
+        if self.logit_bias is not None:
+            logits_per_text = logits_per_text + self.logit_bias
+        loss = None
+        if return_loss:
+            loss_fn = sigmoid_loss if self.config.loss_type == "sigmoid" else contrastive_loss
+            loss = loss_fn(logits_per_text)
+
+        return VideoFirstOutput(
+            loss=loss,
+            logits_per_video=logits_per_text.t(),
+            logits_per_text=logits_per_text,
+            video_embeds=video_embeds,
+            text_embeds=text_embeds,
+            text_model_output=text_outputs,
+            vision_model_output=vision_outputs,
+        )
+
+
+__all__ = ["VideoFirstPreTrainedModel", "VideoFirstVisionModel", "VideoFirstModel"]

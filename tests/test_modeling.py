@@ -1,0 +1,339 @@
+"""The VideoFirst model family: shapes, masking, attention variants, equivalences, saving and errors."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from tiny_models import tiny_config, tiny_model, tiny_vision_config
+from transformers import AutoConfig, AutoModel
+
+from videofirst import VideoFirstConfig, VideoFirstModel, VideoFirstVisionConfig, export_checkpoint
+
+ATTENTION_TYPES = ["joint", "factorized", "frame"]
+
+
+def videos(batch_size: int = 2, frames: int = 4, size: int = 32, seed: int = 0) -> torch.Tensor:
+    return torch.randn(batch_size, frames, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def text_inputs(batch_size: int = 2, length: int = 7) -> dict:
+    input_ids = torch.randint(1, 128, (batch_size, length), generator=torch.Generator().manual_seed(1))
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[0, -2:] = 0
+    return {"input_ids": input_ids, "attention_mask": attention_mask}
+
+
+@pytest.mark.parametrize("attention_type", ATTENTION_TYPES)
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_output_shapes_and_dtypes(attention_type, batch_size):
+    model = tiny_model(attention_type=attention_type).eval()
+    out = model(pixel_values_videos=videos(batch_size), **text_inputs(batch_size), return_loss=True)
+    assert out.video_embeds.shape == (batch_size, 16) and out.video_embeds.dtype == torch.float32
+    assert out.text_embeds.shape == (batch_size, 16)
+    assert out.logits_per_video.shape == (batch_size, batch_size)
+    assert torch.allclose(out.logits_per_text, out.logits_per_video.t())
+    assert out.loss.ndim == 0 and torch.isfinite(out.loss)
+    # 2 tubelet steps x 4 x 4 spatial tokens, unmasked in eval.
+    assert out.vision_model_output.last_hidden_state.shape == (batch_size, 32, 32)
+    assert torch.allclose(out.video_embeds.norm(dim=-1), torch.ones(batch_size))
+
+    images = torch.randn(batch_size, 3, 32, 32)
+    image_embeds = model.get_image_features(pixel_values=images).pooler_output
+    assert image_embeds.shape == (batch_size, 16)
+    text_embeds = model.get_text_features(**text_inputs(batch_size)).pooler_output
+    assert torch.allclose(text_embeds, out.text_embeds)
+    image_out = model(pixel_values=images, **text_inputs(batch_size))
+    assert torch.allclose(image_out.video_embeds, image_embeds)
+
+
+def test_bfloat16_forward():
+    model = tiny_model().to(torch.bfloat16).eval()
+    embeds = model.get_video_features(pixel_values_videos=videos().to(torch.bfloat16)).pooler_output
+    assert embeds.dtype == torch.bfloat16 and torch.isfinite(embeds.float()).all()
+
+
+@pytest.mark.parametrize("mask_ratio", [0.25, 0.5, 0.75])
+def test_random_masking_keeps_exact_count_and_differs_per_sample(mask_ratio):
+    model = tiny_model(mask_ratio=mask_ratio).train()
+    out = model.vision_model(pixel_values_videos=videos(4))
+    kept = round((1 - mask_ratio) * 32)
+    assert out.token_indices.shape == (4, kept) and out.last_hidden_state.shape == (4, kept, 32)
+    assert out.token_mask is None
+    for row in out.token_indices:
+        assert row.unique().numel() == kept
+    assert len({tuple(row.tolist()) for row in out.token_indices}) > 1
+
+
+def test_tube_masking_drops_the_same_positions_in_every_time_step():
+    model = tiny_model(mask_ratio=0.5, mask_type="tube", num_frames=8).train()
+    out = model.vision_model(pixel_values_videos=videos(3, frames=8))
+    steps, spatial = 4, 16
+    assert out.token_indices.shape == (3, steps * 8)
+    for row in out.token_indices:
+        per_step = row.view(steps, -1)
+        spatial_positions = per_step % spatial
+        assert (spatial_positions == spatial_positions[0]).all()
+        assert (per_step // spatial == torch.arange(steps)[:, None]).all()
+
+
+def test_masking_only_in_training_unless_asked():
+    model = tiny_model(mask_ratio=0.75)
+    model.eval()
+    assert model.vision_model(pixel_values_videos=videos()).token_indices is None
+    assert model.vision_model(pixel_values_videos=videos(), mask_ratio=0.5).token_indices.shape[1] == 16
+    model.train()
+    assert model.vision_model(pixel_values_videos=videos()).token_indices.shape[1] == 8
+    assert model.vision_model(pixel_values_videos=videos(), mask_ratio=0.0).token_indices is None
+    # Images are not masked by default, even in training.
+    assert model.vision_model(pixel_values=torch.randn(2, 3, 32, 32)).token_indices is None
+
+
+@pytest.mark.parametrize("attention_type", ATTENTION_TYPES)
+def test_masked_forward_equals_forward_on_the_kept_tokens(attention_type):
+    """Dropping tokens must equal running the model on exactly the kept tubelets, whatever the batch."""
+    model = tiny_model(attention_type=attention_type, mask_ratio=0.5).eval()
+    out = model.vision_model(pixel_values_videos=videos(3), mask_ratio=0.5, generator=torch.Generator().manual_seed(3))
+    # The same seed draws the same noise row for the first sample, so it keeps the same tubelets alone.
+    first = model.vision_model(
+        pixel_values_videos=videos(3)[0:1], mask_ratio=0.5, generator=torch.Generator().manual_seed(3)
+    )
+    assert torch.equal(first.token_indices[0], out.token_indices[0])
+    assert torch.allclose(first.pooler_output[0], out.pooler_output[0], atol=1e-5)
+
+
+def test_static_video_matches_its_frame():
+    """Duplicated keys leave softmax attention unchanged: a repeated frame embeds like the frame itself."""
+    model = tiny_model(attention_type="joint").eval()
+    embeddings = model.vision_model.embeddings
+    with torch.no_grad():
+        # Make the image kernel the time-sum of the tubelet kernel, so a static tubelet embeds like its patch.
+        embeddings.patch_embedding.weight.copy_(embeddings.tubelet_embedding.weight.sum(dim=2))
+        embeddings.patch_embedding.bias.copy_(embeddings.tubelet_embedding.bias)
+    assert torch.count_nonzero(embeddings.temporal_position_embedding) == 0
+    frame = torch.randn(2, 3, 32, 32)
+    static_video = frame[:, None].expand(-1, 6, -1, -1, -1)
+    video_embeds = model.get_video_features(pixel_values_videos=static_video).pooler_output
+    image_embeds = model.get_image_features(pixel_values=frame).pooler_output
+    assert torch.allclose(video_embeds, image_embeds, atol=1e-5)
+
+    one_frame_model = tiny_model(attention_type="joint", tubelet_size=[1, 8, 8]).eval()
+    single = one_frame_model.get_video_features(pixel_values_videos=frame[:, None]).pooler_output
+    repeated = one_frame_model.get_video_features(pixel_values_videos=static_video).pooler_output
+    assert torch.allclose(single, repeated, atol=1e-5)
+
+
+@pytest.mark.parametrize("mask_ratio", [0.0, 0.5])
+def test_factorized_with_closed_gate_equals_frame_level(mask_ratio):
+    factorized = tiny_model(attention_type="factorized").eval()
+    frame = tiny_model(attention_type="frame").eval()
+    missing, unexpected = frame.load_state_dict(factorized.state_dict(), strict=False)
+    assert not missing and all("temporal" in key for key in unexpected)
+    for layer in factorized.vision_model.encoder.layers:
+        assert layer.temporal_gate.item() == 0.0
+        assert torch.equal(layer.temporal_attn.q_proj.weight, layer.self_attn.q_proj.weight)
+    inputs = videos(3)
+    a = factorized.vision_model(
+        pixel_values_videos=inputs, mask_ratio=mask_ratio, generator=torch.Generator().manual_seed(0)
+    )
+    b = frame.vision_model(
+        pixel_values_videos=inputs, mask_ratio=mask_ratio, generator=torch.Generator().manual_seed(0)
+    )
+    assert torch.allclose(a.pooler_output, b.pooler_output, atol=1e-6)
+    with torch.no_grad():
+        for layer in factorized.vision_model.encoder.layers:
+            layer.temporal_gate.fill_(0.5)
+    c = factorized.vision_model(
+        pixel_values_videos=inputs, mask_ratio=mask_ratio, generator=torch.Generator().manual_seed(0)
+    )
+    assert not torch.allclose(c.pooler_output, b.pooler_output, atol=1e-4)
+
+
+@pytest.mark.parametrize("attention_type", ATTENTION_TYPES)
+@pytest.mark.parametrize("pooling", ["mean", "attention"])
+def test_padded_frames_change_nothing(attention_type, pooling):
+    model = tiny_model(attention_type=attention_type, pooling=pooling).eval()
+    short = videos(1, frames=4, seed=5)
+    padded = torch.cat([short, torch.randn(1, 4, 3, 32, 32)], dim=1)
+    other = videos(1, frames=8, seed=6)
+    batch = torch.cat([padded, other])
+    frame_mask = torch.tensor([[1, 1, 1, 1, 0, 0, 0, 0], [1] * 8])
+    alone = model.get_video_features(pixel_values_videos=short).pooler_output
+    batched = model.get_video_features(pixel_values_videos=batch, video_frame_mask=frame_mask).pooler_output
+    assert torch.allclose(alone[0], batched[0], atol=1e-5)
+    # With masking, padded tokens are never kept.
+    out = model.vision_model(pixel_values_videos=batch, video_frame_mask=frame_mask, mask_ratio=0.5)
+    kept_short = out.token_indices[0][out.token_mask[0]]
+    assert kept_short.numel() == 16 and kept_short.max() < 32
+    assert out.token_mask[1].sum() == 32
+
+
+@pytest.mark.parametrize("attention_type", ATTENTION_TYPES)
+def test_eager_and_sdpa_agree(attention_type):
+    model = tiny_model(attention_type=attention_type, pooling="attention").eval()
+    inputs = torch.cat([videos(1), videos(1, seed=2)])
+    frame_mask = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1]])
+    results = {}
+    for implementation in ["eager", "sdpa"]:
+        model.set_attn_implementation(implementation)
+        assert model.vision_model.config._attn_implementation == implementation
+        results[implementation] = model.vision_model(
+            pixel_values_videos=inputs,
+            video_frame_mask=frame_mask,
+            mask_ratio=0.5,
+            generator=torch.Generator().manual_seed(0),
+        ).pooler_output
+    assert torch.allclose(results["eager"], results["sdpa"], atol=1e-5)
+
+
+@pytest.mark.parametrize("attention_type", ATTENTION_TYPES)
+def test_gradient_checkpointing_gives_same_loss_and_gradients(attention_type):
+    torch.manual_seed(0)
+    model = tiny_model(attention_type=attention_type, mask_ratio=0.5).train()
+    inputs = {"pixel_values_videos": videos(3), **text_inputs(3), "return_loss": True}
+
+    def loss_and_grads():
+        model.zero_grad()
+        loss = model(**inputs, mask_ratio=0.5).loss
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    torch.manual_seed(1)
+    loss_plain, grads_plain = loss_and_grads()
+    model.activation_checkpointing_enable()
+    assert all(layer.gradient_checkpointing for layer in model.vision_model.encoder.layers)
+    torch.manual_seed(1)
+    loss_ckpt, grads_ckpt = loss_and_grads()
+    assert torch.allclose(loss_plain, loss_ckpt)
+    assert grads_plain.keys() == grads_ckpt.keys()
+    for name in grads_plain:
+        assert torch.allclose(grads_plain[name], grads_ckpt[name], atol=1e-6), name
+
+
+def test_every_parameter_gets_a_gradient():
+    model = tiny_model(attention_type="factorized").train()
+    with torch.no_grad():
+        for layer in model.vision_model.encoder.layers:
+            layer.temporal_gate.fill_(0.1)  # a closed gate blocks the temporal branch's gradient
+    model(pixel_values_videos=videos(), **text_inputs(), return_loss=True).loss.backward()
+    no_grad = [n for n, p in model.named_parameters() if p.grad is None and "patch_embedding" not in n]
+    assert no_grad == []
+
+
+def test_longer_and_larger_inputs_interpolate_positions():
+    model = tiny_model().eval()
+    long_video = videos(1, frames=16, size=48)
+    out = model.vision_model(pixel_values_videos=long_video)
+    assert out.last_hidden_state.shape == (1, 8 * 36, 32)
+
+
+def test_sigmoid_loss_and_logit_bias():
+    config = tiny_config()
+    config.loss_type = "sigmoid"
+    model = VideoFirstModel(config).eval()
+    assert model.logit_bias is not None and model.logit_bias.item() == pytest.approx(-10.0)
+    out = model(pixel_values_videos=videos(), **text_inputs(), return_loss=True)
+    logits = out.logits_per_text
+    targets = 2 * torch.eye(2) - 1
+    expected = -torch.nn.functional.logsigmoid(targets * logits).sum() / 2
+    assert torch.allclose(out.loss, expected)
+    assert tiny_model().logit_bias is None
+
+
+def test_contrastive_loss_matches_reference():
+    model = tiny_model().eval()
+    out = model(pixel_values_videos=videos(3), **text_inputs(3), return_loss=True)
+    logits = out.logits_per_text
+    log_probs_text = logits.log_softmax(dim=1).diagonal()
+    log_probs_video = logits.t().log_softmax(dim=1).diagonal()
+    expected = -(log_probs_text.mean() + log_probs_video.mean()) / 2
+    assert torch.allclose(out.loss, expected, atol=1e-6)
+    scale = model.logit_scale.exp()
+    assert torch.allclose(logits, scale * out.text_embeds @ out.video_embeds.t(), atol=1e-5)
+
+
+def test_save_and_load_round_trip(tmp_path):
+    model = tiny_model(attention_type="factorized", pooling="attention").eval()
+    model.save_pretrained(tmp_path)
+    loaded = AutoModel.from_pretrained(tmp_path).eval()
+    assert isinstance(loaded, VideoFirstModel)
+    assert isinstance(AutoConfig.from_pretrained(tmp_path), VideoFirstConfig)
+    inputs = videos()
+    assert torch.equal(
+        model.get_video_features(pixel_values_videos=inputs).pooler_output,
+        loaded.get_video_features(pixel_values_videos=inputs).pooler_output,
+    )
+    assert loaded.config.vision_config.attention_type == "factorized"
+
+
+def test_remote_code_load_without_the_package(tmp_path):
+    model = tiny_model(attention_type="joint", pooling="cls", pre_layernorm=True, mask_ratio=0.75).eval()
+    checkpoint = export_checkpoint(model, None, tmp_path / "checkpoint")
+    assert (checkpoint / "modeling_videofirst.py").exists() and (checkpoint / "masking_videofirst.py").exists()
+    inputs = videos()
+    torch.save(inputs, tmp_path / "inputs.pt")
+    script = textwrap.dedent(
+        f"""
+        import sys, torch
+        sys.modules["videofirst"] = None  # make the installed package unimportable
+        from transformers import AutoModel
+        model = AutoModel.from_pretrained({str(checkpoint)!r}, trust_remote_code=True).eval()
+        assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+        inputs = torch.load({str(tmp_path / "inputs.pt")!r})
+        torch.save(model.get_video_features(pixel_values_videos=inputs).pooler_output, {str(tmp_path / "out.pt")!r})
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, env={**os.environ}, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    expected = model.get_video_features(pixel_values_videos=inputs).pooler_output
+    assert torch.equal(torch.load(tmp_path / "out.pt"), expected)
+
+
+@pytest.mark.parametrize(
+    "overrides, field",
+    [
+        ({"mask_ratio": 1.0}, "mask_ratio"),
+        ({"mask_ratio": -0.1}, "mask_ratio"),
+        ({"num_frames": 5}, "num_frames"),
+        ({"image_size": 36}, "image_size"),
+        ({"tubelet_size": [2, 16, 16], "image_size": 40, "patch_size": 8}, "image_size"),
+        ({"attention_type": "divided"}, "attention_type"),
+        ({"mask_type": "block"}, "mask_type"),
+        ({"pooling": "max"}, "pooling"),
+        ({"num_attention_heads": 5}, "num_attention_heads"),
+        ({"pooling": "cls", "attention_type": "frame"}, "pooling"),
+    ],
+)
+def test_invalid_vision_config_names_the_field(overrides, field):
+    with pytest.raises(ValueError, match=field):
+        VideoFirstVisionConfig(**tiny_vision_config(**overrides))
+
+
+@pytest.mark.parametrize(
+    "overrides, field", [({"text_pooling": "max"}, "text_pooling"), ({"loss_type": "mse"}, "loss_type")]
+)
+def test_invalid_dual_config_names_the_field(overrides, field):
+    with pytest.raises(ValueError, match=field):
+        VideoFirstConfig(vision_config=tiny_vision_config(), **overrides)
+
+
+def test_bad_inputs_get_clear_errors():
+    model = tiny_model().eval()
+    with pytest.raises(ValueError, match="rank 4"):
+        model.get_video_features(pixel_values_videos=torch.randn(4, 3, 32, 32))
+    with pytest.raises(ValueError, match="channels"):
+        model.get_video_features(pixel_values_videos=torch.randn(1, 4, 32, 32, 3))
+    with pytest.raises(ValueError, match="multiple of the tubelet"):
+        model.get_video_features(pixel_values_videos=torch.randn(1, 3, 3, 32, 32))
+    with pytest.raises(ValueError, match="not divisible"):
+        model.get_video_features(pixel_values_videos=torch.randn(1, 4, 3, 30, 32))
+    with pytest.raises(ValueError, match="video_frame_mask"):
+        model.get_video_features(pixel_values_videos=videos(), video_frame_mask=torch.ones(2, 3))
+    with pytest.raises(ValueError, match="mask_ratio"):
+        model.get_video_features(pixel_values_videos=videos(), mask_ratio=1.5)
+    with pytest.raises(ValueError, match="exactly one"):
+        model.vision_model()
