@@ -23,6 +23,13 @@ from videofirst.modeling.modeling_videofirst import (
     VideoFirstVisionModel,
     VideoFirstVisionModelOutput,
 )
+from videofirst.modeling.processing_videofirst import VideoFirstProcessor
+from videofirst.modeling.video_processing_videofirst import (
+    VideoDecodingError,
+    VideoFirstVideoProcessor,
+    pad_video_batch,
+    read_video_frames,
+)
 from videofirst.registration import register_auto_classes
 
 __version__ = "0.1.0"
@@ -30,12 +37,15 @@ __version__ = "0.1.0"
 register_auto_classes()
 
 __all__ = [
+    "VideoDecodingError",
     "VideoFirstConfig",
     "VideoFirstModel",
     "VideoFirstOutput",
     "VideoFirstPreTrainedModel",
+    "VideoFirstProcessor",
     "VideoFirstVisionConfig",
     "VideoFirstVisionModel",
+    "VideoFirstVideoProcessor",
     "VideoFirstVisionModelOutput",
     "classification_metrics",
     "embed_texts",
@@ -46,6 +56,8 @@ __all__ = [
     "evaluate_retrieval",
     "export_checkpoint",
     "multiple_choice_metrics",
+    "pad_video_batch",
+    "read_video_frames",
     "register_auto_classes",
     "retrieval_metrics",
 ]

@@ -1,0 +1,1536 @@
+"""Video decoding and the VideoFirst video processor.
+
+This module turns video files (paths, raw bytes, binary file objects) or already-decoded frames into the
+`pixel_values_videos` / `video_frame_mask` tensors that the VideoFirst model consumes.
+
+Sampling rules (`read_video_frames`, `sample_frame_indices`)
+------------------------------------------------------------
+Times are seconds from the first frame. A clip is the half-open window ``[start, end)``; ``start`` defaults
+to 0 and ``end`` to the video's duration (end of its last frame). Negative times, ``start`` at or past the
+end of the video, ``end`` more than one frame past the end, or ``end <= start`` raise `VideoDecodingError`.
+
+* Time -> frame: a time ``t`` selects the frame *on screen* at ``t``, the last frame whose presentation time
+  is ``<= t`` (0.1 ms tolerance). For a constant-frame-rate file that is ``floor(t * video_fps)``, e.g.
+  ``t = 1.0`` in a 29.97 fps file is frame 29. Variable-frame-rate files use the real presentation
+  timestamps.
+* ``sampling="fps"`` (default): sample times ``start + offset + k / fps`` for ``k = 0, 1, ...`` while the
+  time is ``< end``, keeping at most ``num_frames`` of them. ``offset`` is 0 by default, a number of seconds
+  in ``[0, end - start)``, or ``"random"`` (uniform in ``[0, min(1 / fps, end - start))``, drawn from
+  ``seed``). A video shorter than ``num_frames / fps`` seconds yields fewer frames (the batch padding below
+  fills up); when ``fps`` exceeds the video's frame rate a frame can be selected more than once.
+  ``fps=None`` takes every frame.
+* ``sampling="uniform"``: the ``count`` frames inside the clip are split into ``num_frames`` contiguous
+  segments with boundaries ``b_k = first + floor(k * count / num_frames)``; the middle frame
+  ``(b_k + b_{k+1} - 1) // 2`` of each segment is taken (a random frame of each segment with
+  ``offset="random"``). A clip with no more than ``num_frames`` frames returns all its frames. Indices are
+  strictly increasing.
+
+Padding rules (`pad_video_batch`, used by `VideoFirstVideoProcessor`)
+--------------------------------------------------------------------
+Each video's real frames are first edge-padded (its last frame repeated) up to a multiple of
+``tubelet_frames`` (the model's tubelet time size, default 2); these repeated frames count as *real*
+(mask 1). The batch is then zero-padded to its longest video, and those frames get mask 0 in
+``video_frame_mask`` (shape ``(B, T)``, int64). A video therefore has identical real frames whether it is
+processed alone or in a batch. The mask is returned even when every video has the same length (all ones).
+
+Decoding and safety
+-------------------
+Files are decoded with decord (an optional dependency, imported on first use) using exact frame indices, and
+resized at decode time when the processor will shrink them anyway (``size``). Before decord sees a file,
+cheap checks run without decoding: it must exist, be a regular non-empty file, start with a known video
+container signature (MP4/MOV, Matroska/WebM, AVI, MPEG-TS/PS, FLV, Ogg, ASF, ...), and for MP4/MOV,
+Matroska/WebM and AVI the container header is read to catch truncated files, files without a video track,
+zero-frame tracks and absurd frame sizes (``max_pixels_per_frame``) before any frame is decoded. For other
+containers the frame size is checked on the first decoded frame. ``max_frames`` bounds the number of frames
+one video may return. decord's seeking is exact for MP4/MOV, Matroska/WebM and FLV; other containers (AVI,
+MPEG-PS, ...) are decoded sequentially up to the last needed frame (correct but slower for long files), and
+MPEG-TS is refused because decord returns misplaced frames for it (remux to MP4). Garbage files fail fast in
+decord, but decord can hang on a few *valid-looking* files (upstream issues dmlc/decord#269, #373, #375);
+decoding therefore runs in a worker thread with a timeout (``decode_timeout``, default 300 s) after which
+`VideoDecodingError` is raised. A stuck native decoder cannot be killed from Python: its thread is abandoned
+and keeps running in the background.
+"""
+
+import io
+import math
+import os
+import stat
+import struct
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+import numpy as np
+import torch
+from huggingface_hub.dataclasses import validate_typed_dict
+from huggingface_hub.errors import StrictDataclassError
+from PIL import Image
+from transformers.image_processing_utils import BatchFeature
+from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, PILImageResampling, SizeDict
+from transformers.processing_utils import Unpack, VideosKwargs
+from transformers.video_processing_utils import BaseVideoProcessor
+from transformers.video_utils import VideoMetadata
+
+__all__ = [
+    "DEFAULT_DECODE_TIMEOUT",
+    "DEFAULT_MAX_FRAMES",
+    "DEFAULT_MAX_PIXELS_PER_FRAME",
+    "VideoDecodingError",
+    "VideoFirstVideoProcessor",
+    "pad_video_batch",
+    "read_video_frames",
+    "sample_frame_indices",
+]
+
+DEFAULT_MAX_PIXELS_PER_FRAME = 7680 * 4320  # 8K UHD; larger frames are refused as decompression bombs
+DEFAULT_MAX_FRAMES = 4096  # most frames a single video may return
+DEFAULT_DECODE_TIMEOUT = 300.0  # seconds per video
+SAMPLING_MODES = ("fps", "uniform")
+
+# decord seeks exactly in these containers; others are decoded sequentially up to the last needed frame,
+# because its seeking returns wrong frames there (e.g. AVI with B-frames, MPEG-PS). MPEG-TS comes back
+# misplaced even when read sequentially, so it is refused.
+_RANDOM_ACCESS_CONTAINERS = ("mp4", "matroska", "flv")
+_REFUSED_CONTAINERS = {
+    "mpeg-ts": "MPEG-TS is not supported: decord returns misplaced frames for it; remux it to MP4 first "
+    "(e.g. `ffmpeg -i in.ts -c copy out.mp4`)",
+}
+_TIME_TOLERANCE = 1e-4  # seconds: a sample time this close before a frame's start selects that frame
+_MIN_VIDEO_BYTES = 64
+_HEAD_BYTES = 64 * 1024
+_MAX_HEADER_BYTES = 64 * 1024 * 1024  # largest MP4 'moov' / Matroska header we parse ourselves
+
+
+class VideoDecodingError(ValueError):
+    """A video could not be read: bad file, unsupported content, or invalid sampling request.
+
+    `source` names the input (a path, ``<N bytes>`` or a file object's name) and `reason` says what is
+    wrong.
+    """
+
+    def __init__(self, source: str, reason: str):
+        self.source = source
+        self.reason = reason
+        super().__init__(f"cannot decode video {source!r}: {reason}")
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Sources and cheap container checks
+# ------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Source:
+    name: str
+    size: int
+    path: str | None = None
+    data: bytes | None = None
+    handle: Any = None  # an open binary file while the container is inspected
+
+    def read_at(self, offset: int, length: int) -> bytes:
+        if self.data is not None:
+            return self.data[offset : offset + length]
+        if self.handle is None:
+            with open(self.path, "rb") as handle:
+                handle.seek(offset)
+                return handle.read(length)
+        self.handle.seek(offset)
+        return self.handle.read(length)
+
+    def decord_uri(self):
+        # decord consumes file objects, so every open gets a fresh BytesIO.
+        return self.path if self.path is not None else io.BytesIO(self.data)
+
+
+def _is_source(value) -> bool:
+    return isinstance(value, (str, os.PathLike, bytes, bytearray, memoryview)) or (
+        hasattr(value, "read") and not isinstance(value, (np.ndarray, torch.Tensor))
+    )
+
+
+def _load_source(source) -> _Source:
+    if isinstance(source, (str, os.PathLike)):
+        path = os.fspath(source)
+        try:
+            info = os.stat(path)
+        except FileNotFoundError:
+            if "://" in path:
+                raise VideoDecodingError(path, "URLs are not fetched; download the file first") from None
+            raise VideoDecodingError(path, "file not found") from None
+        except OSError as err:
+            raise VideoDecodingError(path, f"cannot access file ({err.strerror or err})") from None
+        if stat.S_ISDIR(info.st_mode):
+            raise VideoDecodingError(path, "is a directory, not a video file")
+        if not stat.S_ISREG(info.st_mode):
+            # FIFOs, devices and sockets could block forever or never end.
+            raise VideoDecodingError(path, "not a regular file")
+        if not os.access(path, os.R_OK):
+            raise VideoDecodingError(path, "file is not readable (permission denied)")
+        return _Source(name=path, size=info.st_size, path=path)
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        data = bytes(source)
+        return _Source(name=f"<{len(data)} bytes>", size=len(data), data=data)
+    if hasattr(source, "read"):
+        name = getattr(source, "name", None)
+        name = name if isinstance(name, str) else "<file object>"
+        data = source.read()
+        if isinstance(data, str):
+            raise VideoDecodingError(name, "file object is in text mode; open it in binary mode ('rb')")
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise VideoDecodingError(name, f"file object returned {type(data).__name__}, expected bytes")
+        data = bytes(data)
+        return _Source(name=name, size=len(data), data=data)
+    raise TypeError(
+        f"Unsupported video source of type {type(source).__name__}: expected a path, bytes, a binary file "
+        "object, or decoded frames"
+    )
+
+
+_NON_VIDEO_SIGNATURES = (
+    (b"\x89PNG\r\n\x1a\n", "a PNG image"),
+    (b"\xff\xd8\xff", "a JPEG image"),
+    (b"GIF87a", "a GIF image (animated GIFs are not supported; convert to MP4)"),
+    (b"GIF89a", "a GIF image (animated GIFs are not supported; convert to MP4)"),
+    (b"%PDF", "a PDF document"),
+    (b"PK\x03\x04", "a ZIP archive"),
+    (b"\x1f\x8b", "a gzip archive"),
+    (b"ID3", "an MP3 audio file"),
+    (b"fLaC", "a FLAC audio file"),
+    (b"\x7fELF", "an executable"),
+)
+_MP4_FIRST_BOXES = (b"ftyp", b"moov", b"mdat", b"free", b"skip", b"wide", b"pnot", b"styp")
+
+
+def _looks_like_mpeg_ts(head: bytes) -> bool:
+    for packet, sync in ((188, 0), (192, 4)):
+        positions = [sync + k * packet for k in range(3)]
+        if len(head) > positions[-1] and all(head[p] == 0x47 for p in positions):
+            return True
+    return False
+
+
+def _sniff_container(head: bytes) -> str | None:
+    """Names the container from its first bytes, or None when no known video signature matches."""
+    if len(head) >= 8 and head[4:8] in _MP4_FIRST_BOXES:
+        return "mp4"
+    if head.startswith(b"\x1a\x45\xdf\xa3"):
+        return "matroska"
+    if head.startswith(b"RIFF") and head[8:12] in (b"AVI ", b"AVIX"):
+        return "avi"
+    simple = (
+        (b"FLV\x01", "flv"),
+        (b"OggS", "ogg"),
+        (b"\x30\x26\xb2\x75\x8e\x66\xcf\x11", "asf"),
+        (b"\x00\x00\x01\xba", "mpeg-ps"),
+        (b"\x00\x00\x01\xb3", "mpeg-video"),
+        (b"DKIF", "ivf"),
+        (b"YUV4MPEG2", "y4m"),
+        (b"\x06\x0e\x2b\x34", "mxf"),
+        (b".RMF", "realmedia"),
+    )
+    for magic, name in simple:
+        if head.startswith(magic):
+            return name
+    if _looks_like_mpeg_ts(head):
+        return "mpeg-ts"
+    return None
+
+
+def _describe_non_video(head: bytes) -> str:
+    for magic, what in _NON_VIDEO_SIGNATURES:
+        if head.startswith(magic):
+            return f"not a video file: it looks like {what}"
+    if head.startswith(b"RIFF"):
+        return f"not a video file: RIFF container of type {head[8:12]!r} (not AVI)"
+    if b"\x00" not in head[:4096]:
+        try:
+            head[:4096].decode("utf-8")
+            return "not a video file: it looks like a text file"
+        except UnicodeDecodeError:
+            pass
+    return f"not a video file: unrecognised container signature (first bytes {head[:12].hex(' ')})"
+
+
+@dataclass
+class _ContainerInfo:
+    container: str
+    width: int | None = None
+    height: int | None = None
+    codec: str | None = None
+    num_frames: int | None = None
+
+
+def _iter_mp4_boxes(buffer: bytes, begin: int, end: int):
+    pos = begin
+    while pos + 8 <= end:
+        size, kind = struct.unpack_from(">I4s", buffer, pos)
+        header = 8
+        if size == 1:
+            if pos + 16 > end:
+                return
+            size = struct.unpack_from(">Q", buffer, pos + 8)[0]
+            header = 16
+        elif size == 0:
+            size = end - pos
+        if size < header or pos + size > end:
+            return
+        yield kind, pos + header, pos + size
+        pos += size
+
+
+def _mp4_child(buffer: bytes, begin: int, end: int, kind: bytes):
+    for child, child_begin, child_end in _iter_mp4_boxes(buffer, begin, end):
+        if child == kind:
+            return child_begin, child_end
+    return None
+
+
+def _parse_mp4_track(moov: bytes, begin: int, end: int) -> dict | None:
+    mdia = _mp4_child(moov, begin, end, b"mdia")
+    if mdia is None:
+        return None
+    hdlr = _mp4_child(moov, *mdia, b"hdlr")
+    handler = moov[hdlr[0] + 8 : hdlr[0] + 12] if hdlr and hdlr[1] - hdlr[0] >= 12 else b""
+    track = {"handler": handler, "codec": None, "width": None, "height": None, "num_frames": None}
+    minf = _mp4_child(moov, *mdia, b"minf")
+    stbl = _mp4_child(moov, *minf, b"stbl") if minf else None
+    if stbl is None:
+        return track
+    stsd = _mp4_child(moov, *stbl, b"stsd")
+    if stsd is not None and stsd[1] - stsd[0] >= 16:
+        entry = stsd[0] + 8
+        track["codec"] = moov[entry + 4 : entry + 8].decode("latin-1")
+        if handler == b"vide" and entry + 36 <= stsd[1]:
+            track["width"], track["height"] = struct.unpack_from(">HH", moov, entry + 32)
+    for kind in (b"stsz", b"stz2"):
+        sizes = _mp4_child(moov, *stbl, kind)
+        if sizes is not None and sizes[1] - sizes[0] >= 12:
+            track["num_frames"] = struct.unpack_from(">I", moov, sizes[0] + 8)[0]
+            break
+    return track
+
+
+def _inspect_mp4(source: _Source) -> _ContainerInfo:
+    pos, moov, moov_seen, fragmented, boxes = 0, None, False, False, 0
+    while pos + 8 <= source.size and boxes < 100_000:
+        boxes += 1
+        header = source.read_at(pos, 16)
+        if len(header) < 8:
+            break
+        size, kind = struct.unpack_from(">I4s", header, 0)
+        header_size = 8
+        if size == 1 and len(header) >= 16:
+            size, header_size = struct.unpack_from(">Q", header, 8)[0], 16
+        elif size == 0:
+            size = source.size - pos
+        if size < header_size:
+            if not moov_seen:
+                raise VideoDecodingError(
+                    source.name, f"corrupt MP4: box at byte {pos} has invalid size {size}"
+                )
+            break
+        if pos + size > source.size:
+            if not moov_seen or kind in (b"moov", b"mdat"):
+                raise VideoDecodingError(
+                    source.name,
+                    f"truncated file: MP4 box {kind.decode('latin-1')!r} at byte {pos} needs {size} bytes "
+                    f"but only {source.size - pos} remain (incomplete download?)",
+                )
+            break
+        if kind == b"moov" and not moov_seen:
+            moov_seen = True
+            if size <= _MAX_HEADER_BYTES:
+                moov = source.read_at(pos + header_size, size - header_size)
+        elif kind == b"moof":
+            fragmented = True
+        pos += size
+    if not moov_seen:
+        raise VideoDecodingError(
+            source.name, "MP4 has no 'moov' header box (truncated or incomplete file, or not a playable MP4)"
+        )
+    if moov is None:  # an unusually large header: leave it to the decoder
+        return _ContainerInfo(container="mp4")
+    if _mp4_child(moov, 0, len(moov), b"mvex") is not None:
+        fragmented = True
+    tracks = [
+        _parse_mp4_track(moov, begin, end)
+        for kind, begin, end in _iter_mp4_boxes(moov, 0, len(moov))
+        if kind == b"trak"
+    ]
+    video = [track for track in tracks if track is not None and track["handler"] == b"vide"]
+    if not video:
+        raise VideoDecodingError(source.name, "the file contains no video stream (audio-only or empty MP4)")
+    track = video[0]
+    if track["num_frames"] == 0 and not fragmented:
+        raise VideoDecodingError(source.name, "the video stream has zero frames")
+    return _ContainerInfo(
+        container="mp4",
+        width=track["width"] or None,
+        height=track["height"] or None,
+        codec=track["codec"],
+        num_frames=None if fragmented else track["num_frames"],
+    )
+
+
+def _read_ebml_vint(buffer: bytes, pos: int, keep_marker: bool):
+    """Returns (value, length); value None means 'unknown size'."""
+    if pos >= len(buffer):
+        raise IndexError
+    first = buffer[pos]
+    if first == 0:
+        raise ValueError("invalid EBML variable-length integer")
+    length = 9 - first.bit_length()
+    if pos + length > len(buffer):
+        raise IndexError
+    raw = int.from_bytes(buffer[pos : pos + length], "big")
+    if keep_marker:
+        return raw, length
+    value = raw & ((1 << (7 * length)) - 1)
+    return (None if value == (1 << (7 * length)) - 1 else value), length
+
+
+def _iter_ebml(buffer: bytes, begin: int, end: int):
+    pos = begin
+    while pos < end:
+        try:
+            element_id, id_length = _read_ebml_vint(buffer, pos, keep_marker=True)
+            size, size_length = _read_ebml_vint(buffer, pos + id_length, keep_marker=False)
+        except (IndexError, ValueError):
+            return
+        data = pos + id_length + size_length
+        yield element_id, data, size
+        if size is None:
+            return
+        pos = data + size
+
+
+def _inspect_matroska(source: _Source) -> _ContainerInfo:
+    info = _ContainerInfo(container="matroska")
+    head = source.read_at(0, min(source.size, 4 * 1024 * 1024))
+    segment = None
+    for element_id, data, size in _iter_ebml(head, 0, len(head)):
+        if element_id == 0x18538067:
+            if size is not None and data + size > source.size:
+                raise VideoDecodingError(
+                    source.name,
+                    f"truncated file: Matroska segment needs {data + size} bytes but the file has "
+                    f"{source.size}",
+                )
+            segment = (data, len(head) if size is None else min(len(head), data + size))
+            break
+    if segment is None:
+        raise VideoDecodingError(source.name, "Matroska/WebM file has no segment (truncated or corrupt)")
+    # `scanned` reaches the segment's end only if every top-level element of a fully buffered file was parsed.
+    has_video, saw_cluster, scanned = False, False, segment[0]
+    for element_id, data, size in _iter_ebml(head, *segment):
+        if element_id in (0x1F43B675, 0x1F43B676):  # Cluster, or a (deprecated) slice: frames exist
+            saw_cluster = True
+            break
+        if size is None:  # unknown-size element: stop scanning
+            break
+        scanned = data + size
+        if element_id != 0x1654AE6B:  # Tracks
+            continue
+        found_video = False
+        for entry_id, entry_data, entry_size in _iter_ebml(head, data, min(len(head), data + size)):
+            if entry_id != 0xAE or entry_size is None:  # TrackEntry
+                continue
+            fields = {}
+            for field_id, field_data, field_size in _iter_ebml(head, entry_data, entry_data + entry_size):
+                if field_size is not None:
+                    fields[field_id] = (field_data, field_size)
+            track_type = fields.get(0x83)
+            if track_type is None or int.from_bytes(head[track_type[0] : sum(track_type)], "big") != 1:
+                continue
+            found_video = True
+            codec = fields.get(0x86)
+            info.codec = head[codec[0] : sum(codec)].decode("latin-1").rstrip("\x00") if codec else None
+            video = fields.get(0xE0)
+            if video is not None:
+                for video_id, video_data, video_size in _iter_ebml(head, video[0], sum(video)):
+                    value = int.from_bytes(head[video_data : video_data + (video_size or 0)], "big")
+                    if video_id == 0xB0:
+                        info.width = value or None
+                    elif video_id == 0xBA:
+                        info.height = value or None
+            break
+        if not found_video:
+            raise VideoDecodingError(
+                source.name, "the file contains no video stream (Matroska/WebM without video)"
+            )
+        has_video = True
+    if has_video and not saw_cluster and len(head) >= source.size and scanned == segment[1]:
+        raise VideoDecodingError(source.name, "the video stream has zero frames (the file holds no clusters)")
+    return info
+
+
+def _inspect_avi(source: _Source) -> _ContainerInfo:
+    head = source.read_at(0, 96)
+    info = _ContainerInfo(container="avi")
+    riff_size = struct.unpack_from("<I", head, 4)[0]
+    if riff_size + 8 > source.size and head[8:12] == b"AVI ":
+        raise VideoDecodingError(
+            source.name, f"truncated file: AVI declares {riff_size + 8} bytes but the file has {source.size}"
+        )
+    if len(head) >= 72 and head[12:16] == b"LIST" and head[20:28] == b"hdrlavih":
+        (total_frames,) = struct.unpack_from("<I", head, 48)
+        info.width, info.height = (value or None for value in struct.unpack_from("<II", head, 64))
+        info.num_frames = total_frames or None
+    return info
+
+
+def _inspect_container(source: _Source) -> _ContainerInfo:
+    """Cheap, decode-free checks on a file's bytes. Raises VideoDecodingError for definite problems."""
+    if source.path is None:
+        return _inspect_bytes(source)
+    try:
+        with open(source.path, "rb") as handle:
+            source.handle = handle
+            return _inspect_bytes(source)
+    except OSError as err:
+        raise VideoDecodingError(source.name, f"cannot read file ({err.strerror or err})") from None
+    finally:
+        source.handle = None
+
+
+def _inspect_bytes(source: _Source) -> _ContainerInfo:
+    if source.size == 0:
+        raise VideoDecodingError(source.name, "empty file (0 bytes)")
+    if source.size < _MIN_VIDEO_BYTES:
+        raise VideoDecodingError(
+            source.name, f"file too small to be a video ({source.size} bytes; truncated?)"
+        )
+    head = source.read_at(0, _HEAD_BYTES)
+    container = _sniff_container(head)
+    if container is None:
+        raise VideoDecodingError(source.name, _describe_non_video(head))
+    if container in _REFUSED_CONTAINERS:
+        raise VideoDecodingError(source.name, _REFUSED_CONTAINERS[container])
+    if container == "mp4":
+        return _inspect_mp4(source)
+    if container == "matroska":
+        return _inspect_matroska(source)
+    if container == "avi":
+        return _inspect_avi(source)
+    return _ContainerInfo(container=container)
+
+
+def _check_frame_size(name: str, width: int, height: int, max_pixels_per_frame: int | None, where: str):
+    if width <= 0 or height <= 0:
+        raise VideoDecodingError(name, f"invalid frame size {width}x{height} ({where})")
+    if max_pixels_per_frame is not None and width * height > max_pixels_per_frame:
+        raise VideoDecodingError(
+            name,
+            f"frame size {width}x{height} ({width * height} pixels, {where}) exceeds max_pixels_per_frame="
+            f"{max_pixels_per_frame}; refusing to decode (possible decompression bomb)",
+        )
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Sampling
+# ------------------------------------------------------------------------------------------------------------
+
+
+def _as_time(value, name: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise ValueError(f"{name} must be a number of seconds or None, got {value!r}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    if value < 0:
+        raise ValueError(f"{name}={value:g} s is negative")
+    return value
+
+
+def sample_frame_indices(
+    frame_times: Sequence[float] | np.ndarray,
+    duration: float,
+    *,
+    fps: float | None = 1.0,
+    num_frames: int | None = None,
+    sampling: str = "fps",
+    start: float | None = None,
+    end: float | None = None,
+    offset: float | str | None = None,
+    seed: int | np.random.Generator | None = None,
+) -> np.ndarray:
+    """Chooses which frames of a video to decode (the rules are in this module's docstring).
+
+    Args:
+        frame_times: presentation time in seconds of every frame, non-decreasing
+            (``arange(n) / video_fps`` for a constant-frame-rate video).
+        duration: the video's duration in seconds (end of its last frame).
+        fps: sampling rate for ``sampling="fps"``; None takes every frame of the clip.
+        num_frames: most frames to return (required for ``sampling="uniform"``).
+        sampling: ``"fps"`` or ``"uniform"``.
+        start, end: clip bounds in seconds (``[start, end)``), None for the video's start / end.
+        offset: ``"fps"`` mode: seconds after ``start`` of the first sample, or ``"random"``. ``"uniform"``
+            mode: None (segment middles) or ``"random"`` (a random frame per segment).
+        seed: seed or generator for ``offset="random"``.
+
+    Returns:
+        int64 array of frame indices, in playback order.
+
+    Raises:
+        ValueError: invalid arguments or clip bounds outside the video.
+    """
+    times = np.asarray(frame_times, dtype=np.float64).reshape(-1)
+    count = times.shape[0]
+    if count == 0:
+        raise ValueError("the video has zero frames")
+    duration = float(duration)
+    if not math.isfinite(duration) or duration <= 0:
+        raise ValueError(f"invalid video duration {duration}")
+    if sampling not in SAMPLING_MODES:
+        raise ValueError(f"sampling must be one of {SAMPLING_MODES}, got {sampling!r}")
+    if num_frames is not None and (
+        isinstance(num_frames, bool) or int(num_frames) != num_frames or num_frames < 1
+    ):
+        raise ValueError(f"num_frames must be a positive integer or None, got {num_frames!r}")
+    if sampling == "fps" and fps is not None and not (math.isfinite(fps) and fps > 0):
+        raise ValueError(f"fps must be a positive number or None, got {fps!r}")
+    if sampling == "uniform" and num_frames is None:
+        raise ValueError("sampling='uniform' needs num_frames")
+
+    clip_start = _as_time(start, "start") or 0.0
+    clip_end = _as_time(end, "end")
+    frame_length = duration / count
+    if clip_start >= duration:
+        raise ValueError(
+            f"start={clip_start:g} s is at or after the end of the video (duration {duration:g} s)"
+        )
+    if clip_end is not None:
+        if clip_end > duration + frame_length + 1e-6:
+            raise ValueError(f"end={clip_end:g} s is beyond the end of the video (duration {duration:g} s)")
+        if clip_end <= clip_start:
+            raise ValueError(f"end={clip_end:g} s must be greater than start={clip_start:g} s")
+    clip_end = duration if clip_end is None else min(clip_end, duration)
+    rng = seed if isinstance(seed, np.random.Generator) else None
+
+    def generator():
+        return rng if rng is not None else np.random.default_rng(seed)
+
+    def frame_at(t):
+        index = np.searchsorted(times, np.asarray(t, dtype=np.float64) + _TIME_TOLERANCE, side="right") - 1
+        return np.clip(index, 0, count - 1)
+
+    first = int(frame_at(clip_start))
+    last = max(first, int(np.searchsorted(times, clip_end - _TIME_TOLERANCE, side="left")) - 1)
+    span = clip_end - clip_start
+
+    if sampling == "fps" and fps is None:
+        if offset is not None:
+            raise ValueError("offset needs fps (there is no sampling period when fps=None)")
+        indices = np.arange(first, last + 1)
+        return indices[:num_frames] if num_frames is not None else indices
+
+    if sampling == "fps":
+        period = 1.0 / fps
+        if offset is None:
+            shift = 0.0
+        elif isinstance(offset, str):
+            if offset != "random":
+                raise ValueError(f"offset must be a number of seconds, 'random' or None, got {offset!r}")
+            shift = float(generator().uniform(0.0, min(period, span)))
+        else:
+            shift = _as_time(offset, "offset")
+            if shift >= span:
+                raise ValueError(f"offset={shift:g} s is not inside the clip (length {span:g} s)")
+        n = int(math.floor((span - shift) / period - 1e-9)) + 1
+        if num_frames is not None:
+            n = min(n, int(num_frames))
+        sample_times = clip_start + shift + np.arange(n) * period
+        return np.clip(frame_at(sample_times), first, last).astype(np.int64)
+
+    # uniform
+    if offset is not None and offset != "random":
+        raise ValueError(f"sampling='uniform' takes offset=None or 'random', got {offset!r}")
+    available = last - first + 1
+    n = int(num_frames)
+    if available <= n:
+        return np.arange(first, last + 1, dtype=np.int64)
+    bounds = first + (np.arange(n + 1) * available) // n
+    if offset == "random":
+        return (bounds[:-1] + generator().integers(0, bounds[1:] - bounds[:-1])).astype(np.int64)
+    return ((bounds[:-1] + bounds[1:] - 1) // 2).astype(np.int64)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Decoding with decord
+# ------------------------------------------------------------------------------------------------------------
+
+
+def _import_decord():
+    try:
+        import decord
+    except ImportError as err:
+        raise ImportError(
+            "Decoding video files needs decord (`pip install decord`); alternatively pass already-decoded "
+            "frames (numpy arrays, torch tensors or lists of PIL images)."
+        ) from err
+    return decord
+
+
+def _averror(tag: str) -> int:
+    """FFmpeg's FFERRTAG(0xF8, c1, c2, c3) error code."""
+    return -(0xF8 | ord(tag[0]) << 8 | ord(tag[1]) << 16 | ord(tag[2]) << 24)
+
+
+_AVERROR_DECODER_NOT_FOUND = _averror("DEC")
+_AVERROR_STREAM_NOT_FOUND = _averror("STR")
+
+
+def _decord_failure_reason(err: BaseException, container: _ContainerInfo) -> str:
+    message = str(err)
+    first_line = message.strip().splitlines()[-1] if message.strip() else type(err).__name__
+    if str(_AVERROR_DECODER_NOT_FOUND) in message:
+        codec = f" {container.codec!r}" if container.codec else ""
+        return (
+            f"unsupported codec{codec}: the FFmpeg bundled with decord has no decoder for this video stream"
+        )
+    if str(_AVERROR_STREAM_NOT_FOUND) in message or "cannot find video stream" in message:
+        return "the file contains no decodable video stream"
+    if "broken metadata" in message:
+        return "not a video: no frame count or duration could be read (a still image or broken metadata)"
+    if "Invalid frame count" in message:
+        return "the video stream has zero frames"
+    if "ERROR opening" in message or message.startswith("Error reading"):
+        return "the container could not be opened (invalid, corrupt or truncated file)"
+    if "av_read_frame" in message or "partial file" in message:
+        return "truncated or corrupt file (reading packets failed)"
+    if "send_packet" in message or "Error sending packet" in message or "decod" in message.lower():
+        return "corrupt video stream: the decoder rejected the compressed data"
+    if "buffer source" in message or "filter" in message:
+        return "invalid or corrupt stream parameters (the decoder could not be set up)"
+    return f"decoder error: {first_line[:300]}"
+
+
+@dataclass
+class _DecodedVideo:
+    frames: np.ndarray  # (T, H, W, 3) uint8
+    timestamps: np.ndarray  # (T,) float64 seconds
+    indices: np.ndarray  # (T,) int64
+    video_fps: float
+    total_frames: int
+    duration: float
+    width: int  # native frame size
+    height: int
+
+
+def _decode_size(width: int, height: int, size) -> tuple[int, int] | None:
+    """Decode-time (width, height) for `size`, or None to keep the native size. Only ever shrinks."""
+    if size is None:
+        return None
+    if isinstance(size, (tuple, list)):
+        target_height, target_width = (int(v) for v in size)
+        if target_height < height and target_width < width:
+            return target_width, target_height
+        return None
+    shortest = int(size)
+    short, long = min(width, height), max(width, height)
+    if short <= shortest:
+        return None
+    new_long = int(shortest * long / short)  # same rounding as transformers' shortest-edge resize
+    return (shortest, new_long) if width <= height else (new_long, shortest)
+
+
+def _resize_frames(frames: np.ndarray, target: tuple[int, int]) -> np.ndarray:
+    """Resizes uint8 frames (T, H, W, 3) to `target` = (width, height), antialiased bicubic."""
+    tensor = torch.from_numpy(frames).permute(0, 3, 1, 2).float()
+    tensor = torch.nn.functional.interpolate(
+        tensor, size=(target[1], target[0]), mode="bicubic", antialias=True, align_corners=False
+    )
+    return tensor.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
+
+
+def _frame_times(reader, count: int, video_fps: float) -> tuple[np.ndarray, float]:
+    """Presentation times of all frames and the duration. Constant-frame-rate files get the exact grid."""
+    fps_ok = isinstance(video_fps, (int, float)) and math.isfinite(video_fps) and video_fps > 0
+    grid = np.arange(count, dtype=np.float64) / video_fps if fps_ok else None
+    try:
+        stamps = np.asarray(reader.get_frame_timestamp(np.arange(count)), dtype=np.float64).reshape(count, 2)
+    except Exception:
+        stamps = None
+    usable = (
+        stamps is not None
+        and np.isfinite(stamps).all()
+        and stamps[0, 0] > -_TIME_TOLERANCE
+        and (count == 1 or (np.diff(stamps[:, 0]) >= 0).all())
+        and (count == 1 or stamps[-1, 0] > stamps[0, 0])
+    )
+    if usable:
+        starts = stamps[:, 0] - min(stamps[0, 0], 0.0)
+        if grid is not None and np.abs(starts - grid).max() <= 0.25 / video_fps:
+            return grid, count / video_fps
+        mean_length = (starts[-1] - starts[0]) / max(count - 1, 1)
+        end = float(stamps[-1, 1])
+        return starts, end if end > starts[-1] else float(starts[-1] + mean_length)
+    if grid is not None:
+        return grid, count / video_fps
+    raise RuntimeError("cannot determine the frame rate or frame timestamps")
+
+
+def _decode_with_decord(
+    source: _Source,
+    container: _ContainerInfo,
+    *,
+    fps,
+    num_frames,
+    sampling,
+    start,
+    end,
+    offset,
+    size,
+    seed,
+    max_pixels_per_frame,
+    max_frames,
+    num_threads,
+) -> _DecodedVideo:
+    decord = _import_decord()
+
+    def fail(err: BaseException, stage: str):
+        if isinstance(err, VideoDecodingError):
+            return err
+        if isinstance(err, MemoryError):
+            return VideoDecodingError(source.name, f"out of memory while {stage}")
+        return VideoDecodingError(source.name, _decord_failure_reason(err, container))
+
+    def open_reader(width=-1, height=-1):
+        try:
+            return decord.VideoReader(
+                source.decord_uri(), ctx=decord.cpu(0), width=width, height=height, num_threads=num_threads
+            )
+        except Exception as err:
+            raise fail(err, "opening the file") from err
+
+    def read_frames(reader, indices, total):
+        """Frames at sorted unique `indices`: exact seeks where decord supports them, else read in order."""
+        position = 0
+        try:
+            if container.container in _RANDOM_ACCESS_CONTAINERS:
+                return reader.get_batch(list(map(int, indices))).asnumpy()
+            frames = []
+            for index in indices:
+                while position < index:
+                    reader.next()
+                    position += 1
+                frames.append(reader.next().asnumpy())
+                position += 1
+            return np.stack(frames)
+        except StopIteration:
+            raise VideoDecodingError(
+                source.name,
+                f"the stream ended after {position} frames although the container declares {total} "
+                "(truncated or corrupt file)",
+            ) from None
+        except Exception as err:
+            raise fail(err, "decoding frames") from err
+
+    width, height = container.width, container.height
+    if width is None or height is None:
+        first = read_frames(open_reader(), [0], "some")
+        height, width = int(first.shape[1]), int(first.shape[2])
+        _check_frame_size(source.name, width, height, max_pixels_per_frame, "first decoded frame")
+    target = _decode_size(width, height, size)
+    reader = open_reader(*target) if target is not None else open_reader()
+
+    try:
+        total = len(reader)
+        video_fps = float(reader.get_avg_fps())
+        times, duration = _frame_times(reader, total, video_fps)
+    except VideoDecodingError:
+        raise
+    except Exception as err:
+        raise fail(err, "reading the frame index") from err
+    if total <= 0:
+        raise VideoDecodingError(source.name, "the video stream has zero frames")
+    try:
+        indices = sample_frame_indices(
+            times,
+            duration,
+            fps=fps,
+            num_frames=num_frames,
+            sampling=sampling,
+            start=start,
+            end=end,
+            offset=offset,
+            seed=seed,
+        )
+    except ValueError as err:
+        raise VideoDecodingError(source.name, str(err)) from None
+    if max_frames is not None and len(indices) > max_frames:
+        raise VideoDecodingError(
+            source.name,
+            f"the request selects {len(indices)} frames, more than max_frames={max_frames} "
+            "(lower fps, set num_frames, or raise max_frames)",
+        )
+    unique, inverse = np.unique(indices, return_inverse=True)
+    try:
+        frames = read_frames(reader, unique, total)
+    except VideoDecodingError as err:
+        # decord cannot scale to some widths (e.g. 16, 24, 48, 72: "The size must exactly match"); decode at
+        # the native size and resize here instead.
+        if target is None or "must exactly match" not in str(err.__cause__):
+            raise
+        frames = _resize_frames(read_frames(open_reader(), unique, total), target)
+    if frames.ndim != 4 or frames.shape[0] != len(unique) or frames.shape[-1] != 3:
+        raise VideoDecodingError(source.name, f"decoder returned frames of unexpected shape {frames.shape}")
+    if len(unique) != len(indices):
+        frames = frames[inverse.reshape(-1)]
+    if not np.isfinite(video_fps) or video_fps <= 0:
+        video_fps = float(total / duration)
+    return _DecodedVideo(
+        frames=frames,
+        timestamps=times[indices],
+        indices=indices,
+        video_fps=video_fps,
+        total_frames=total,
+        duration=float(duration),
+        width=width,
+        height=height,
+    )
+
+
+def _run_with_timeout(function: Callable[[], Any], timeout: float | None, name: str):
+    if timeout is None:
+        return function()
+    outcome = {}
+
+    def target():
+        try:
+            outcome["value"] = function()
+        except BaseException as err:  # re-raised in the calling thread
+            outcome["error"] = err
+
+    worker = threading.Thread(target=target, name="videofirst-decode", daemon=True)
+    worker.start()
+    worker.join(timeout)
+    if worker.is_alive():
+        raise VideoDecodingError(
+            name,
+            f"decoding did not finish within decode_timeout={timeout:g} s (the decoder may be stuck on this "
+            "file; its thread is left running in the background)",
+        )
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
+def _decode_video(
+    source,
+    *,
+    fps: float | None = 1.0,
+    num_frames: int | None = None,
+    sampling: str = "fps",
+    start: float | None = None,
+    end: float | None = None,
+    offset: float | str | None = None,
+    size=None,
+    seed: int | np.random.Generator | None = None,
+    max_pixels_per_frame: int | None = DEFAULT_MAX_PIXELS_PER_FRAME,
+    max_frames: int | None = DEFAULT_MAX_FRAMES,
+    num_threads: int = 0,
+    timeout: float | None = DEFAULT_DECODE_TIMEOUT,
+) -> _DecodedVideo:
+    loaded = _load_source(source)
+    container = _inspect_container(loaded)
+    if container.width is not None and container.height is not None:
+        _check_frame_size(
+            loaded.name, container.width, container.height, max_pixels_per_frame, "container header"
+        )
+    options = dict(
+        fps=fps,
+        num_frames=num_frames,
+        sampling=sampling,
+        start=start,
+        end=end,
+        offset=offset,
+        size=size,
+        seed=seed,
+        max_pixels_per_frame=max_pixels_per_frame,
+        max_frames=max_frames,
+        num_threads=num_threads,
+    )
+    return _run_with_timeout(lambda: _decode_with_decord(loaded, container, **options), timeout, loaded.name)
+
+
+def read_video_frames(
+    source,
+    *,
+    fps: float | None = 1.0,
+    num_frames: int | None = None,
+    sampling: str = "fps",
+    start: float | None = None,
+    end: float | None = None,
+    offset: float | str | None = None,
+    size: int | tuple[int, int] | None = None,
+    seed: int | np.random.Generator | None = None,
+    max_pixels_per_frame: int | None = DEFAULT_MAX_PIXELS_PER_FRAME,
+    max_frames: int | None = DEFAULT_MAX_FRAMES,
+    num_threads: int = 0,
+    timeout: float | None = DEFAULT_DECODE_TIMEOUT,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Decodes sampled frames of a video with decord.
+
+    Args:
+        source: a path (`str` / `os.PathLike`), raw bytes, or a binary file object (read from its position).
+        fps, num_frames, sampling, start, end, offset, seed: which frames; see `sample_frame_indices` and
+            this module's docstring.
+        size: decode-time resize, never enlarging: an int resizes the shortest edge to it (aspect kept, long
+            edge ``int(size * long / short)``), a ``(height, width)`` pair resizes to exactly that. None
+            keeps the native size.
+        max_pixels_per_frame: refuse videos with larger frames (None: no limit).
+        max_frames: refuse requests selecting more frames (None: no limit).
+        num_threads: decord decoding threads (0: automatic).
+        timeout: seconds before giving up on a stuck decoder (None: wait forever).
+
+    Returns:
+        ``(frames, timestamps)``: uint8 array ``(T, H, W, 3)`` (RGB) and float64 array ``(T,)`` with each
+        frame's presentation time in seconds.
+
+    Raises:
+        VideoDecodingError: the source cannot be read or decoded, or the clip bounds are invalid.
+        ImportError: decord is not installed.
+    """
+    decoded = _decode_video(
+        source,
+        fps=fps,
+        num_frames=num_frames,
+        sampling=sampling,
+        start=start,
+        end=end,
+        offset=offset,
+        size=size,
+        seed=seed,
+        max_pixels_per_frame=max_pixels_per_frame,
+        max_frames=max_frames,
+        num_threads=num_threads,
+        timeout=timeout,
+    )
+    return decoded.frames, decoded.timestamps
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Batching
+# ------------------------------------------------------------------------------------------------------------
+
+
+def pad_video_batch(
+    videos: Sequence[torch.Tensor], tubelet_frames: int = 2, pad_to: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pads videos ``(T_i, C, H, W)`` into ``(B, T, C, H, W)`` plus an int64 frame mask ``(B, T)``.
+
+    Each video is edge-padded (last frame repeated, mask 1) to a multiple of `tubelet_frames`, then
+    zero-padded (mask 0) to the longest video, or to `pad_to` frames when given.
+    """
+    if not videos:
+        raise ValueError("pad_video_batch needs at least one video")
+    if isinstance(tubelet_frames, bool) or not isinstance(tubelet_frames, int) or tubelet_frames < 1:
+        raise ValueError(f"tubelet_frames must be a positive integer, got {tubelet_frames!r}")
+    frame_shape = tuple(videos[0].shape[1:])
+    lengths = []
+    for index, video in enumerate(videos):
+        if video.ndim != 4 or video.shape[0] == 0:
+            raise ValueError(
+                f"video {index} must be a non-empty (T, C, H, W) tensor, got shape {tuple(video.shape)}"
+            )
+        if tuple(video.shape[1:]) != frame_shape:
+            raise ValueError(
+                f"videos must share frame shape (C, H, W) to be batched: video 0 has {frame_shape}, video "
+                f"{index} has {tuple(video.shape[1:])} (enable do_center_crop or use a fixed size)"
+            )
+        lengths.append(math.ceil(video.shape[0] / tubelet_frames) * tubelet_frames)
+    total = max(lengths)
+    if pad_to is not None:
+        if pad_to < total:
+            raise ValueError(
+                f"pad_to={pad_to} is shorter than the longest video ({total} frames after edge padding)"
+            )
+        total = pad_to
+    batch = videos[0].new_zeros((len(videos), total, *frame_shape))
+    mask = torch.zeros((len(videos), total), dtype=torch.long)
+    for index, (video, length) in enumerate(zip(videos, lengths)):
+        real = video.shape[0]
+        batch[index, :real] = video
+        if length > real:
+            batch[index, real:length] = video[-1:]
+        mask[index, :length] = 1
+    return batch, mask
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The video processor
+# ------------------------------------------------------------------------------------------------------------
+
+
+def _check_sampling(value):
+    if isinstance(value, str) and value not in SAMPLING_MODES:
+        raise ValueError(f"sampling must be one of {SAMPLING_MODES}, got {value!r}")
+
+
+_Time = float | int | None
+_Offset = float | int | str | None
+
+
+class VideoFirstVideoProcessorKwargs(VideosKwargs, total=False):
+    r"""
+    sampling (`str`, *optional*, defaults to `"fps"`):
+        `"fps"`: frames every `1 / fps` seconds, at most `num_frames`; `"uniform"`: `num_frames` frames
+        spread uniformly over the clip.
+    start (`float` or `list`, *optional*):
+        Clip start in seconds; one value for all videos or one per video (None: video start).
+    end (`float` or `list`, *optional*):
+        Clip end in seconds; one value for all videos or one per video (None: video end).
+    offset (`float`, `"random"` or `list`, *optional*):
+        First sample's offset after `start` (`"fps"` mode) or `"random"` (random jitter, both modes).
+    seed (`int`, *optional*):
+        Seed for `offset="random"`; one generator is consumed in batch order.
+    tubelet_frames (`int`, *optional*, defaults to 2):
+        The model's tubelet time size: each video is edge-padded to a multiple of it.
+    decode_resize (`bool`, *optional*, defaults to `True`):
+        Shrink frames inside the decoder when `size` will shrink them anyway (saves memory for long videos).
+    max_pixels_per_frame (`int`, *optional*, defaults to 7680 * 4320):
+        Refuse videos with larger frames.
+    max_frames (`int`, *optional*, defaults to 4096):
+        Refuse videos that would return more frames.
+    decode_timeout (`float`, *optional*, defaults to 300):
+        Seconds before a stuck decoder is given up on (None: no limit).
+    decode_num_threads (`int`, *optional*, defaults to 0):
+        decord decoding threads (0: automatic).
+    """
+
+    sampling: Annotated[str | None, _check_sampling]
+    start: _Time | list[_Time] | tuple[_Time, ...]
+    end: _Time | list[_Time] | tuple[_Time, ...]
+    offset: _Offset | list[_Offset] | tuple[_Offset, ...]
+    seed: int | None
+    tubelet_frames: int | None
+    decode_resize: bool | None
+    max_pixels_per_frame: int | None
+    max_frames: int | None
+    decode_timeout: float | int | None
+    decode_num_threads: int | None
+
+
+def _is_frame(value) -> bool:
+    return isinstance(value, Image.Image) or (
+        isinstance(value, (np.ndarray, torch.Tensor)) and value.ndim in (2, 3)
+    )
+
+
+def _is_video_array(value) -> bool:
+    return isinstance(value, (np.ndarray, torch.Tensor)) and value.ndim == 4
+
+
+def _make_video_list(videos) -> list:
+    """Splits the `videos` argument into a list with one entry per video."""
+    if _is_source(videos) or _is_video_array(videos):
+        return [videos]
+    if isinstance(videos, (np.ndarray, torch.Tensor)):
+        if videos.ndim == 5:
+            return list(videos)
+        raise ValueError(
+            "a video array must be 4-D (T, H, W, C) / (T, C, H, W), or 5-D for a batch; got shape "
+            f"{tuple(videos.shape)}"
+        )
+    if isinstance(videos, (list, tuple)):
+        if len(videos) == 0:
+            raise ValueError("videos is empty")
+        if all(_is_frame(item) for item in videos):
+            return [list(videos)]  # one video given as a list of frames
+        result = []
+        for index, item in enumerate(videos):
+            if _is_source(item) or _is_video_array(item):
+                result.append(item)
+            elif isinstance(item, (list, tuple)) and item and all(_is_frame(frame) for frame in item):
+                result.append(list(item))
+            else:
+                raise TypeError(
+                    f"videos[{index}] has unsupported type {type(item).__name__}: expected a path, bytes, a "
+                    "binary file object, a 4-D array/tensor or a list of frames (PIL images or 3-D arrays)"
+                )
+        return result
+    raise TypeError(f"unsupported videos argument of type {type(videos).__name__}")
+
+
+def _per_video(value, count: int, name: str) -> list:
+    if isinstance(value, (list, tuple)):
+        if len(value) != count:
+            raise ValueError(f"{name} has {len(value)} values for {count} videos")
+        return list(value)
+    return [value] * count
+
+
+def _frame_to_array(frame) -> np.ndarray | torch.Tensor:
+    if isinstance(frame, Image.Image):
+        return np.asarray(frame if frame.mode in ("RGB", "L") else frame.convert("RGB"))
+    return frame
+
+
+def _to_tchw(video, input_data_format=None, prefer_channels_last: bool = True) -> torch.Tensor:
+    """Decoded frames (array, tensor or list of frames) -> (T, C, H, W) tensor."""
+    if isinstance(video, list):
+        frames = [_frame_to_array(frame) for frame in video]
+        if any(isinstance(frame, torch.Tensor) for frame in frames):
+            frames = [torch.as_tensor(np.asarray(f)) if isinstance(f, np.ndarray) else f for f in frames]
+            shapes = {tuple(frame.shape) for frame in frames}
+            if len(shapes) > 1:
+                raise ValueError(f"all frames of a video must have the same shape, got {sorted(shapes)}")
+            tensor = torch.stack(frames)
+            prefer_channels_last = False
+        else:
+            shapes = {frame.shape for frame in frames}
+            if len(shapes) > 1:
+                raise ValueError(f"all frames of a video must have the same shape, got {sorted(shapes)}")
+            tensor = torch.from_numpy(np.ascontiguousarray(np.stack(frames)))
+        if tensor.ndim == 3:  # grayscale frames (T, H, W)
+            tensor = tensor.unsqueeze(-1 if prefer_channels_last else 1)
+    elif isinstance(video, np.ndarray):
+        tensor = torch.from_numpy(np.ascontiguousarray(video))
+    else:
+        tensor = video
+        prefer_channels_last = False
+    if tensor.ndim != 4:
+        raise ValueError(f"a video must be 4-D, got shape {tuple(tensor.shape)}")
+    if tensor.shape[0] == 0:
+        raise ValueError("a video has zero frames")
+    fmt = (
+        str(getattr(input_data_format, "value", input_data_format)) if input_data_format is not None else None
+    )
+    if fmt is None:
+        first, last = tensor.shape[1] in (1, 3, 4), tensor.shape[-1] in (1, 3, 4)
+        if first and last:
+            fmt = "channels_last" if prefer_channels_last else "channels_first"
+        elif first or last:
+            fmt = "channels_last" if last else "channels_first"
+        else:
+            raise ValueError(
+                f"cannot find the channel axis (1, 3 or 4 channels) of a video of shape {tuple(tensor.shape)}"
+            )
+    if fmt == "channels_last":
+        tensor = tensor.permute(0, 3, 1, 2)
+    elif fmt != "channels_first":
+        raise ValueError(
+            f"input_data_format must be 'channels_first' or 'channels_last', got {input_data_format!r}"
+        )
+    return tensor.contiguous()
+
+
+class VideoFirstVideoProcessor(BaseVideoProcessor):
+    r"""Samples, decodes, resizes, crops and normalises videos for VideoFirst models.
+
+    Inputs: a path / bytes / binary file object (decoded with decord, see `read_video_frames`), a decoded
+    video (uint8 array `(T, H, W, C)`, tensor `(T, C, H, W)` or `(T, H, W, C)`, list of PIL images or
+    arrays), or a list of those. Decoded inputs are used as given, unless `video_metadata` with an `fps` is
+    passed for them, in which case the same sampling rules apply. Frames are resized so their shortest edge
+    is `size["shortest_edge"]` (224), centre-cropped to `crop_size` (224 x 224), rescaled to [0, 1] and
+    normalised with CLIP's mean and standard deviation (the usual choice for a video-first encoder
+    initialised from CLIP-style image models).
+
+    Returns a `BatchFeature` with `pixel_values_videos` `(B, T, C, H, W)` and `video_frame_mask` `(B, T)`
+    (padding rules in the module docstring), plus `video_metadata` (a list of `VideoMetadata`) with
+    `return_metadata=True`.
+    """
+
+    resample = PILImageResampling.BICUBIC
+    image_mean = OPENAI_CLIP_MEAN
+    image_std = OPENAI_CLIP_STD
+    size = {"shortest_edge": 224}
+    default_to_square = False
+    crop_size = {"height": 224, "width": 224}
+    do_resize = True
+    do_center_crop = True
+    do_rescale = True
+    rescale_factor = 1 / 255
+    do_normalize = True
+    do_convert_rgb = True
+    do_sample_frames = True
+    fps = 1.0
+    num_frames = 16
+    sampling = "fps"
+    start = None
+    end = None
+    offset = None
+    seed = None
+    tubelet_frames = 2
+    decode_resize = True
+    max_pixels_per_frame = DEFAULT_MAX_PIXELS_PER_FRAME
+    max_frames = DEFAULT_MAX_FRAMES
+    decode_timeout = DEFAULT_DECODE_TIMEOUT
+    decode_num_threads = 0
+    valid_kwargs = VideoFirstVideoProcessorKwargs
+    model_input_names = ["pixel_values_videos", "video_frame_mask"]
+
+    def __init__(self, **kwargs: Unpack[VideoFirstVideoProcessorKwargs]):
+        super().__init__(**kwargs)
+        self._check_options(
+            sampling=self.sampling,
+            fps=self.fps,
+            num_frames=self.num_frames,
+            tubelet_frames=self.tubelet_frames,
+            max_frames=self.max_frames,
+            max_pixels_per_frame=self.max_pixels_per_frame,
+            decode_timeout=self.decode_timeout,
+        )
+
+    @staticmethod
+    def _check_options(
+        sampling, fps, num_frames, tubelet_frames, max_frames, max_pixels_per_frame, decode_timeout, **_
+    ):
+        if sampling not in SAMPLING_MODES:
+            raise ValueError(f"sampling must be one of {SAMPLING_MODES}, got {sampling!r}")
+        if fps is not None and (isinstance(fps, bool) or not isinstance(fps, (int, float)) or not fps > 0):
+            raise ValueError(f"fps must be a positive number or None, got {fps!r}")
+        for name, value in (("num_frames", num_frames), ("max_frames", max_frames)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be a positive integer or None, got {value!r}")
+        if isinstance(tubelet_frames, bool) or not isinstance(tubelet_frames, int) or tubelet_frames < 1:
+            raise ValueError(f"tubelet_frames must be a positive integer, got {tubelet_frames!r}")
+        if decode_timeout is not None and (
+            isinstance(decode_timeout, bool)
+            or not isinstance(decode_timeout, (int, float))
+            or decode_timeout <= 0
+        ):
+            raise ValueError(
+                f"decode_timeout must be a positive number of seconds or None, got {decode_timeout!r}"
+            )
+        if max_pixels_per_frame is not None and (
+            not isinstance(max_pixels_per_frame, int) or max_pixels_per_frame < 1
+        ):
+            raise ValueError(
+                f"max_pixels_per_frame must be a positive integer or None, got {max_pixels_per_frame!r}"
+            )
+
+    def resize(self, image: torch.Tensor, size: SizeDict, resample=None, **kwargs) -> torch.Tensor:
+        # Frames already shrunk by the decoder are at the target size: skip the (identity) interpolation.
+        height, width = image.shape[-2:]
+        if size.shortest_edge and not size.longest_edge and min(height, width) == size.shortest_edge:
+            return image
+        if size.height and size.width and (height, width) == (size.height, size.width):
+            return image
+        return super().resize(image, size=size, resample=resample, **kwargs)
+
+    def _resolve_kwargs(self, kwargs: dict) -> dict:
+        unknown = set(kwargs) - set(self.valid_kwargs.__annotations__)
+        if unknown:
+            raise TypeError(f"{type(self).__name__} got unexpected keyword arguments: {sorted(unknown)}")
+        try:
+            validate_typed_dict(self.valid_kwargs, kwargs)
+        except StrictDataclassError as err:  # surface as the usual Python exception types
+            raise (TypeError if isinstance(err.__cause__, TypeError) else ValueError)(str(err)) from err
+        for name in self.valid_kwargs.__annotations__:
+            kwargs.setdefault(name, getattr(self, name, None))
+        return kwargs
+
+    @staticmethod
+    def _decode_target(do_resize: bool, size: SizeDict | None, decode_resize: bool):
+        if not (do_resize and decode_resize and size is not None):
+            return None
+        if size.shortest_edge and not size.longest_edge:
+            return int(size.shortest_edge)
+        if size.height and size.width:
+            return (int(size.height), int(size.width))
+        return None
+
+    def _load_videos(self, videos, kwargs: dict) -> tuple[list[torch.Tensor], list[VideoMetadata]]:
+        """Decodes/samples every video into a uint8 (or given dtype) (T, C, H, W) tensor plus its metadata."""
+        items = _make_video_list(videos)
+        count = len(items)
+        starts = _per_video(kwargs["start"], count, "start")
+        ends = _per_video(kwargs["end"], count, "end")
+        offsets = _per_video(kwargs["offset"], count, "offset")
+        metadata_in = kwargs.get("video_metadata")
+        if metadata_in is not None and not isinstance(metadata_in, (list, tuple)):
+            metadata_in = [metadata_in]
+        if metadata_in is not None and len(metadata_in) != count:
+            raise ValueError(f"video_metadata has {len(metadata_in)} entries for {count} videos")
+        sample = bool(kwargs["do_sample_frames"])
+        fps = kwargs["fps"] if sample else None
+        num_frames = kwargs["num_frames"] if sample else None
+        sampling = kwargs["sampling"] if sample else "fps"
+        rng = np.random.default_rng(kwargs["seed"])
+        size = kwargs["size"]
+        if size is not None and not isinstance(size, SizeDict):
+            size = self._standardize_kwargs(size=size, default_to_square=kwargs["default_to_square"])["size"]
+        decode_size = self._decode_target(kwargs["do_resize"], size, kwargs["decode_resize"])
+        tensors, metadata = [], []
+        for index, item in enumerate(items):
+            if _is_source(item):
+                decoded = _decode_video(
+                    item,
+                    fps=fps,
+                    num_frames=num_frames,
+                    sampling=sampling,
+                    start=starts[index],
+                    end=ends[index],
+                    offset=offsets[index],
+                    size=decode_size,
+                    seed=rng,
+                    max_pixels_per_frame=kwargs["max_pixels_per_frame"],
+                    max_frames=kwargs["max_frames"],
+                    num_threads=kwargs["decode_num_threads"] or 0,
+                    timeout=kwargs["decode_timeout"],
+                )
+                tensors.append(torch.from_numpy(decoded.frames).permute(0, 3, 1, 2))
+                metadata.append(
+                    VideoMetadata(
+                        total_num_frames=decoded.total_frames,
+                        fps=decoded.video_fps,
+                        width=decoded.width,
+                        height=decoded.height,
+                        duration=decoded.duration,
+                        video_backend="decord",
+                        frames_indices=decoded.indices.tolist(),
+                    )
+                )
+                continue
+            tensor = _to_tchw(item, kwargs.get("input_data_format"))
+            total = tensor.shape[0]
+            given = metadata_in[index] if metadata_in is not None else None
+            video_fps = given.get("fps") if isinstance(given, (dict, VideoMetadata)) else None
+            indices = np.arange(total)
+            if sample and video_fps:
+                try:
+                    indices = sample_frame_indices(
+                        np.arange(total) / video_fps,
+                        total / video_fps,
+                        fps=fps,
+                        num_frames=num_frames,
+                        sampling=sampling,
+                        start=starts[index],
+                        end=ends[index],
+                        offset=offsets[index],
+                        seed=rng,
+                    )
+                except ValueError as err:
+                    raise VideoDecodingError(f"<decoded video {index}>", str(err)) from None
+                tensor = tensor[torch.from_numpy(indices)]
+            max_frames = kwargs["max_frames"]
+            if max_frames is not None and tensor.shape[0] > max_frames:
+                raise ValueError(
+                    f"video {index} has {tensor.shape[0]} frames, more than max_frames={max_frames}; sample "
+                    "it first or pass video_metadata={'fps': ...} so the processor can"
+                )
+            tensors.append(tensor)
+            metadata.append(
+                VideoMetadata(
+                    total_num_frames=total,
+                    fps=video_fps,
+                    width=int(tensor.shape[-1]),
+                    height=int(tensor.shape[-2]),
+                    duration=total / video_fps if video_fps else None,
+                    video_backend=None,
+                    frames_indices=indices.tolist(),
+                )
+            )
+        return tensors, metadata
+
+    def _to_rgb(self, video: torch.Tensor, do_convert_rgb: bool) -> torch.Tensor:
+        if not do_convert_rgb:
+            return video
+        channels = video.shape[1]
+        if channels == 1:
+            return video.expand(-1, 3, -1, -1)
+        if channels == 4:
+            return video[:, :3]
+        return video
+
+    def preprocess(self, videos, **kwargs: Unpack[VideoFirstVideoProcessorKwargs]) -> BatchFeature:
+        kwargs = self._resolve_kwargs(dict(kwargs))
+        self._check_options(**kwargs)
+        return_tensors = kwargs.pop("return_tensors")
+        return_metadata = kwargs.pop("return_metadata")
+        device = kwargs.pop("device")
+        tensors, metadata = self._load_videos(videos, kwargs)
+        tensors = [self._to_rgb(video, kwargs["do_convert_rgb"]) for video in tensors]
+        if device is not None:
+            tensors = [video.to(device) for video in tensors]
+        for name in (
+            "video_metadata",
+            "input_data_format",
+            "data_format",
+            "do_convert_rgb",
+            "do_sample_frames",
+        ):
+            kwargs.pop(name, None)
+        kwargs = self._standardize_kwargs(**kwargs)
+        self._validate_preprocess_kwargs(**kwargs)
+        processed = self._preprocess(videos=tensors, return_tensors=None, **kwargs)["pixel_values_videos"]
+        shapes = {tuple(video.shape[1:]) for video in processed}
+        if len(shapes) == 1:
+            pixel_values, mask = pad_video_batch(processed, tubelet_frames=kwargs["tubelet_frames"])
+        elif return_tensors is not None:
+            raise ValueError(
+                f"videos have different frame sizes after processing ({sorted(shapes)}) and cannot be "
+                "stacked; enable do_center_crop or use a fixed size"
+            )
+        else:
+            pairs = [pad_video_batch([video], tubelet_frames=kwargs["tubelet_frames"]) for video in processed]
+            length = max(mask.shape[1] for _, mask in pairs)
+            pixel_values = [video[0] for video, _ in pairs]
+            mask = torch.zeros((len(pairs), length), dtype=torch.long)
+            for index, (_, video_mask) in enumerate(pairs):
+                mask[index, : video_mask.shape[1]] = 1
+        data = {"pixel_values_videos": pixel_values, "video_frame_mask": mask}
+        if return_metadata:
+            data["video_metadata"] = metadata
+        return BatchFeature(data=data, tensor_type=return_tensors, skip_tensor_conversion=["video_metadata"])
+
+    def preprocess_images(self, images, **kwargs) -> BatchFeature:
+        """Processes images (PIL, arrays `(H, W, C)`, tensors `(C, H, W)`, paths or bytes) into `pixel_values`
+        `(B, C, H, W)`, with the same resize / crop / normalisation as video frames."""
+        kwargs = self._resolve_kwargs(
+            {k: v for k, v in kwargs.items() if k in self.valid_kwargs.__annotations__}
+        )
+        return_tensors = kwargs.pop("return_tensors")
+        device = kwargs.pop("device")
+        if isinstance(images, (list, tuple)):
+            items = list(images)
+        elif isinstance(images, (np.ndarray, torch.Tensor)) and images.ndim == 4:
+            items = list(images)
+        else:
+            items = [images]
+        if not items:
+            raise ValueError("images is empty")
+        tensors = []
+        for index, image in enumerate(items):
+            if isinstance(image, (str, os.PathLike, bytes, bytearray)):
+                name = os.fspath(image) if isinstance(image, (str, os.PathLike)) else f"<{len(image)} bytes>"
+                try:
+                    handle = io.BytesIO(bytes(image)) if isinstance(image, (bytes, bytearray)) else image
+                    with Image.open(handle) as opened:
+                        image = opened.convert("RGB")
+                except (OSError, Image.DecompressionBombError) as err:
+                    raise ValueError(f"cannot read image {name!r}: {err}") from None
+            if not _is_frame(image):
+                raise TypeError(f"images[{index}] has unsupported type {type(image).__name__}")
+            is_tensor = isinstance(image, torch.Tensor)
+            frames = _to_tchw([image], kwargs.get("input_data_format"), prefer_channels_last=not is_tensor)
+            tensors.append(self._to_rgb(frames, kwargs["do_convert_rgb"]))
+        if device is not None:
+            tensors = [tensor.to(device) for tensor in tensors]
+        for name in (
+            "video_metadata",
+            "input_data_format",
+            "data_format",
+            "do_convert_rgb",
+            "do_sample_frames",
+        ):
+            kwargs.pop(name, None)
+        kwargs.pop("return_metadata", None)
+        kwargs = self._standardize_kwargs(**kwargs)
+        self._validate_preprocess_kwargs(**kwargs)
+        processed = self._preprocess(videos=tensors, return_tensors=None, **kwargs)["pixel_values_videos"]
+        shapes = {tuple(frame.shape) for frame in processed}
+        if len(shapes) == 1:
+            pixel_values = torch.cat(processed, dim=0)
+        elif return_tensors is not None:
+            raise ValueError(
+                f"images have different sizes after processing ({sorted(shapes)}) and cannot be stacked"
+            )
+        else:
+            pixel_values = [frame[0] for frame in processed]
+        return BatchFeature(data={"pixel_values": pixel_values}, tensor_type=return_tensors)
