@@ -11,6 +11,72 @@ TEXT_POOLING_TYPES = ("mean", "first", "pooler")
 LOSS_TYPES = ("contrastive", "sigmoid")
 
 
+def default_tubevit_kernels(patch_size: int = 16) -> list[dict]:
+    """The TubeViT-style kernel mix selected by `tubevit_kernels="default"`, for `patch_size` p (16 for ViT-B/16).
+
+    Sparse tubes as in TubeViT (Piergiovanni et al., CVPR 2023): one dense fine kernel on a few frames plus
+    temporally long kernels at a large spatial stride, offset so that the kernels sample different places.
+    At 16 frames of 224x224 (ViT-B/16) it yields 392 + 98 + 49 = 539 tokens (joint 2x16x16 tubelets: 1568; at
+    256 frames 8624 against 25088), for 8.3M kernel parameters (a 2x16x16 tubelet kernel: 1.2M):
+
+    * fine: `2 x p x p`, stride `8 x p x p`: every patch of two frames out of every eight;
+    * mid: `8 x p x p`, stride `8 x 2p x 2p`, offset `p/2`: 8-frame tubes on every other patch row and column,
+      shifted by half a patch;
+    * long: `16 x p/2 x p/2`, stride `16 x 2p x 2p`, offset `p`: thin 16-frame tubes between the mid ones.
+    """
+    half = max(1, patch_size // 2)
+    return [
+        {"kernel_size": [2, patch_size, patch_size], "stride": [8, patch_size, patch_size], "offset": [0, 0, 0]},
+        {
+            "kernel_size": [8, patch_size, patch_size],
+            "stride": [8, 2 * patch_size, 2 * patch_size],
+            "offset": [0, half, half],
+        },
+        {
+            "kernel_size": [16, half, half],
+            "stride": [16, 2 * patch_size, 2 * patch_size],
+            "offset": [0, patch_size, patch_size],
+        },
+    ]
+
+
+def tube_grid(kernel: dict, frames: int, height: int, width: int) -> tuple[int, int, int]:
+    """Tokens along (time, height, width) that one TubeViT kernel yields on a `frames x height x width` video."""
+    sizes = (frames, height, width)
+    return tuple(
+        (size - offset - extent) // step + 1
+        for size, offset, extent, step in zip(sizes, kernel["offset"], kernel["kernel_size"], kernel["stride"])
+    )
+
+
+def _normalize_tubevit_kernels(kernels: list[dict] | str | None, patch_size: int) -> list[dict] | str | None:
+    if kernels == "default":
+        return default_tubevit_kernels(patch_size)
+    if not isinstance(kernels, list):
+        return kernels
+    normalized = []
+    for kernel in kernels:
+        unknown = set(kernel) - {"kernel_size", "stride", "offset"}
+        if unknown or "kernel_size" not in kernel:
+            raise ValueError(
+                "`tubevit_kernels` entries are dicts with `kernel_size`, optional `stride` (defaults to the kernel "
+                f"size) and optional `offset` (defaults to zeros), each [t, h, w]; got {kernel}."
+            )
+        entry = {
+            "kernel_size": kernel["kernel_size"],
+            "stride": kernel.get("stride", kernel["kernel_size"]),
+            "offset": kernel.get("offset", [0, 0, 0]),
+        }
+        for key, value in entry.items():
+            minimum = 0 if key == "offset" else 1
+            if not isinstance(value, (list, tuple)) or len(value) != 3 or any(int(v) < minimum for v in value):
+                raise ValueError(
+                    f"`tubevit_kernels` `{key}` must be three integers >= {minimum} [t, h, w], got {value}."
+                )
+        normalized.append({key: [int(v) for v in value] for key, value in entry.items()})
+    return normalized
+
+
 def _require_choice(field: str, value: str, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
         raise ValueError(f"`{field}` must be one of {allowed}, got {value!r}.")
@@ -38,6 +104,16 @@ class VideoFirstVisionConfig(PreTrainedConfig):
         pooling (`str`, defaults to `"mean"`): `"mean"` over kept tokens (the paper), `"cls"` (a class token,
             as CLIP) or `"attention"` (a learned probe attending over tokens, as SigLIP).
         pre_layernorm (`bool`, defaults to `False`): a LayerNorm before the encoder (CLIP has one).
+        adapter_bottleneck (`int`, *optional*): width of the MLP adapter added after every feed-forward block
+            (`h + up(act(down(h)))` on the block's output, `up` zero-initialised so a fresh adapter changes
+            nothing). `None`: no adapters.
+        tubevit_kernels (`list[dict]` or `"default"`, *optional*): TubeViT-style multi-resolution tokenisation.
+            Each entry is `{"kernel_size": [t, h, w], "stride": [t, h, w], "offset": [t, h, w]}` (stride defaults
+            to the kernel size, offset to zeros); every kernel has its own Conv3d and its own spatial and temporal
+            position tables, and the tokens of all kernels are concatenated. It replaces the `tubelet_size`
+            tokeniser for videos (images keep the patch path); needs `attention_type="joint"` and
+            `mask_type="random"`, since the tokens do not lie on one (time, space) grid. `"default"` expands to
+            [`default_tubevit_kernels`] for `patch_size`.
     """
 
     model_type = "videofirst_vision_model"
@@ -62,9 +138,12 @@ class VideoFirstVisionConfig(PreTrainedConfig):
     mask_type: str = "random"
     pooling: str = "mean"
     pre_layernorm: bool = False
+    adapter_bottleneck: int | None = None
+    tubevit_kernels: list[dict] | str | None = None
 
     def __post_init__(self, **kwargs):
         self.tubelet_size = [int(size) for size in self.tubelet_size]
+        self.tubevit_kernels = _normalize_tubevit_kernels(self.tubevit_kernels, self.patch_size)
         super().__post_init__(**kwargs)
         # Run the checks here too so that a bad value surfaces as a plain `ValueError` at construction.
         self.validate_architecture()
@@ -102,6 +181,34 @@ class VideoFirstVisionConfig(PreTrainedConfig):
             )
         if self.num_hidden_layers < 1:
             raise ValueError(f"`num_hidden_layers` must be at least 1, got {self.num_hidden_layers}.")
+        if self.adapter_bottleneck is not None and self.adapter_bottleneck < 1:
+            raise ValueError(f"`adapter_bottleneck` must be a positive width or None, got {self.adapter_bottleneck}.")
+        self._validate_tubevit_kernels()
+
+    def _validate_tubevit_kernels(self) -> None:
+        kernels = self.tubevit_kernels
+        if kernels is None:
+            return
+        if isinstance(kernels, str):
+            raise ValueError(f"`tubevit_kernels` must be a list of kernels, 'default' or None, got {kernels!r}.")
+        if not kernels:
+            raise ValueError("`tubevit_kernels` must name at least one kernel (or be None).")
+        if self.attention_type != "joint":
+            raise ValueError(
+                "`tubevit_kernels` needs `attention_type='joint'`: tube tokens lie on no common (time, space) grid "
+                f"for factorized or frame attention, got `attention_type={self.attention_type!r}`."
+            )
+        if self.mask_type != "random":
+            raise ValueError(
+                f"`tubevit_kernels` needs `mask_type='random'` (tube masking needs one spatial grid), "
+                f"got `mask_type={self.mask_type!r}`."
+            )
+        for kernel in kernels:
+            if min(tube_grid(kernel, self.num_frames, self.image_size, self.image_size)) < 1:
+                raise ValueError(
+                    f"`tubevit_kernels` kernel {kernel} does not fit a video of `num_frames`={self.num_frames} frames "
+                    f"of `image_size`={self.image_size}."
+                )
 
     @property
     def tubelet_grid(self) -> tuple[int, int, int]:
@@ -176,4 +283,4 @@ class VideoFirstConfig(PreTrainedConfig):
             raise ValueError(f"`max_logit_scale` must be positive, got {self.max_logit_scale}.")
 
 
-__all__ = ["VideoFirstConfig", "VideoFirstVisionConfig"]
+__all__ = ["VideoFirstConfig", "VideoFirstVisionConfig", "default_tubevit_kernels"]

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+import transformers
 from torch import nn
 from transformers import initialization as init
 from transformers.activations import ACT2FN
@@ -19,7 +20,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
 from transformers.models.auto.modeling_auto import AutoModel
 from transformers.utils import ModelOutput
 
-from .configuration_videofirst import VideoFirstConfig, VideoFirstVisionConfig
+from .configuration_videofirst import VideoFirstConfig, VideoFirstVisionConfig, tube_grid
 from .masking_videofirst import TokenGroups, TokenSelection, select_tokens
 
 
@@ -31,8 +32,8 @@ class VideoFirstVisionModelOutput(BaseModelOutputWithPooling):
     pooler_output (`torch.FloatTensor` of shape `(batch_size, hidden_size)`):
         Pooled representation, before the projection.
     token_indices (`torch.LongTensor` of shape `(batch_size, kept_tokens)`, *optional*):
-        Position of each kept token in the flattened `(time, height, width)` tubelet grid; `None` when every
-        token was kept.
+        Position of each kept token in the flattened `(time, height, width)` tubelet grid (with
+        `tubevit_kernels`: in the concatenation of the kernels' tokens); `None` when every token was kept.
     token_mask (`torch.BoolTensor` of shape `(batch_size, kept_tokens)`, *optional*):
         False for the right padding of samples that kept fewer tokens; `None` when there is none.
     """
@@ -110,6 +111,53 @@ def additive_key_mask(key_valid: torch.BoolTensor | None, dtype: torch.dtype) ->
     return mask[:, None, None, :]
 
 
+def resize_spatial_positions(table: torch.Tensor, grid: tuple[int, int], size: tuple[int, int]) -> torch.Tensor:
+    """`(1, h * w, dim)` positions of a `grid = (h, w)` table, bicubically resized to `size`."""
+    if tuple(grid) == tuple(size):
+        return table
+    image = table.reshape(1, grid[0], grid[1], -1).permute(0, 3, 1, 2)
+    image = F.interpolate(image, size=size, mode="bicubic", align_corners=False)
+    return image.permute(0, 2, 3, 1).reshape(1, size[0] * size[1], -1)
+
+
+def resize_temporal_positions(table: torch.Tensor, num_steps: int) -> torch.Tensor:
+    """`(1, steps, dim)` positions linearly stretched (or shrunk) to `num_steps`."""
+    if num_steps == table.shape[1]:
+        return table
+    stretched = F.interpolate(table.transpose(1, 2), size=num_steps, mode="linear", align_corners=False)
+    return stretched.transpose(1, 2)
+
+
+class VideoFirstTubeEmbedding(nn.Module):
+    """One kernel of TubeViT-style tokenisation: a strided Conv3d (from an offset) with its own positions.
+
+    Its tokens get factorised learned positions like the tubelet path: a spatial table for its token grid at
+    `image_size` and a temporal table for its steps at `num_frames`, interpolated for other input sizes.
+    """
+
+    def __init__(self, config: VideoFirstVisionConfig, kernel: dict):
+        super().__init__()
+        self.kernel = kernel
+        self.projection = nn.Conv3d(
+            config.num_channels, config.hidden_size, kernel_size=kernel["kernel_size"], stride=kernel["stride"]
+        )
+        steps, height, width = tube_grid(kernel, config.num_frames, config.image_size, config.image_size)
+        self.position_grid = (height, width)
+        self.spatial_position_embedding = nn.Parameter(torch.zeros(1, height * width, config.hidden_size))
+        self.temporal_position_embedding = nn.Parameter(torch.zeros(1, steps, config.hidden_size))
+
+    def forward(self, videos: torch.Tensor) -> torch.Tensor:
+        """`(B, C, T, H, W)` to `(B, tokens, dim)`, time-major within the kernel."""
+        offset_t, offset_h, offset_w = self.kernel["offset"]
+        tokens = self.projection(videos[:, :, offset_t:, offset_h:, offset_w:])
+        batch_size, dim, steps, height, width = tokens.shape
+        tokens = tokens.flatten(3).permute(0, 2, 3, 1)  # (B, T', H'W', dim)
+        spatial = resize_spatial_positions(self.spatial_position_embedding, self.position_grid, (height, width))
+        tokens = tokens + spatial[:, None]
+        tokens = tokens + resize_temporal_positions(self.temporal_position_embedding, steps)[:, :, None]
+        return tokens.reshape(batch_size, -1, dim)
+
+
 class VideoFirstEmbeddings(nn.Module):
     """Tubelet embedding for videos, patch embedding for images, and learned space / time positions.
 
@@ -117,46 +165,50 @@ class VideoFirstEmbeddings(nn.Module):
     the `num_frames // t` tubelet steps of training. Inputs of other sizes interpolate them: bicubic in space
     (as ViTs do for new resolutions) and linear in time, so a model trained on 16 frames runs on 256 with its
     learned temporal ordering stretched over the longer clip.
+
+    With `tubevit_kernels`, videos are tokenised by several [`VideoFirstTubeEmbedding`]s instead (their tokens
+    concatenated in kernel order) and there is no tubelet kernel or shared temporal table.
     """
 
     def __init__(self, config: VideoFirstVisionConfig):
         super().__init__()
         self.config = config
         hidden_size = config.hidden_size
-        self.tubelet_embedding = nn.Conv3d(
-            config.num_channels, hidden_size, kernel_size=config.tubelet_size, stride=config.tubelet_size
-        )
+        if config.tubevit_kernels is None:
+            self.tubelet_embedding = nn.Conv3d(
+                config.num_channels, hidden_size, kernel_size=config.tubelet_size, stride=config.tubelet_size
+            )
+            num_temporal_positions = config.num_frames // config.tubelet_size[0]
+            self.temporal_position_embedding = nn.Parameter(torch.zeros(1, num_temporal_positions, hidden_size))
+        else:
+            self.tubes = nn.ModuleList(VideoFirstTubeEmbedding(config, kernel) for kernel in config.tubevit_kernels)
         self.patch_embedding = nn.Conv2d(
             config.num_channels, hidden_size, kernel_size=config.patch_size, stride=config.patch_size
         )
         patches_per_side = config.image_size // config.patch_size
         self.spatial_position_embedding = nn.Parameter(torch.zeros(1, patches_per_side**2, hidden_size))
-        num_temporal_positions = config.num_frames // config.tubelet_size[0]
-        self.temporal_position_embedding = nn.Parameter(torch.zeros(1, num_temporal_positions, hidden_size))
         if config.pooling == "cls":
             self.class_embedding = nn.Parameter(torch.zeros(hidden_size))
             self.class_position_embedding = nn.Parameter(torch.zeros(hidden_size))
 
     def spatial_positions(self, height: int, width: int) -> torch.Tensor:
         """`(1, height * width, dim)` spatial embeddings for a token grid of that size."""
-        table = self.spatial_position_embedding
-        side = int(table.shape[1] ** 0.5)
-        if (height, width) == (side, side):
-            return table
-        grid = table.reshape(1, side, side, -1).permute(0, 3, 1, 2)
-        grid = F.interpolate(grid, size=(height, width), mode="bicubic", align_corners=False)
-        return grid.permute(0, 2, 3, 1).reshape(1, height * width, -1)
+        side = self.config.image_size // self.config.patch_size
+        return resize_spatial_positions(self.spatial_position_embedding, (side, side), (height, width))
 
     def temporal_positions(self, num_steps: int) -> torch.Tensor:
         """`(1, num_steps, dim)` temporal embeddings for that many tubelet steps."""
-        table = self.temporal_position_embedding
-        if num_steps == table.shape[1]:
-            return table
-        stretched = F.interpolate(table.transpose(1, 2), size=num_steps, mode="linear", align_corners=False)
-        return stretched.transpose(1, 2)
+        return resize_temporal_positions(self.temporal_position_embedding, num_steps)
 
     def embed_video(self, pixel_values_videos: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int]]:
-        """`(B, T, C, H, W)` frames to `(B, T' * H' * W', dim)` tokens (time-major) and the grid `(T', H', W')`."""
+        """`(B, T, C, H, W)` frames to `(B, T' * H' * W', dim)` tokens (time-major) and the grid `(T', H', W')`.
+
+        TubeViT tokens lie on no common grid: the grid is then `(1, 1, tokens)`.
+        """
+        if self.config.tubevit_kernels is not None:
+            videos = pixel_values_videos.to(self.tubes[0].projection.weight.dtype).transpose(1, 2)
+            tokens = torch.cat([tube(videos) for tube in self.tubes], dim=1)
+            return tokens, (1, 1, tokens.shape[1])
         weight = self.tubelet_embedding.weight
         tokens = self.tubelet_embedding(pixel_values_videos.to(weight.dtype).transpose(1, 2))
         batch_size, dim, steps, height, width = tokens.shape
@@ -164,6 +216,27 @@ class VideoFirstEmbeddings(nn.Module):
         tokens = tokens + self.spatial_positions(height, width)[:, None]
         tokens = tokens + self.temporal_positions(steps)[:, :, None]
         return tokens.reshape(batch_size, -1, dim), (steps, height, width)
+
+    def tube_token_valid(self, frame_valid: torch.BoolTensor, height: int, width: int) -> torch.BoolTensor:
+        """`(B, T)` real-frame flags to `(B, tokens)` flags of the TubeViT tokens that see only real frames.
+
+        A tube that reaches into padding would mix it into its token, so it is dropped; the tokens left are
+        exactly those of the unpadded video.
+        """
+        flags = []
+        for tube in self.tubes:
+            kernel = tube.kernel
+            _, grid_height, grid_width = tube_grid(kernel, frame_valid.shape[1], height, width)
+            windows = frame_valid[:, kernel["offset"][0] :].unfold(1, kernel["kernel_size"][0], kernel["stride"][0])
+            step_valid = windows.all(dim=-1)  # (B, steps)
+            flags.append(step_valid[:, :, None].expand(-1, -1, grid_height * grid_width).flatten(1))
+        token_valid = torch.cat(flags, dim=1)
+        if not bool(token_valid.any(dim=1).all()):
+            raise ValueError(
+                "With `tubevit_kernels`, every video needs enough real frames (`video_frame_mask`) for at least one "
+                "tube to lie entirely within them."
+            )
+        return token_valid
 
     def embed_image(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int]]:
         """`(B, C, H, W)` images to `(B, H' * W', dim)` tokens: a one-step video without temporal embedding."""
@@ -229,6 +302,26 @@ class VideoFirstMLP(nn.Module):
         return self.fc2(self.activation_fn(self.fc1(hidden_states)))
 
 
+class VideoFirstZeroInitLinear(nn.Linear):
+    """A linear layer that `_init_weights` starts at zero (an adapter's output projection)."""
+
+
+class VideoFirstAdapter(nn.Module):
+    """A bottleneck MLP adapter (Houlsby et al., 2019) with a skip connection: `h + up(act(down(h)))`.
+
+    `up` starts at zero, so an added adapter leaves the model's outputs unchanged.
+    """
+
+    def __init__(self, config: VideoFirstVisionConfig):
+        super().__init__()
+        self.down = nn.Linear(config.hidden_size, config.adapter_bottleneck)
+        self.activation_fn = ACT2FN[config.hidden_act]
+        self.up = VideoFirstZeroInitLinear(config.adapter_bottleneck, config.hidden_size)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return hidden_states + self.up(self.activation_fn(self.down(hidden_states)))
+
+
 @dataclass
 class AttentionLayout:
     """How the tokens of one forward pass attend: computed once, shared by every layer.
@@ -262,6 +355,8 @@ class VideoFirstEncoderLayer(GradientCheckpointingLayer):
             self.temporal_gate = nn.Parameter(torch.zeros(()))
         self.layer_norm2 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.mlp = VideoFirstMLP(config)
+        # Parameter-efficient adaptation: an adapter on the feed-forward output, before the residual sum.
+        self.adapter = VideoFirstAdapter(config) if config.adapter_bottleneck is not None else None
 
     def _spatial_attention(self, hidden_states: torch.Tensor, layout: AttentionLayout) -> torch.Tensor:
         if layout.spatial is None:
@@ -291,7 +386,10 @@ class VideoFirstEncoderLayer(GradientCheckpointingLayer):
         if self.attention_type == "factorized":
             temporal = self._temporal_attention(self.temporal_layer_norm(hidden_states), layout)
             hidden_states = hidden_states + torch.tanh(self.temporal_gate) * temporal
-        return hidden_states + self.mlp(self.layer_norm2(hidden_states))
+        feed_forward = self.mlp(self.layer_norm2(hidden_states))
+        if self.adapter is not None:
+            feed_forward = self.adapter(feed_forward)
+        return hidden_states + feed_forward
 
 
 class VideoFirstEncoder(nn.Module):
@@ -366,11 +464,18 @@ class VideoFirstPreTrainedModel(PreTrainedModel):
         std = config.initializer_range
         if isinstance(module, VideoFirstEmbeddings):
             init.trunc_normal_(module.spatial_position_embedding, std=std)
-            # Time starts neutral: a fresh (or inflated) model sees a static video like its frame.
-            init.zeros_(module.temporal_position_embedding)
+            if hasattr(module, "temporal_position_embedding"):
+                # Time starts neutral: a fresh (or inflated) model sees a static video like its frame.
+                init.zeros_(module.temporal_position_embedding)
             if hasattr(module, "class_embedding"):
                 init.trunc_normal_(module.class_embedding, std=std)
                 init.zeros_(module.class_position_embedding)
+        elif isinstance(module, VideoFirstTubeEmbedding):
+            init.trunc_normal_(module.spatial_position_embedding, std=std)
+            init.zeros_(module.temporal_position_embedding)
+        elif isinstance(module, VideoFirstZeroInitLinear):
+            init.zeros_(module.weight)
+            init.zeros_(module.bias)
         elif isinstance(module, VideoFirstAttentionPoolingHead):
             init.trunc_normal_(module.probe, std=std)
         elif isinstance(module, VideoFirstEncoderLayer) and module.attention_type == "factorized":
@@ -411,7 +516,17 @@ class VideoFirstVisionModel(VideoFirstPreTrainedModel):
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Module:
+        if self.config.tubevit_kernels is not None:
+            return self.embeddings.tubes
         return self.embeddings.tubelet_embedding
+
+    def _check_tubevit_video(self, pixel_values_videos: torch.Tensor) -> None:
+        frames, height, width = pixel_values_videos.shape[1], *pixel_values_videos.shape[-2:]
+        for kernel in self.config.tubevit_kernels:
+            if min(tube_grid(kernel, frames, height, width)) < 1:
+                raise ValueError(
+                    f"A video of {frames} frames of {height}x{width} is too small for the TubeViT kernel {kernel}."
+                )
 
     def _check_video(self, pixel_values_videos: torch.Tensor, video_frame_mask: torch.Tensor | None) -> None:
         config = self.config
@@ -427,12 +542,14 @@ class VideoFirstVisionModel(VideoFirstPreTrainedModel):
                 f"`pixel_values_videos` has {channels} channels in dimension 2, expected {config.num_channels} "
                 "(layout: batch, frames, channels, height, width)."
             )
-        if frames == 0 or frames % tubelet_frames != 0:
+        if config.tubevit_kernels is not None:
+            self._check_tubevit_video(pixel_values_videos)
+        elif frames == 0 or frames % tubelet_frames != 0:
             raise ValueError(
                 f"`pixel_values_videos` has {frames} frames; the count must be a positive multiple of the tubelet "
                 f"length {tubelet_frames} (the processor pads videos to it)."
             )
-        if height % tubelet_height != 0 or width % tubelet_width != 0:
+        elif height % tubelet_height != 0 or width % tubelet_width != 0:
             raise ValueError(
                 f"Frame size {height}x{width} is not divisible by the tubelet size {tubelet_height}x{tubelet_width}."
             )
@@ -491,7 +608,8 @@ class VideoFirstVisionModel(VideoFirstPreTrainedModel):
             Images, embedded with the 2D patch kernel. Pass either videos or images.
         video_frame_mask (`torch.Tensor` of shape `(batch, frames)`, *optional*):
             1 for real frames, 0 for padding. Tubelets with no real frame are dropped before the encoder:
-            nothing attends to them and they are not pooled.
+            nothing attends to them and they are not pooled. With `tubevit_kernels`, every tube that reaches
+            a padded frame is dropped.
         mask_ratio (`float`, *optional*):
             Fraction of tokens to drop. Defaults to `config.mask_ratio` for videos in training mode and to 0
             otherwise (evaluation, images).
@@ -518,8 +636,12 @@ class VideoFirstVisionModel(VideoFirstPreTrainedModel):
 
         token_valid = None
         if pixel_values_videos is not None and video_frame_mask is not None:
-            step_valid = video_frame_mask.bool().reshape(batch_size, steps, -1).any(dim=-1)
-            token_valid = step_valid[:, :, None].expand(-1, -1, grid[1]).reshape(batch_size, -1)
+            if self.config.tubevit_kernels is not None:
+                frame_size = pixel_values_videos.shape[-2:]
+                token_valid = self.embeddings.tube_token_valid(video_frame_mask.bool(), *frame_size)
+            else:
+                step_valid = video_frame_mask.bool().reshape(batch_size, steps, -1).any(dim=-1)
+                token_valid = step_valid[:, :, None].expand(-1, -1, grid[1]).reshape(batch_size, -1)
         selection = select_tokens(
             grid, batch_size, float(mask_ratio), self.config.mask_type, token_valid, tokens.device, generator
         )
@@ -554,6 +676,20 @@ class VideoFirstVisionModel(VideoFirstPreTrainedModel):
         )
 
 
+def text_model_from_config(text_config) -> PreTrainedModel:
+    """The text encoder for `text_config`: its `AutoModel` class, else the transformers class named after the config.
+
+    Some dual encoders' text towers (SigLIP's `SiglipTextModel`) have no `AutoModel` entry.
+    """
+    try:
+        return AutoModel.from_config(text_config)
+    except ValueError:
+        model_class = getattr(transformers, type(text_config).__name__.removesuffix("Config") + "Model", None)
+        if model_class is None:
+            raise
+        return model_class._from_config(text_config)
+
+
 class VideoFirstModel(VideoFirstPreTrainedModel):
     """Video tower, text tower, projections into one space and a learnable temperature."""
 
@@ -562,7 +698,7 @@ class VideoFirstModel(VideoFirstPreTrainedModel):
     def __init__(self, config: VideoFirstConfig):
         super().__init__(config)
         self.vision_model = VideoFirstVisionModel._from_config(config.vision_config)
-        self.text_model = AutoModel.from_config(config.text_config)
+        self.text_model = text_model_from_config(config.text_config)
         if config.text_pooling != "pooler" and getattr(self.text_model, "pooler", None) is not None:
             # Mean or first-token pooling never uses BERT-style poolers; unused weights would break DDP.
             self.text_model.pooler = None
