@@ -3,6 +3,8 @@
 Importing the package registers the VideoFirst classes with the transformers Auto classes.
 """
 
+from videofirst.adaptation import AdaptationConfig, AdaptationSummary, apply_adaptation, merge_adaptation
+from videofirst.conversion import convert_checkpoint, convert_image_text_model, replace_text_tower
 from videofirst.evaluation import (
     classification_metrics,
     embed_texts,
@@ -37,6 +39,8 @@ __version__ = "0.1.0"
 register_auto_classes()
 
 __all__ = [
+    "AdaptationConfig",
+    "AdaptationSummary",
     "VideoDecodingError",
     "VideoFirstConfig",
     "VideoFirstModel",
@@ -47,7 +51,10 @@ __all__ = [
     "VideoFirstVisionModel",
     "VideoFirstVideoProcessor",
     "VideoFirstVisionModelOutput",
+    "apply_adaptation",
     "classification_metrics",
+    "convert_checkpoint",
+    "convert_image_text_model",
     "embed_texts",
     "embed_videos",
     "embed_videos_by_segments",
@@ -55,9 +62,11 @@ __all__ = [
     "evaluate_multiple_choice",
     "evaluate_retrieval",
     "export_checkpoint",
+    "merge_adaptation",
     "multiple_choice_metrics",
     "pad_video_batch",
     "read_video_frames",
     "register_auto_classes",
+    "replace_text_tower",
     "retrieval_metrics",
 ]

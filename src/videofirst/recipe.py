@@ -1,0 +1,196 @@
+"""Training recipes: one typed dataclass per concern, loaded from YAML with `key=value` overrides.
+
+A recipe file mirrors the dataclasses below (sections `run`, `data`, `model`, `adaptation`, `optim`,
+`checkpoint`, `eval`); anything left out keeps its default. A top-level `base: other.yaml` (relative to the
+file) starts from another recipe and overrides it key by key. Overrides use dotted paths, e.g.
+`optim.max_steps=50 model.vision.mask_ratio=0.5`, and values are parsed as YAML scalars.
+"""
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from videofirst.adaptation import AdaptationConfig
+
+
+@dataclass
+class RunSection:
+    output_dir: str = "runs/demo"
+    seed: int = 0
+    log_every: int = 5
+    # Trackers beside the always-on JSONL log: "auto" uses TensorBoard when it is installed.
+    trackers: str = "auto"
+
+
+@dataclass
+class SyntheticDataSection:
+    """Parameters of the synthetic order-of-events dataset written when the manifests do not exist."""
+
+    num_videos: int = 0
+    num_events: int = 3
+    duration: float = 12.0
+    fps: float = 1.0
+    size: int = 32
+    test_fraction: float = 0.25
+
+
+@dataclass
+class DataSection:
+    train_manifest: str = "runs/demo/data/train.jsonl"
+    eval_manifest: str | None = "runs/demo/data/test.jsonl"
+    # Image-text pairs trained beside the videos (the paper's short stage); None trains on videos only.
+    image_manifest: str | None = None
+    image_loss_weight: float = 0.5
+    synthetic: SyntheticDataSection = field(default_factory=SyntheticDataSection)
+    tokenizer: str | None = None
+    # Vocabulary of the SentencePiece tokenizer trained on the captions when `tokenizer` is None.
+    tokenizer_vocab_size: int = 64
+    max_text_length: int = 32
+    num_frames: int = 16
+    fps: float = 1.0
+    sampling: str = "fps"
+    image_size: int = 224
+    num_workers: int = 0
+    # The run stops once more than this fraction of the samples read so far failed to decode.
+    max_bad_fraction: float = 0.05
+
+
+@dataclass
+class ModelSection:
+    # A VideoFirst checkpoint to start from (e.g. the short stage for the long stage); None builds from config.
+    init_from: str | None = None
+    vision: dict[str, Any] = field(default_factory=dict)
+    text: dict[str, Any] = field(default_factory=dict)
+    projection_dim: int = 512
+    loss_type: str = "contrastive"
+    attn_implementation: str = "sdpa"
+
+
+@dataclass
+class OptimSection:
+    batch_size: int = 8
+    gradient_accumulation_steps: int = 1
+    # >1 splits each batch into this many micro-batches whose features are cached, so that the whole
+    # batch is still one contrastive batch (gradient caching); activations are kept for one micro-batch only.
+    contrastive_micro_batches: int = 1
+    max_steps: int = 100
+    learning_rate: float = 5e-4
+    weight_decay: float = 0.05
+    beta1: float = 0.9
+    beta2: float = 0.98
+    eps: float = 1e-6
+    warmup_steps: int = 10
+    min_learning_rate_ratio: float = 0.0
+    max_grad_norm: float = 1.0
+    mixed_precision: str = "no"
+    activation_checkpointing: bool = False
+
+
+@dataclass
+class CheckpointSection:
+    save_every: int = 50
+    keep_last: int = 2
+    resume: bool = False
+
+
+@dataclass
+class EvalSection:
+    every: int = 0
+    batch_size: int = 16
+    max_videos: int | None = None
+
+
+@dataclass
+class PretrainRecipe:
+    run: RunSection = field(default_factory=RunSection)
+    data: DataSection = field(default_factory=DataSection)
+    model: ModelSection = field(default_factory=ModelSection)
+    adaptation: AdaptationConfig = field(default_factory=AdaptationConfig)
+    optim: OptimSection = field(default_factory=OptimSection)
+    checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
+    eval: EvalSection = field(default_factory=EvalSection)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _build(cls: type, values: dict[str, Any], path: str) -> Any:
+    """Instantiate dataclass `cls` from a mapping, recursing into nested sections and rejecting unknown keys."""
+    if not isinstance(values, dict):
+        raise ValueError(f"Recipe section `{path or 'root'}` must be a mapping, got {type(values).__name__}.")
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        where = f"section `{path}`" if path else "the recipe"
+        raise ValueError(f"Unknown key(s) {unknown} in {where}; allowed: {sorted(known)}.")
+    kwargs = {}
+    for name, value in values.items():
+        default = getattr(cls(), name)
+        key = f"{path}.{name}" if path else name
+        if dataclasses.is_dataclass(default):
+            kwargs[name] = _build(type(default), value, key)
+        else:
+            kwargs[name] = _coerce(value, default, key)
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, default: Any, key: str) -> Any:
+    """Check a scalar against the type of its default (ints may stand for floats)."""
+    if default is None or value is None or isinstance(default, dict):
+        return value
+    if isinstance(default, tuple) and isinstance(value, list):
+        return tuple(value)
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ValueError(f"Recipe key `{key}` must be true or false, got {value!r}.")
+        return value
+    if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, type(default)):
+        raise ValueError(f"Recipe key `{key}` must be of type {type(default).__name__}, got {value!r}.")
+    return value
+
+
+def _set_dotted(tree: dict[str, Any], dotted_key: str, value: Any) -> None:
+    node = tree
+    *parents, leaf = dotted_key.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ValueError(f"Override `{dotted_key}`: `{part}` is not a section.")
+    node[leaf] = value
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in update.items():
+        merged[key] = (
+            _merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+        )
+    return merged
+
+
+def _read_tree(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    if not path.is_file():
+        raise FileNotFoundError(f"Recipe file not found: {path}")
+    if path.resolve() in seen:
+        raise ValueError(f"Recipe {path} includes itself through `base`.")
+    tree = yaml.safe_load(path.read_text()) or {}
+    base = tree.pop("base", None)
+    if base is None:
+        return tree
+    return _merge(_read_tree(path.parent / base, (*seen, path.resolve())), tree)
+
+
+def load_recipe(path: str | Path | None = None, overrides: list[str] | None = None) -> PretrainRecipe:
+    """Read a recipe YAML (or the defaults when `path` is None) and apply `key=value` overrides."""
+    tree = _read_tree(Path(path)) if path is not None else {}
+    for override in overrides or []:
+        if "=" not in override:
+            raise ValueError(f"Override {override!r} must look like `section.key=value`.")
+        key, raw_value = override.split("=", 1)
+        _set_dotted(tree, key.strip(), yaml.safe_load(raw_value))
+    return _build(PretrainRecipe, tree, "")
