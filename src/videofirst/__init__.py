@@ -16,7 +16,8 @@ from videofirst.evaluation import (
     multiple_choice_metrics,
     retrieval_metrics,
 )
-from videofirst.export import export_checkpoint
+from videofirst.export import export_checkpoint, export_run
+from videofirst.hub import ModelCardOptions, push_to_hub, register_pipelines, render_model_card
 from videofirst.modeling.configuration_videofirst import VideoFirstConfig, VideoFirstVisionConfig
 from videofirst.modeling.modeling_videofirst import (
     VideoFirstModel,
@@ -37,10 +38,12 @@ from videofirst.registration import register_auto_classes
 __version__ = "0.1.0"
 
 register_auto_classes()
+register_pipelines()
 
 __all__ = [
     "AdaptationConfig",
     "AdaptationSummary",
+    "ModelCardOptions",
     "VideoDecodingError",
     "VideoFirstConfig",
     "VideoFirstModel",
@@ -62,11 +65,15 @@ __all__ = [
     "evaluate_multiple_choice",
     "evaluate_retrieval",
     "export_checkpoint",
+    "export_run",
     "merge_adaptation",
     "multiple_choice_metrics",
     "pad_video_batch",
+    "push_to_hub",
     "read_video_frames",
     "register_auto_classes",
+    "register_pipelines",
+    "render_model_card",
     "replace_text_tower",
     "retrieval_metrics",
 ]

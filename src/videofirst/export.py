@@ -1,8 +1,24 @@
-"""Writing checkpoints that load anywhere: weights, config, processor and the model code itself."""
+"""Writing checkpoints that load anywhere: weights, config, processor, the model code, card and endpoint handler.
 
+* `export_checkpoint(model, processor, out_dir)`: an in-memory model to a publishable folder.
+* `export_run(source, out_dir)`: the same from a training run folder, its final export, or one of its training
+  checkpoints, with the run's recipe, log and evaluation results in the model card.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
 from pathlib import Path
+from typing import Any
 
 from transformers import PreTrainedModel, ProcessorMixin
+
+from videofirst.hub import ModelCardOptions, RunInfo, load_results, run_eval_results, write_hub_files
+
+__all__ = ["export_checkpoint", "export_run"]
+
+_TRAINER_STATE = "trainer_state.json"
 
 
 def export_checkpoint(
@@ -11,12 +27,18 @@ def export_checkpoint(
     output_dir: str | Path,
     *,
     safe_serialization: bool = True,
+    card: ModelCardOptions | bool = True,
+    results: Any = None,
+    run: RunInfo | None = None,
 ) -> Path:
     """Save `model` (and `processor`) to `output_dir` with the `modeling/` code as transformers remote code.
 
     The folder then loads with `AutoModel.from_pretrained(output_dir, trust_remote_code=True)` in an
     environment where `videofirst` is not installed: `register_for_auto_class` makes `save_pretrained` copy
-    the defining modules and record them in `auto_map`.
+    the defining modules and record them in `auto_map`. With a processor the folder also gets the pipelines
+    (`pipeline("zero-shot-video-classification", model=output_dir, trust_remote_code=True)`) and the Inference
+    Endpoints handler. `card` (True, False or `ModelCardOptions`) writes `README.md`, with `results` (anything
+    `videofirst.hub.load_results` reads) in its `model-index` and what `run` recorded.
     """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -29,4 +51,120 @@ def export_checkpoint(
         if video_processor is not None:
             video_processor.register_for_auto_class("AutoVideoProcessor")
         processor.save_pretrained(output_dir)
+    write_hub_files(output_dir, model, processor, card=card, results=results, run=run)
     return output_dir
+
+
+def export_run(
+    source: str | Path,
+    output_dir: str | Path,
+    *,
+    results: Any = None,
+    card: ModelCardOptions | None = None,
+    include_run_eval: bool = True,
+    overwrite: bool = False,
+) -> Path:
+    """Turn a training run, its exported model, or one of its training checkpoints into a publishable folder.
+
+    `source` is one of:
+
+    * a run folder (`recipe.yaml`, `metrics.jsonl`, `export/`): its final export, or its latest training
+      checkpoint when the run has not exported yet;
+    * an exported checkpoint folder (`config.json`); if it sits in a run folder (`<run>/export`) the run's record
+      is used too;
+    * a training checkpoint `<run>/checkpoints/step_XXXXXXXX` (accelerate state of a single-process, DDP or
+      plain-CPU run): the model is rebuilt from the run's recipe and loaded with that step's weights.
+
+    The card gets the run's recipe and log, `results` (files or records, see `videofirst.hub.load_results`) and,
+    with `include_run_eval`, the run's last held-out evaluation.
+    """
+    source = Path(source)
+    output_dir = Path(output_dir)
+    model, processor, run_dir = _load_source(source)
+    _prepare_output(output_dir, source, overwrite)
+    run = RunInfo.from_run_dir(run_dir) if run_dir is not None else None
+    if run is not None and (source / _TRAINER_STATE).is_file():
+        run.final_step = json.loads((source / _TRAINER_STATE).read_text()).get("step", run.final_step)
+    benchmarks = load_results(results)
+    if include_run_eval and run_dir is not None and not (source / _TRAINER_STATE).is_file():
+        benchmarks += run_eval_results(run_dir)
+    return export_checkpoint(model, processor, output_dir, card=card or ModelCardOptions(), results=benchmarks, run=run)
+
+
+def _prepare_output(output_dir: Path, source: Path, overwrite: bool) -> None:
+    # A run folder may receive the export (e.g. <run>/hub); the model folder it is read from may not.
+    model_dir = (source / "export" if (source / "recipe.yaml").is_file() else source).resolve()
+    output = output_dir.resolve()
+    if output in (source.resolve(), model_dir) or model_dir in output.parents:
+        raise ValueError(f"the output folder {output_dir} must lie outside the checkpoint it is exported from")
+    if output_dir.exists() and any(output_dir.iterdir()):
+        if not overwrite:
+            raise FileExistsError(f"{output_dir} is not empty; pass overwrite=True (--overwrite) to replace it")
+        if not (output_dir / "config.json").is_file():
+            raise FileExistsError(f"{output_dir} does not look like an exported checkpoint; refusing to delete it")
+        shutil.rmtree(output_dir)
+
+
+def _load_source(source: Path):
+    """(model, processor, run folder or None) for a run folder, an exported folder or a training checkpoint."""
+    from videofirst.modeling.modeling_videofirst import VideoFirstModel
+    from videofirst.modeling.processing_videofirst import VideoFirstProcessor
+
+    if not source.is_dir():
+        raise FileNotFoundError(f"{source} is not a folder")
+    if (source / "recipe.yaml").is_file():
+        run_dir = source
+        if (source / "export" / "config.json").is_file():
+            source = source / "export"
+        else:
+            checkpoints = sorted((source / "checkpoints").glob("step_????????"))
+            checkpoints = [path for path in checkpoints if (path / _TRAINER_STATE).is_file()]
+            if not checkpoints:
+                raise FileNotFoundError(f"run {run_dir} has neither an export/ folder nor a completed checkpoint")
+            source = checkpoints[-1]
+    if (source / _TRAINER_STATE).is_file():
+        return (*_load_training_checkpoint(source), source.parent.parent)
+    if (source / "config.json").is_file():
+        model = VideoFirstModel.from_pretrained(source)
+        processor = None
+        if (source / "processor_config.json").is_file():
+            processor = VideoFirstProcessor.from_pretrained(source)
+        run_dir = source.parent if (source.parent / "recipe.yaml").is_file() else None
+        return model, processor, run_dir
+    raise FileNotFoundError(
+        f"{source} is neither a run folder (recipe.yaml), an exported checkpoint (config.json) nor a training "
+        f"checkpoint ({_TRAINER_STATE})"
+    )
+
+
+def _load_training_checkpoint(checkpoint: Path):
+    """Rebuild the run's model as `pretrain` did (recipe, adaptation) and load the checkpoint's weights into it."""
+    from safetensors.torch import load_file
+
+    from videofirst.adaptation import apply_adaptation, merge_adaptation
+    from videofirst.recipe import load_recipe
+    from videofirst.setup import build_model, build_processor
+
+    run_dir = checkpoint.parent.parent
+    if not (run_dir / "recipe.yaml").is_file():
+        raise FileNotFoundError(f"{checkpoint} is not inside a run folder: {run_dir / 'recipe.yaml'} is missing")
+    weights = checkpoint / "model.safetensors"
+    if not weights.is_file():
+        raise FileNotFoundError(
+            f"{weights} not found: only single-model accelerate checkpoints saved with safetensors are supported "
+            "(for FSDP or DeepSpeed runs, export the run's final export/ folder)"
+        )
+    recipe = load_recipe(run_dir / "recipe.yaml")
+    tokenizer = Path(recipe.data.tokenizer) if recipe.data.tokenizer else run_dir / "tokenizer"
+    processor = build_processor(recipe, tokenizer)
+    model = build_model(recipe, processor)
+    apply_adaptation(model, recipe.adaptation, train_images=recipe.data.image_manifest is not None)
+    missing, unexpected = model.load_state_dict(load_file(str(weights)), strict=False)
+    if missing or unexpected:
+        raise ValueError(
+            f"{weights} does not match the run's model: "
+            f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
+        )
+    model = merge_adaptation(model)
+    model.eval()
+    return model, processor

@@ -1,0 +1,651 @@
+"""Publishing: export folders, model cards, pushes to a stand-in Hub, pipelines and the Inference Endpoints handler.
+
+The real Hub is unreachable here, so pushes and downloads go to `hub_server.HubStandIn` on 127.0.0.1 (in memory,
+started and stopped by the fixture). The round trip loads the pushed repo in a fresh process where `videofirst`
+cannot be imported and runs the model card's usage snippets as written.
+"""
+
+import base64
+import copy
+import dataclasses
+import importlib.util
+import io
+import json
+import os
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import huggingface_hub.constants
+import numpy as np
+import pytest
+import torch
+import yaml
+from hub_server import HubStandIn
+from huggingface_hub import HfApi, ModelCard, hf_hub_download
+from huggingface_hub.errors import RepositoryNotFoundError
+from PIL import Image
+from safetensors.torch import save_file
+from tiny_models import tiny_model
+from transformers import BertTokenizerFast, pipeline
+from video_fixtures import write_video
+from videofirst.modeling.processing_videofirst import VideoFirstProcessor
+from videofirst.modeling.video_processing_videofirst import VideoFirstVideoProcessor
+
+from videofirst.export import export_checkpoint, export_run
+from videofirst.hub import (
+    BenchmarkResult,
+    ModelCardOptions,
+    load_results,
+    push_to_hub,
+    register_pipelines,
+    render_model_card,
+    results_from_cli,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+TOKEN = "hf_test"
+LABELS = ["a dog runs", "a cat sings", "a bird"]
+VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "dog", "cat", "runs", "the", "bird", "sings", "video"]
+VOCAB += ["of", "person", "cooking", "cycling", "riding", "bike"]
+RESULTS = [
+    {
+        "dataset": "MSR-VTT",
+        "dataset_type": "msrvtt",
+        "split": "test-1k",
+        "metrics": {"t2v_recall@1": 0.25, "t2v_recall@5": 0.5, "t2v_median_rank": 5.5, "v2t_recall@1": 0.125},
+    },
+    {"dataset": "Kinetics-400", "split": "validation", "metrics": {"top1_accuracy": 0.375, "top5_accuracy": 0.75}},
+    {"dataset": "EgoSchema", "metrics": {"accuracy": 0.4}},
+]
+CARD = ModelCardOptions(
+    model_name="VideoFirst tiny test model",
+    description="A tiny model for tests.",
+    datasets=["me/howto-summaries"],
+    base_model="openai/clip-vit-base-patch16",
+    hardware="2 CPU cores",
+    stages=["short stage: 16 frames", "long stage: 256 frames, 75% masking, last 4 layers"],
+    language=["en"],
+)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Fixtures
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("hub")
+
+
+@pytest.fixture(scope="module")
+def processor(work) -> VideoFirstProcessor:
+    (work / "vocab.txt").write_text("\n".join(VOCAB) + "\n")
+    video_processor = VideoFirstVideoProcessor(
+        size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}, num_frames=4
+    )
+    return VideoFirstProcessor(
+        video_processor=video_processor, tokenizer=BertTokenizerFast(vocab=str(work / "vocab.txt"))
+    )
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return tiny_model().eval()
+
+
+@pytest.fixture(scope="module")
+def video_file(work) -> Path:
+    return write_video(work / "clip.mp4", 12, fps=4)  # 3 s: 3 frames at 1 fps, padded to 4
+
+
+@pytest.fixture(scope="module")
+def results_file(work) -> Path:
+    path = work / "results.json"
+    path.write_text(json.dumps(RESULTS))
+    return path
+
+
+@pytest.fixture(scope="module")
+def exported(work, model, processor, results_file) -> Path:
+    return export_checkpoint(model, processor, work / "export", card=CARD, results=results_file)
+
+
+@pytest.fixture(scope="module")
+def hub():
+    # huggingface_hub reads HF_HUB_DISABLE_XET at import time; Xet needs servers the stand-in does not have.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(huggingface_hub.constants, "HF_HUB_DISABLE_XET", True)
+        with HubStandIn(tokens={TOKEN: "tester"}) as server:
+            yield server
+    assert not server.unhandled, f"the client called routes the stand-in does not implement: {server.unhandled}"
+
+
+@pytest.fixture(scope="module")
+def handler(exported):
+    spec = importlib.util.spec_from_file_location("videofirst_endpoint_handler", exported / "handler.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.EndpointHandler(str(exported))
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def png(frame: np.ndarray, image_format: str = "PNG") -> str:
+    buffer = io.BytesIO()
+    Image.fromarray(frame).save(buffer, format=image_format)
+    return b64(buffer.getvalue())
+
+
+def frames(count: int = 3, height: int = 40, width: int = 48, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (count, height, width, 3), dtype=np.uint8)
+
+
+def load_script(name: str):
+    spec = importlib.util.spec_from_file_location(f"training_{name}", REPO / "training" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Export folder and model card
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def test_export_folder_holds_weights_code_card_pipelines_and_handler(exported):
+    for name in (
+        "model.safetensors",
+        "config.json",
+        "processor_config.json",
+        "tokenizer.json",
+        "configuration_videofirst.py",
+        "modeling_videofirst.py",
+        "masking_videofirst.py",
+        "processing_videofirst.py",
+        "video_processing_videofirst.py",
+        "pipeline_videofirst.py",
+        "handler.py",
+        "requirements.txt",
+        "README.md",
+    ):
+        assert (exported / name).is_file(), name
+    config = json.loads((exported / "config.json").read_text())
+    assert config["auto_map"]["AutoModel"] == "modeling_videofirst.VideoFirstModel"
+    assert set(config["custom_pipelines"]) == {"zero-shot-video-classification", "text-to-video-retrieval"}
+    assert all(task["pt"] == ["AutoModel"] for task in config["custom_pipelines"].values())
+    requirements = (exported / "requirements.txt").read_text()
+    assert "decord" in requirements and "transformers" in requirements
+    assert "videofirst\n" not in requirements
+
+
+def test_card_metadata_parses_and_carries_the_evaluation_results(exported):
+    card = ModelCard.load(exported / "README.md")
+    data = card.data
+    assert data.library_name == "transformers" and data.license == "apache-2.0"
+    assert data.pipeline_tag == "video-classification" and data.language == ["en"]
+    assert data.datasets == ["me/howto-summaries"] and data.base_model == "openai/clip-vit-base-patch16"
+    assert {"videofirst", "custom_code", "arxiv:2312.07395"} <= set(data.tags)
+    expected = {(record["dataset"], key): value for record in RESULTS for key, value in record["metrics"].items()}
+    found = {(result.dataset_name, result.metric_type): result.metric_value for result in data.eval_results}
+    assert found == expected  # fractions, videofirst.evaluation's names
+    by_metric = {result.metric_type: result for result in data.eval_results}
+    assert by_metric["t2v_recall@1"].task_type == "text-to-video-retrieval"
+    assert by_metric["t2v_recall@1"].dataset_type == "msrvtt" and by_metric["t2v_recall@1"].dataset_split == "test-1k"
+    assert by_metric["top1_accuracy"].task_type == "zero-shot-video-classification"
+    assert by_metric["accuracy"].dataset_type == "egoschema"
+    assert data.model_name == "VideoFirst tiny test model"
+
+    body = card.text
+    for fact in ("2x8x8", "`joint`", "Token masking", "1.0 fps, up to 4 frames", "2 CPU cores", "long stage: 256"):
+        assert fact in body, fact
+    assert "| Text-to-video R@1 | 25.0% |" in body and "| Text-to-video median rank | 5.5 |" in body
+    assert "AutoModel.from_pretrained(repo, trust_remote_code=True)" in body
+    assert 'pipeline("zero-shot-video-classification", model=repo, trust_remote_code=True)' in body
+    assert "EndpointHandler" in body and "Papalampidi, Pinelopi" in body and "## Limitations" in body
+
+
+def test_card_escapes_user_text(model, processor):
+    hostile = 'evil: "x"\n---\nlicense: mit\n{{ 7*7 }} <script>alert(1)</script> | cell ```'
+    options = ModelCardOptions(
+        model_name=hostile,
+        description=hostile,
+        hardware=hostile,
+        training_data="```python\nimport os\n",
+        stages=[hostile],
+        limitations=[hostile],
+        tags=["ok", hostile],
+    )
+    results = [BenchmarkResult(dataset=hostile, split=hostile, metrics={"accuracy": 0.5})]
+    card = render_model_card(model, processor, options=options, results=results)
+    reparsed = ModelCard(str(card))
+    assert reparsed.data.license == "apache-2.0"
+    assert reparsed.data.model_name == hostile and hostile in reparsed.data.tags
+    assert reparsed.data.eval_results[0].dataset_name == hostile
+    assert "evil" not in reparsed.data.to_dict()
+    body = reparsed.text
+    assert "<script>" not in body and "\\<script\\>" in body
+    assert "{{ 7\\*7 }}" in body  # the template engine never evaluates user text
+    assert body.count("```") % 2 == 0  # user text opens no code block
+    assert "\n---\nlicense: mit" not in body
+
+    with pytest.raises(ValueError, match="repo_id"):
+        render_model_card(model, processor, options=ModelCardOptions(repo_id='me/x"); import os; ("'))
+
+
+def test_results_are_read_in_every_documented_form(tmp_path):
+    assert [r.task for r in load_results(RESULTS)] == ["retrieval", "classification", "multiple_choice"]
+    by_name = load_results({"msrvtt": {"t2v_recall@1": 0.3}, "ego": {"accuracy": 0.5, "step": 3}})
+    assert [(r.dataset, r.metrics) for r in by_name] == [("msrvtt", {"t2v_recall@1": 0.3}), ("ego", {"accuracy": 0.5})]
+    flat = tmp_path / "kinetics.json"
+    flat.write_text(json.dumps({"top1_accuracy": 0.5, "top5_accuracy": 0.9}))
+    lines = tmp_path / "more.jsonl"
+    lines.write_text("\n".join(json.dumps(record) for record in RESULTS[:2]) + "\n")
+    loaded = load_results([flat, lines])
+    assert [r.dataset for r in loaded] == ["kinetics", "MSR-VTT", "Kinetics-400"]
+    # training/evaluate.py's output: the task is named "mcq", the dataset comes from the manifest.
+    evaluate_record = {
+        "task": "mcq",
+        "checkpoint": "runs/x/export",
+        "manifest": "data/egoschema_subset.jsonl",
+        "metrics": {"accuracy": 0.6},
+        "counts": {"questions": 5},
+        "failed_videos": [],
+    }
+    (tmp_path / "eval_mcq.json").write_text(json.dumps(evaluate_record))
+    [ego] = load_results(tmp_path / "eval_mcq.json")
+    assert (ego.dataset, ego.task, ego.metrics) == ("egoschema_subset", "multiple_choice", {"accuracy": 0.6})
+    [named] = results_from_cli([f"EgoSchema (subset)={tmp_path / 'eval_mcq.json'}"])
+    assert (named.dataset, named.dataset_type) == ("EgoSchema (subset)", "egoschema-subset")
+    with pytest.raises(ValueError, match="no numeric metrics"):
+        load_results({"dataset": "x", "metrics": {"note": "n/a"}})
+    with pytest.raises(ValueError, match="cannot tell the task"):
+        load_results({"dataset": "x", "metrics": {"bleu": 0.2}})
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Push to the stand-in Hub
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def test_push_private_repo_then_repush_an_updated_checkpoint(hub, exported, model, processor, tmp_path):
+    api = HfApi(endpoint=hub.url, token=TOKEN)
+    first = tmp_path / "first"
+    export_checkpoint(model, processor, first, card=CARD, results=RESULTS)
+    (first / "notes.txt").write_text("scratch file that the next push removes\n")
+    info = push_to_hub(first, "tester/private-model", private=True, endpoint=hub.url, token=TOKEN, commit_message="v1")
+    assert api.model_info("tester/private-model").private is True
+    assert hub.repos["tester/private-model"].commits[info.oid].title == "v1"
+    card = hub.file("tester/private-model", "README.md").decode()
+    assert 'repo = "tester/private-model"' in card and "your-username" not in card
+    with pytest.raises(RepositoryNotFoundError):
+        HfApi(endpoint=hub.url, token=False).model_info("tester/private-model")
+
+    updated = copy.deepcopy(model)
+    with torch.no_grad():
+        updated.video_projection.weight.add_(0.5)
+    second = tmp_path / "second"
+    export_checkpoint(updated, processor, second, card=CARD, results=RESULTS)
+    uploads_before = sum(method == "PUT" for method, _ in hub.requests)
+    commits_before = sum(path.endswith("/commit/main") for _, path in hub.requests)
+    info2 = push_to_hub(second, "tester/private-model", endpoint=hub.url, token=TOKEN, commit_message="v2")
+    assert info2.oid != info.oid
+    assert sum(method == "PUT" for method, _ in hub.requests) == uploads_before + 1  # only the new weights
+    assert sum(path.endswith("/commit/main") for _, path in hub.requests) == commits_before + 1
+    files = set(api.list_repo_files("tester/private-model"))
+    assert "notes.txt" not in files and {"model.safetensors", "handler.py", ".gitattributes"} <= files
+    assert hub.file("tester/private-model", "model.safetensors") == (second / "model.safetensors").read_bytes()
+    assert hub.file("tester/private-model", "config.json") == (second / "config.json").read_bytes()
+    assert hub.repos["tester/private-model"].resolve("main").files["model.safetensors"].lfs
+
+    # A revision is a branch created on demand; the default branch keeps its checkpoint.
+    push_to_hub(first, "tester/private-model", revision="experiment", endpoint=hub.url, token=TOKEN)
+    branches = {ref.name for ref in api.list_repo_refs("tester/private-model").branches}
+    assert branches == {"main", "experiment"}
+    assert (
+        hub.file("tester/private-model", "model.safetensors", "experiment")
+        == (first / "model.safetensors").read_bytes()
+    )
+    assert hub.file("tester/private-model", "model.safetensors") == (second / "model.safetensors").read_bytes()
+
+
+def test_round_trip_in_a_fresh_process_without_videofirst(hub, exported, model, processor, handler, video_file, work):
+    push_to_hub(exported, "tester/videofirst-tiny", endpoint=hub.url, token=TOKEN)
+    run_dir = work / "round_trip"
+    run_dir.mkdir()
+    (run_dir / "video.mp4").write_bytes(video_file.read_bytes())
+    (run_dir / "another_video.mp4").write_bytes(write_video(work / "other.mp4", 8, fps=4).read_bytes())
+    inputs = processor(videos=[str(video_file)], text=LABELS, return_tensors="pt")
+    torch.save(dict(inputs), run_dir / "inputs.pt")
+    script = REPO / "tests" / "hub_round_trip_script.py"
+    env = {
+        **os.environ,
+        "HF_ENDPOINT": hub.url,
+        "HF_HUB_DISABLE_XET": "1",
+        "HF_HOME": str(work / "hf_home"),
+        "HF_TOKEN": TOKEN,
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+    }
+    with EndpointServer(handler) as endpoint_url:
+        env["ENDPOINT_URL"] = endpoint_url
+        result = subprocess.run(
+            [sys.executable, str(script), "tester/videofirst-tiny", str(run_dir), json.dumps(LABELS)],
+            capture_output=True,
+            text=True,
+            cwd=run_dir,
+            env=env,
+            timeout=300,
+        )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    assert "README snippets ran: 4" in result.stdout
+    remote = torch.load(run_dir / "outputs.pt")
+    with torch.no_grad():
+        local = model(**inputs)
+    assert remote["module"].startswith("transformers_modules")
+    # Reloaded weights can take other float kernels (differences ~1e-8, also in-process): compare at 1e-6.
+    for name in ("video_embeds", "text_embeds", "logits_per_video"):
+        torch.testing.assert_close(remote[name], getattr(local, name), rtol=0, atol=1e-6)
+    assert torch.equal(remote["pixel_values_videos"], inputs["pixel_values_videos"])
+    register_pipelines()
+    classifier = pipeline("zero-shot-video-classification", model=model, processor=processor)
+    expected = classifier(str(video_file), candidate_labels=LABELS, hypothesis_template="a video of {}.")
+    assert [row["label"] for row in remote["zero_shot"]] == [row["label"] for row in expected]
+    assert np.allclose([row["score"] for row in remote["zero_shot"]], [row["score"] for row in expected], atol=1e-6)
+
+
+class EndpointServer:
+    """The handler behind a local HTTP endpoint, as Inference Endpoints would serve it (JSON in, JSON out)."""
+
+    def __init__(self, handler):
+        endpoint_handler = handler
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                if self.headers.get("Authorization") != f"Bearer {TOKEN}":
+                    self.send_response(401)
+                    self.end_headers()
+                    return
+                data = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                body = json.dumps(endpoint_handler(data)).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+
+    def __enter__(self) -> str:
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Pipelines
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def test_pipelines_score_like_the_model(model, processor, video_file, work):
+    register_pipelines()
+    classifier = pipeline("zero-shot-video-classification", model=model, processor=processor)
+    rows = classifier(str(video_file), candidate_labels=LABELS, hypothesis_template="a video of {}.")
+    assert sorted(row["label"] for row in rows) == sorted(LABELS)
+    assert [row["score"] for row in rows] == sorted((row["score"] for row in rows), reverse=True)
+    assert sum(row["score"] for row in rows) == pytest.approx(1.0)
+    inputs = processor(videos=[str(video_file)], text=[f"a video of {label}." for label in LABELS], return_tensors="pt")
+    with torch.no_grad():
+        probabilities = model(**inputs).logits_per_video.softmax(-1)[0]
+    assert {row["label"]: row["score"] for row in rows} == pytest.approx(dict(zip(LABELS, probabilities.tolist())))
+    # Several videos (as decoded frames too), top_k, labels with braces.
+    batch = classifier([str(video_file), frames(4, 32, 32)], candidate_labels=["{x}", "a {} b"], top_k=1)
+    assert len(batch) == 2 and all(len(rows) == 1 for rows in batch)
+    with pytest.raises(ValueError, match="hypothesis_template"):
+        classifier(str(video_file), candidate_labels=LABELS, hypothesis_template="no placeholder")
+    with pytest.raises(ValueError, match="candidate_labels"):
+        classifier(str(video_file), candidate_labels=[])
+
+    other = write_video(work / "ranked.mp4", 8, fps=4, height=48, width=96)
+    ranker = pipeline("text-to-video-retrieval", model=model, processor=processor)
+    ranking = ranker(LABELS[:2], videos=[str(video_file), str(other), frames(4, 32, 32)], top_k=3)
+    videos = processor.video_processor([str(video_file), str(other), frames(4, 32, 32)], return_tensors="pt")
+    texts = processor.tokenizer(LABELS[:2], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        video_embeds = model.get_video_features(**videos).pooler_output
+        text_embeds = model.get_text_features(texts["input_ids"], texts["attention_mask"]).pooler_output
+    similarity = text_embeds @ video_embeds.t()
+    for query, rows in enumerate(ranking):
+        assert [row["video_index"] for row in rows] == similarity[query].argsort(descending=True).tolist()
+        assert [row["similarity"] for row in rows] == pytest.approx(
+            similarity[query].sort(descending=True).values.tolist(), abs=1e-5
+        )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Inference Endpoints handler
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def test_handler_scores_and_embeds_a_batch(handler, model, processor, video_file):
+    video = b64(video_file.read_bytes())
+    request = {
+        "inputs": [video, {"frames": [png(frame) for frame in frames(4, 32, 32)]}, f"data:video/mp4;base64,{video}"],
+        "parameters": {"candidate_labels": LABELS, "hypothesis_template": "a video of {}.", "return_embeddings": True},
+    }
+    response = handler(request)
+    assert "error" not in response, response
+    assert json.loads(json.dumps(response)) == response  # plain JSON
+    first, from_frames, third = response["results"]
+    assert first["num_frames"] == 4 and from_frames["num_frames"] == 4
+    assert [row["label"] for row in first["scores"]] == [row["label"] for row in third["scores"]]
+    assert sum(row["score"] for row in first["scores"]) == pytest.approx(1.0)
+    assert len(response["text_embeddings"]) == len(LABELS) and len(first["embedding"]) == 16
+    # Same embedding as the model on the same processed input, batched or alone.
+    pixels = processor.video_processor([str(video_file)], return_tensors="pt")
+    with torch.no_grad():
+        expected = model.get_video_features(**pixels).pooler_output[0]
+    assert torch.allclose(torch.tensor(first["embedding"]), expected, atol=1e-5)
+    alone = handler({"inputs": video, "parameters": {"return_embeddings": True}})
+    assert torch.allclose(torch.tensor(alone["results"][0]["embedding"]), expected, atol=1e-5)
+    assert "scores" not in alone["results"][0]
+    only_texts = handler({"parameters": {"texts": LABELS}})
+    assert set(only_texts) == {"text_embeddings"} and len(only_texts["text_embeddings"]) == 3
+    assert handler({"inputs": video_file.read_bytes()})["results"][0]["num_frames"] == 4  # binary request body
+
+
+def _bad_requests(video: str, image: str) -> list[tuple[object, str]]:
+    gif = io.BytesIO()
+    Image.fromarray(frames(1, 8, 8)[0]).save(gif, format="GIF")
+    return [
+        (None, "must be a JSON object"),
+        ([video], "must be a JSON object"),
+        ("text", "must be a JSON object"),
+        ({"inputs": video, "extra": 1}, "unknown request fields"),
+        ({"inputs": video, "parameters": [1]}, "'parameters' must be an object"),
+        ({"inputs": video, "parameters": {"model_path": "/etc"}}, "unknown parameters"),
+        ({}, "nothing to do"),
+        ({"inputs": []}, "nothing to do"),
+        ({"inputs": "/etc/passwd"}, "not valid base64"),
+        ({"inputs": str(REPO / "tests" / "data" / "cockatoo.mp4")}, "not valid base64"),
+        ({"inputs": "https://example.com/video.mp4"}, "URLs are never fetched"),
+        ({"inputs": "file:///etc/passwd"}, "URLs are never fetched"),
+        ({"inputs": "@@@@"}, "not valid base64"),
+        ({"inputs": ""}, "is empty"),
+        ({"inputs": 42}, "must be a base64-encoded video"),
+        ({"inputs": {"path": "/etc/passwd"}}, "got fields ['path']"),
+        ({"inputs": b64(b"not a video at all " * 10)}, "inputs[0]: cannot decode video"),
+        ({"inputs": b64(b"\x00\x00\x00\x18ftypmp42" + b"\x00" * 200)}, "inputs[0]: cannot decode video"),
+        ({"inputs": [video, b64(b"garbage" * 20)]}, "inputs[1]: cannot decode video"),
+        ({"inputs": [video] * 9}, "too many videos"),
+        ({"inputs": {"frames": []}}, "non-empty list"),
+        ({"inputs": {"frames": "abc"}}, "non-empty list"),
+        ({"inputs": {"frames": [image] * 257}}, "257 frames"),
+        ({"inputs": {"frames": [1, 2]}}, "must be a base64-encoded PNG or JPEG"),
+        ({"inputs": {"frames": [b64(b"not an image")]}}, "not a readable PNG or JPEG"),
+        ({"inputs": {"frames": [b64(gif.getvalue())]}}, "unsupported image format GIF"),
+        ({"inputs": {"frames": [image, png(frames(1, 16, 16)[0])]}}, "same size"),
+        ({"inputs": video, "parameters": {"candidate_labels": []}}, "non-empty list of strings"),
+        ({"inputs": video, "parameters": {"candidate_labels": ["ok", ""]}}, "candidate_labels[1]"),
+        ({"inputs": video, "parameters": {"candidate_labels": ["ok", 3]}}, "candidate_labels[1]"),
+        ({"inputs": video, "parameters": {"candidate_labels": ["x"] * 65}}, "too many texts"),
+        ({"inputs": video, "parameters": {"candidate_labels": ["x" * 1001]}}, "1001 characters"),
+        ({"inputs": video, "parameters": {"candidate_labels": ["a"], "texts": ["b"]}}, "not both"),
+        ({"inputs": video, "parameters": {"texts": ["a"], "hypothesis_template": "no slot"}}, "hypothesis_template"),
+        ({"inputs": video, "parameters": {"texts": ["a"], "hypothesis_template": "{}" * 101}}, "hypothesis_template"),
+        ({"inputs": video, "parameters": {"texts": ["a"], "hypothesis_template": 3}}, "hypothesis_template"),
+        ({"inputs": video, "parameters": {"fps": 0}}, "'fps'"),
+        ({"inputs": video, "parameters": {"fps": "fast"}}, "'fps'"),
+        ({"inputs": video, "parameters": {"fps": True}}, "'fps'"),
+        ({"inputs": video, "parameters": {"fps": 1000}}, "'fps'"),
+        ({"inputs": video, "parameters": {"num_frames": 0}}, "'num_frames'"),
+        ({"inputs": video, "parameters": {"num_frames": 10**6}}, "'num_frames'"),
+        ({"inputs": video, "parameters": {"num_frames": 2.5}}, "'num_frames'"),
+        ({"inputs": video, "parameters": {"return_embeddings": "yes"}}, "'return_embeddings'"),
+    ]
+
+
+def test_handler_refuses_every_bad_request_with_an_error_object(handler, video_file):
+    video = b64(video_file.read_bytes())
+    image = png(frames(1, 32, 32)[0])
+    for request, message in _bad_requests(video, image):
+        response = handler(request)
+        assert set(response) == {"error"}, (request if not isinstance(request, dict) else list(request), response)
+        assert isinstance(response["error"], str) and message in response["error"], (message, response)
+        assert "Traceback" not in response["error"]
+
+
+def test_handler_bounds_payload_sizes_and_never_reads_paths(handler, video_file, tmp_path, monkeypatch):
+    video_bytes = video_file.read_bytes()
+    video = b64(video_bytes)
+    limits = handler.limits
+    monkeypatch.setattr(handler, "limits", dataclasses.replace(limits, max_video_bytes=len(video_bytes) - 1))
+    assert "larger than" in handler({"inputs": video})["error"]
+    assert "bytes (at most" in handler({"inputs": video_bytes})["error"]
+    monkeypatch.setattr(handler, "limits", dataclasses.replace(limits, max_request_bytes=len(video_bytes) * 2))
+    assert "too large" in handler({"inputs": [video] * 3})["error"]
+    monkeypatch.setattr(handler, "limits", dataclasses.replace(limits, max_frame_pixels=100))
+    assert "more than 100 pixels" in handler({"inputs": {"frames": [png(frames(1, 11, 11)[0])]}})["error"]
+    monkeypatch.setattr(handler, "limits", limits)
+    # "abcd" is valid base64 and the name of a real video file in the working directory: it is decoded, not opened.
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "abcd").write_bytes(video_bytes)
+    assert "cannot decode video '<3 bytes>'" in handler({"inputs": "abcd"})["error"]
+
+
+def test_handler_hides_internal_failures(handler, video_file, monkeypatch):
+    def broken(**kwargs):
+        raise RuntimeError("secret detail /srv/weights")
+
+    monkeypatch.setattr(handler.model, "get_video_features", broken)
+    response = handler({"inputs": b64(video_file.read_bytes())})
+    assert response == {"error": "internal error while processing the request (RuntimeError)"}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# From a training run or checkpoint, with the scripts
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def run_dir(work):
+    """A run folder as `training/pretrain.py` leaves it: recipe.yaml, metrics.jsonl, export/, checkpoints/."""
+    from videofirst.adaptation import apply_adaptation
+    from videofirst.recipe import load_recipe
+    from videofirst.setup import build_model, build_processor
+
+    run = work / "run"
+    tokenizer_dir = work / "tokenizer"
+    BertTokenizerFast(vocab=str(work / "vocab.txt")).save_pretrained(tokenizer_dir)
+    overrides = {
+        "run.output_dir": run,
+        "data.tokenizer": tokenizer_dir,
+        "data.num_frames": 4,
+        "data.image_size": 32,
+        "model.vision.num_hidden_layers": 2,
+        "model.vision.hidden_size": 32,
+        "model.vision.intermediate_size": 64,
+        "model.text.num_hidden_layers": 1,
+        "model.text.hidden_size": 32,
+        "model.text.intermediate_size": 64,
+        "model.projection_dim": 16,
+        "adaptation.method": "last_layers",
+        "adaptation.trainable_last_layers": 1,
+        "optim.max_steps": 2,
+    }
+    recipe = load_recipe(REPO / "training" / "configs" / "demo.yaml", [f"{k}={v}" for k, v in overrides.items()])
+    run.mkdir()
+    (run / "recipe.yaml").write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
+    records = [
+        {"step": 1, "loss": 2.0, "videos_per_second": 10.0, "peak_memory_gb": 0.25},
+        {"step": 2, "eval/t2v_recall@1": 0.5, "eval/v2t_recall@1": 0.25, "eval/chance_recall@1": 0.125},
+    ]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(record) + "\n" for record in records))
+    torch.manual_seed(1)
+    processor = build_processor(recipe, tokenizer_dir)
+    trained = build_model(recipe, processor)
+    apply_adaptation(trained, recipe.adaptation, train_images=False)
+    checkpoint = run / "checkpoints" / "step_00000002"
+    checkpoint.mkdir(parents=True)
+    save_file(trained.state_dict(), str(checkpoint / "model.safetensors"))
+    (checkpoint / "trainer_state.json").write_text(json.dumps({"step": 2, "epoch": 0}))
+    export_checkpoint(trained, processor, run / "export", card=False)
+    return run, trained
+
+
+def test_export_from_a_training_checkpoint_rebuilds_the_model(run_dir, work, video_file):
+    run, trained = run_dir
+    folder = export_run(run / "checkpoints" / "step_00000002", work / "from_checkpoint")
+    exported = json.loads((folder / "config.json").read_text())
+    assert exported["vision_config"]["num_hidden_layers"] == 2 and "custom_pipelines" in exported
+    from videofirst import VideoFirstModel
+
+    loaded = VideoFirstModel.from_pretrained(folder).eval()
+    pixels = torch.randn(1, 4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(
+            loaded.get_video_features(pixel_values_videos=pixels).pooler_output,
+            trained.eval().get_video_features(pixel_values_videos=pixels).pooler_output,
+            rtol=0,
+            atol=1e-6,
+        )
+    card = ModelCard.load(folder / "README.md")
+    assert "last 1 video encoder layer (`last_layers`)" in card.text and "| Optimizer steps | 2 |" in card.text
+    assert card.data.eval_results is None  # a mid-run checkpoint is not credited with the run's final evaluation
+
+
+def test_export_and_push_scripts(run_dir, hub, results_file, work, capsys):
+    run, _ = run_dir
+    export_script, push_script = load_script("export"), load_script("push")
+    out = work / "script_export"
+    argv = [str(run), str(out), "--results", str(results_file), "--hardware", "a laptop", "--repo-id", "tester/run"]
+    assert export_script.main(argv) == 0
+    card = ModelCard.load(out / "README.md")
+    datasets = {result.dataset_name for result in card.data.eval_results}
+    assert datasets == {"MSR-VTT", "Kinetics-400", "EgoSchema", "Held-out set of the training run (test.jsonl)"}
+    assert "chance_recall@1" not in {result.metric_type for result in card.data.eval_results}
+    assert "| Hardware | a laptop |" in card.text and "| Peak memory per process | 0.25 GiB |" in card.text
+    assert export_script.main(argv) == 2 and "not empty" in capsys.readouterr().err
+    assert export_script.main([*argv, "--overwrite"]) == 0
+
+    # push.py exports a run folder on the way, then pushes it.
+    args = ["--repo-id", "tester/from-run", "--endpoint", hub.url, "--token", TOKEN, "--commit-message", "run"]
+    assert push_script.main([str(run), *args, "--private"]) == 0
+    assert "Pushed" in capsys.readouterr().out
+    api = HfApi(endpoint=hub.url, token=TOKEN)
+    assert api.model_info("tester/from-run").private is True
+    readme = hf_hub_download("tester/from-run", "README.md", endpoint=hub.url, token=TOKEN, cache_dir=work / "cache")
+    assert 'repo = "tester/from-run"' in Path(readme).read_text()
+    assert push_script.main([str(out), *args]) == 0  # an exported folder is pushed as it is
+    assert push_script.main([str(work / "missing"), *args]) == 2
