@@ -296,3 +296,44 @@ def test_demo_runs_end_to_end_and_exports_a_loadable_model(tiny_data, tmp_path):
     log = [json.loads(line) for line in (tmp_path / "demo" / "metrics.jsonl").read_text().splitlines()]
     assert any("eval/t2v_recall@1" in record for record in log)
     assert all(record["videos_per_second"] > 0 for record in log if "videos_per_second" in record)
+
+
+def test_loss_weight_scales_the_gradients(tiny_data, tmp_path):
+    from accelerate import Accelerator
+
+    recipe = load_recipe(DEMO, tiny_overrides(tiny_data, tmp_path))
+    model = tiny_model()
+    batch = {
+        "pixel_values": torch.randn(4, 3, 32, 32),
+        "input_ids": torch.randint(1, 128, (4, 5)),
+        "attention_mask": torch.ones(4, 5, dtype=torch.long),
+    }
+    objective = pretraining.ContrastiveObjective(model, Accelerator(cpu=True), recipe)
+    grads = []
+    for weight in (1.0, 0.25):
+        model.zero_grad()
+        objective(batch, step=0, slot=0, weight=weight)
+        grads.append(model.vision_model.embeddings.patch_embedding.weight.grad.clone())
+    assert torch.allclose(grads[1], 0.25 * grads[0], atol=1e-7)
+
+
+def test_image_text_co_training(tiny_data, tmp_path):
+    from PIL import Image
+
+    images = tmp_path / "images"
+    images.mkdir()
+    rows = []
+    for index, colour in enumerate(["red", "green", "blue", "yellow"] * 2):
+        Image.new("RGB", (40, 32), colour).save(images / f"{index}.png")
+        rows.append({"image": f"{index}.png", "caption": f"a {colour} picture"})
+    (images / "train.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    run = tmp_path / "run"
+    overrides = tiny_overrides(tiny_data, run, **{"optim.max_steps": 3, "data.image_manifest": images / "train.jsonl"})
+    result = pretraining.pretrain(load_recipe(DEMO, overrides))
+    assert result.final_step == 3
+    trained = load_file(str(run / "export" / "model.safetensors"))
+    first = load_file(str(run / "checkpoints" / "step_00000002" / "model.safetensors"))
+    assert not torch.equal(
+        first["vision_model.embeddings.patch_embedding.weight"],
+        trained["vision_model.embeddings.patch_embedding.weight"],
+    ), "the 2D patch kernel must train when images are co-trained"

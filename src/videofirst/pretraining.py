@@ -80,8 +80,11 @@ class ContrastiveObjective:
             return sigmoid_loss(video_embeds, text_embeds, scale, self.unwrapped.logit_bias)
         return contrastive_loss(video_embeds, text_embeds, scale)
 
-    def __call__(self, batch: dict[str, torch.Tensor], step: int, slot: int) -> tuple[torch.Tensor, int]:
-        """Backpropagate the batch's loss; returns the (detached) loss and the kept video token count."""
+    def __call__(
+        self, batch: dict[str, torch.Tensor], step: int, slot: int, weight: float = 1.0
+    ) -> tuple[torch.Tensor, int]:
+        """Backpropagate `weight` times the batch's loss; returns the (unweighted, detached) loss and the number
+        of video tokens kept."""
         process = self.accelerator.process_index
         if self.micro_batches == 1:
             _reseed(self.seed, step, slot, process)
@@ -89,11 +92,13 @@ class ContrastiveObjective:
                 video_embeds, text_embeds, kept = _embed_pair(self.model, batch)
                 loss = self.loss(video_embeds, text_embeds)
             _check_finite(loss, self.accelerator)
-            self.accelerator.backward(loss)
+            self.accelerator.backward(weight * loss)
             return loss.detach(), kept
-        return self._cached(batch, step, slot, process)
+        return self._cached(batch, step, slot, process, weight)
 
-    def _cached(self, batch: dict[str, torch.Tensor], step: int, slot: int, process: int) -> tuple[torch.Tensor, int]:
+    def _cached(
+        self, batch: dict[str, torch.Tensor], step: int, slot: int, process: int, weight: float
+    ) -> tuple[torch.Tensor, int]:
         """Gradient caching: embed all micro-batches without a graph, differentiate the loss with respect to
         the embeddings (and the temperature), then replay each micro-batch with a graph and push those
         gradients through it. Only one micro-batch's activations are alive at a time."""
@@ -120,7 +125,9 @@ class ContrastiveObjective:
             loss = self.loss(video_embeds, text_embeds)
         _check_finite(loss, self.accelerator)
         # autograd.grad leaves .grad untouched, so DDP only sees the replayed backward passes below.
-        video_grad, text_grad, *temperature_grads = torch.autograd.grad(loss, [video_embeds, text_embeds, *temperature])
+        video_grad, text_grad, *temperature_grads = torch.autograd.grad(
+            weight * loss, [video_embeds, text_embeds, *temperature]
+        )
         offset = 0
         for index, chunk in enumerate(chunks):
             rows = chunk["input_ids"].shape[0]
@@ -227,7 +234,8 @@ def pretrain(recipe: PretrainRecipe) -> PretrainResult:
                 try:
                     loss, kept = objective(batch, state.step, slot)
                     if images is not None:
-                        image_loss, _ = objective(next(images), state.step, slot + 500)
+                        image_batch = next(images)
+                        image_loss, _ = objective(image_batch, state.step, slot + 500, recipe.data.image_loss_weight)
                         loss = loss + recipe.data.image_loss_weight * image_loss
                 except NonFiniteLossError as error:
                     saved = checkpoints.save(state)
