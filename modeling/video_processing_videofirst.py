@@ -49,6 +49,23 @@ decord, but decord can hang on a few *valid-looking* files (upstream issues dmlc
 decoding therefore runs in a worker thread with a timeout (``decode_timeout``, default 300 s) after which
 `VideoDecodingError` is raised. A stuck native decoder cannot be killed from Python: its thread is abandoned
 and keeps running in the background.
+
+Backends and the fast mode
+--------------------------
+``backend="pyav"`` (processor option ``decode_backend``, needs ``pip install av``) selects the same frames with
+PyAV: one demux pass without decoding indexes the frames, then frames are decoded in order, jumping to a
+keyframe only when that skips frames, and only the sampled frames are converted to RGB (and resized). decord
+converts every frame it decodes, so for dense sampling of long videos (1 FPS over minutes) PyAV runs close to a
+single sequential decode of the span while decord is slower; for sparse sampling both seek. Frames match
+decord's (same indices and timestamps, both resize with swscale's bicubic filter). The same checks, errors and
+timeout apply.
+
+``keyframe_snap`` (seconds, default None) is an opt-in fast mode: each sampled frame moves to the nearest
+keyframe (as listed by the container's index) at most that far away, ties to the earlier one (`snap_to_keyframes`;
+``math.inf`` snaps every sample). A keyframe decodes on its own, so a fully snapped clip decodes one frame per
+keyframe instead of nearly every frame; the price is timing error (up to half the keyframe interval) and repeated
+frames when keyframes are further apart than the sampling period. The returned timestamps are the real times of
+the frames returned, so the error is visible.
 """
 
 import io
@@ -73,6 +90,7 @@ from transformers.video_processing_utils import BaseVideoProcessor
 from transformers.video_utils import VideoMetadata
 
 __all__ = [
+    "DECODE_BACKENDS",
     "DEFAULT_DECODE_TIMEOUT",
     "DEFAULT_MAX_FRAMES",
     "DEFAULT_MAX_PIXELS_PER_FRAME",
@@ -81,12 +99,14 @@ __all__ = [
     "pad_video_batch",
     "read_video_frames",
     "sample_frame_indices",
+    "snap_to_keyframes",
 ]
 
 DEFAULT_MAX_PIXELS_PER_FRAME = 7680 * 4320  # 8K UHD; larger frames are refused as decompression bombs
 DEFAULT_MAX_FRAMES = 4096  # most frames a single video may return
 DEFAULT_DECODE_TIMEOUT = 300.0  # seconds per video
 SAMPLING_MODES = ("fps", "uniform")
+DECODE_BACKENDS = ("decord", "pyav")
 
 # decord seeks exactly in these containers; others are decoded sequentially up to the last needed frame,
 # because its seeking returns wrong frames there (e.g. AVI with B-frames, MPEG-PS). MPEG-TS comes back
@@ -658,6 +678,48 @@ def sample_frame_indices(
     return ((bounds[:-1] + bounds[1:] - 1) // 2).astype(np.int64)
 
 
+def _clip_frame_range(times: np.ndarray, duration: float, start: float | None, end: float | None) -> tuple[int, int]:
+    """First and last frame index inside the clip ``[start, end)`` (bounds already validated)."""
+    count = len(times)
+    clip_start = float(start or 0.0)
+    clip_end = duration if end is None else min(float(end), duration)
+    first = int(np.clip(np.searchsorted(times, clip_start + _TIME_TOLERANCE, side="right") - 1, 0, count - 1))
+    last = max(first, int(np.searchsorted(times, clip_end - _TIME_TOLERANCE, side="left")) - 1)
+    return first, min(last, count - 1)
+
+
+def snap_to_keyframes(
+    indices: np.ndarray,
+    frame_times: np.ndarray,
+    keyframes: Sequence[int] | np.ndarray,
+    tolerance: float,
+    frame_range: tuple[int, int] | None = None,
+) -> np.ndarray:
+    """The fast mode: moves each sampled frame to the nearest keyframe when one is at most `tolerance` seconds
+    away (ties go to the earlier keyframe), keeping the others.
+
+    A keyframe decodes on its own, whereas an exact frame needs every frame from the keyframe before it; with
+    keyframes a few seconds apart, exact 1 FPS sampling decodes nearly every frame. Snapped indices stay in
+    playback order (several samples may land on the same keyframe). `frame_range` ``(first, last)`` limits the
+    keyframes to the clip.
+    """
+    indices = np.asarray(indices, dtype=np.int64)
+    keys = np.unique(np.asarray(keyframes, dtype=np.int64))
+    keys = keys[(keys >= 0) & (keys < len(frame_times))]
+    if frame_range is not None:
+        keys = keys[(keys >= frame_range[0]) & (keys <= frame_range[1])]
+    if len(indices) == 0 or len(keys) == 0:
+        return indices
+    key_times = frame_times[keys]
+    sample_times = frame_times[indices]
+    after = np.clip(np.searchsorted(key_times, sample_times, side="left"), 0, len(keys) - 1)
+    before = np.clip(after - 1, 0, len(keys) - 1)
+    use_before = np.abs(sample_times - key_times[before]) <= np.abs(key_times[after] - sample_times)
+    nearest = np.where(use_before, keys[before], keys[after])
+    close = np.abs(frame_times[nearest] - sample_times) <= tolerance + 1e-9
+    return np.where(close, nearest, indices).astype(np.int64)
+
+
 # ------------------------------------------------------------------------------------------------------------
 # Decoding with decord
 # ------------------------------------------------------------------------------------------------------------
@@ -718,6 +780,7 @@ class _DecodedVideo:
     duration: float
     width: int  # native frame size
     height: int
+    backend: str = "decord"
 
 
 def _decode_size(width: int, height: int, size) -> tuple[int, int] | None:
@@ -747,13 +810,19 @@ def _resize_frames(frames: np.ndarray, target: tuple[int, int]) -> np.ndarray:
 
 
 def _frame_times(reader, count: int, video_fps: float) -> tuple[np.ndarray, float]:
-    """Presentation times of all frames and the duration. Constant-frame-rate files get the exact grid."""
-    fps_ok = isinstance(video_fps, (int, float)) and math.isfinite(video_fps) and video_fps > 0
-    grid = np.arange(count, dtype=np.float64) / video_fps if fps_ok else None
+    """Presentation times of all frames and the duration (decord). Constant-frame-rate files get the exact grid."""
     try:
         stamps = np.asarray(reader.get_frame_timestamp(np.arange(count)), dtype=np.float64).reshape(count, 2)
     except Exception:
         stamps = None
+    return _times_from_stamps(stamps, count, video_fps)
+
+
+def _times_from_stamps(stamps: np.ndarray | None, count: int, video_fps: float) -> tuple[np.ndarray, float]:
+    """Frame times and duration from (start, end) stamps per frame in presentation order, snapped to the
+    constant-frame-rate grid when every stamp lies within a quarter frame of it."""
+    fps_ok = isinstance(video_fps, (int, float)) and math.isfinite(video_fps) and video_fps > 0
+    grid = np.arange(count, dtype=np.float64) / video_fps if fps_ok else None
     usable = (
         stamps is not None
         and np.isfinite(stamps).all()
@@ -788,6 +857,7 @@ def _decode_with_decord(
     max_pixels_per_frame,
     max_frames,
     num_threads,
+    keyframe_snap=None,
 ) -> _DecodedVideo:
     decord = _import_decord()
 
@@ -861,12 +931,14 @@ def _decode_with_decord(
         )
     except ValueError as err:
         raise VideoDecodingError(source.name, str(err)) from None
-    if max_frames is not None and len(indices) > max_frames:
-        raise VideoDecodingError(
-            source.name,
-            f"the request selects {len(indices)} frames, more than max_frames={max_frames} "
-            "(lower fps, set num_frames, or raise max_frames)",
-        )
+    _check_max_frames(source.name, len(indices), max_frames)
+    if keyframe_snap is not None:
+        try:
+            keyframes = reader.get_key_indices()
+        except Exception as err:
+            raise fail(err, "reading the keyframe index") from err
+        frame_range = _clip_frame_range(times, duration, start, end)
+        indices = snap_to_keyframes(indices, times, keyframes, keyframe_snap, frame_range)
     unique, inverse = np.unique(indices, return_inverse=True)
     try:
         frames = read_frames(reader, unique, total)
@@ -892,6 +964,285 @@ def _decode_with_decord(
         width=width,
         height=height,
     )
+
+
+def _check_max_frames(name: str, count: int, max_frames: int | None) -> None:
+    if max_frames is not None and count > max_frames:
+        raise VideoDecodingError(
+            name,
+            f"the request selects {count} frames, more than max_frames={max_frames} "
+            "(lower fps, set num_frames, or raise max_frames)",
+        )
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Decoding with PyAV
+# ------------------------------------------------------------------------------------------------------------
+
+
+def _import_av():
+    try:
+        import av
+    except ImportError as err:
+        raise ImportError(
+            "decode_backend='pyav' needs PyAV (`pip install av`); the default backend is decord."
+        ) from err
+    return av
+
+
+def _pyav_failure_reason(err: BaseException, container: _ContainerInfo) -> str:
+    message = str(err)
+    last_line = message.strip().splitlines()[-1] if message.strip() else type(err).__name__
+    lowered = message.lower()
+    if "decoder" in lowered and ("not found" in lowered or "unknown" in lowered) or "codec not" in lowered:
+        codec = f" {container.codec!r}" if container.codec else ""
+        return f"unsupported codec{codec}: the FFmpeg bundled with PyAV has no decoder for this video stream"
+    if isinstance(err, EOFError) or "end of file" in lowered:
+        return "truncated or corrupt file (reading packets failed)"
+    if "invalid data" in lowered:
+        return "corrupt video stream: the decoder rejected the compressed data"
+    return f"decoder error: {last_line[:300]}"
+
+
+class _SeekFailed(Exception):
+    """Seeking landed somewhere unexpected; the caller falls back to one sequential pass."""
+
+
+def _decode_with_pyav(
+    source: _Source,
+    container: _ContainerInfo,
+    *,
+    fps,
+    num_frames,
+    sampling,
+    start,
+    end,
+    offset,
+    size,
+    seed,
+    max_pixels_per_frame,
+    max_frames,
+    num_threads,
+    keyframe_snap=None,
+) -> _DecodedVideo:
+    """Exact sampling with PyAV: one demux pass (no decoding) builds the frame index, then frames are decoded
+    in order, seeking to a keyframe only when that skips frames, and only the sampled frames are converted to
+    RGB (decord converts every frame it decodes). Dense sampling therefore costs one sequential decode of the
+    span.
+    """
+    av = _import_av()
+
+    def fail(err: BaseException) -> VideoDecodingError:
+        if isinstance(err, VideoDecodingError):
+            return err
+        if isinstance(err, MemoryError):
+            return VideoDecodingError(source.name, "out of memory while decoding")
+        return VideoDecodingError(source.name, _pyav_failure_reason(err, container))
+
+    def open_stream():
+        try:
+            handle = av.open(source.path if source.path is not None else io.BytesIO(source.data), mode="r")
+        except Exception as err:
+            raise fail(err) from err
+        if not handle.streams.video:
+            handle.close()
+            raise VideoDecodingError(source.name, "the file contains no video stream")
+        stream = handle.streams.video[0]
+        if stream.codec_context is None:
+            handle.close()
+            raise VideoDecodingError(source.name, _pyav_failure_reason(RuntimeError("decoder not found"), container))
+        stream.codec_context.thread_type = "AUTO"
+        stream.codec_context.thread_count = int(num_threads or 0)
+        return handle, stream
+
+    handle, stream = open_stream()
+    with handle:
+        width, height = int(stream.codec_context.width or 0), int(stream.codec_context.height or 0)
+        if width and height:
+            _check_frame_size(source.name, width, height, max_pixels_per_frame, "stream header")
+        try:
+            stamps, keyflags, durations = _pyav_packet_index(handle, stream)
+        except Exception as err:
+            raise fail(err) from err
+        rate = stream.average_rate or stream.guessed_rate
+        time_base = float(stream.time_base) if stream.time_base else None
+    total = len(keyflags)
+    if total == 0:
+        raise VideoDecodingError(source.name, "the video stream has zero frames")
+    video_fps = float(rate) if rate else float("nan")
+    # Random-access containers are indexed by presentation timestamp; the others (AVI, MPEG-PS, ...) and streams
+    # without timestamps are read sequentially, frames counted in output order, as with decord.
+    seekable = container.container in _RANDOM_ACCESS_CONTAINERS and stamps is not None and time_base is not None
+    order = np.argsort(stamps, kind="stable") if seekable else np.arange(total)
+    ordered = stamps[order] if seekable else None
+    frame_stamps = None
+    if seekable and (total == 1 or (np.diff(ordered) > 0).all()):
+        starts = (ordered - ordered[0]) * time_base
+        last_length = durations[order[-1]] * time_base
+        frame_stamps = np.stack([starts, np.append(starts[1:], starts[-1] + last_length)], axis=1)
+    else:
+        seekable, ordered = False, None
+    try:
+        times, duration = _times_from_stamps(frame_stamps, total, video_fps)
+        indices = sample_frame_indices(
+            times,
+            duration,
+            fps=fps,
+            num_frames=num_frames,
+            sampling=sampling,
+            start=start,
+            end=end,
+            offset=offset,
+            seed=seed,
+        )
+    except (RuntimeError, ValueError) as err:
+        raise VideoDecodingError(source.name, str(err)) from None
+    _check_max_frames(source.name, len(indices), max_frames)
+    position_of = np.empty(total, dtype=np.int64)
+    position_of[order] = np.arange(total)
+    keyframes = np.sort(position_of[keyflags])  # presentation indices of the keyframes
+    if keyframe_snap is not None:
+        frame_range = _clip_frame_range(times, duration, start, end)
+        indices = snap_to_keyframes(indices, times, keyframes, keyframe_snap, frame_range)
+    unique, inverse = np.unique(indices, return_inverse=True)
+    reader = _PyAVFrameReader(open_stream, ordered, keyframes, size, max_pixels_per_frame, source.name)
+    try:
+        try:
+            frames = reader.read(unique, seek=seekable)
+        except _SeekFailed:
+            frames = reader.read(unique, seek=False)
+    except (VideoDecodingError, ImportError):
+        raise
+    except Exception as err:
+        raise fail(err) from err
+    finally:
+        reader.close()
+    if len(unique) != len(indices):
+        frames = frames[inverse.reshape(-1)]
+    if not np.isfinite(video_fps) or video_fps <= 0:
+        video_fps = float(total / duration)
+    return _DecodedVideo(
+        frames=frames,
+        timestamps=times[indices],
+        indices=indices,
+        video_fps=video_fps,
+        total_frames=total,
+        duration=float(duration),
+        width=reader.width or width,
+        height=reader.height or height,
+        backend="pyav",
+    )
+
+
+def _pyav_packet_index(handle, stream) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+    """Timestamps (pts, else dts; None when some packet has neither), keyframe flags and durations of the
+    stream's packets, in decode order.
+
+    Only keyframes that the container's seek index lists count when it lists any: FFmpeg also flags some
+    non-sync I-frames (e.g. open-GOP recovery points in MP4) as keyframes, and seeking to one of those lands
+    on an earlier sync frame, which would make keyframe-only decoding no cheaper than exact decoding.
+    """
+    stamps, dts, keyflags, durations = [], [], [], []
+    for packet in handle.demux(stream):
+        if packet.size == 0:  # the empty packet that flushes the decoder at the end
+            continue
+        stamps.append(packet.pts if packet.pts is not None else packet.dts)
+        dts.append(packet.dts)
+        keyflags.append(bool(packet.is_keyframe))
+        durations.append(int(packet.duration or 0))
+    try:
+        indexed = {entry.timestamp for entry in stream.index_entries if entry.is_keyframe}
+    except Exception:  # older PyAV without index access: trust the packet flags
+        indexed = set()
+    if indexed:
+        keyflags = [flag and (pts in indexed or dts_ in indexed) for flag, pts, dts_ in zip(keyflags, stamps, dts)]
+    timed = np.asarray(stamps, np.int64) if all(stamp is not None for stamp in stamps) else None
+    return timed, np.asarray(keyflags, bool), np.asarray(durations, np.int64)
+
+
+class _PyAVFrameReader:
+    """Decodes the frames at sorted unique presentation indices, converting only those to RGB."""
+
+    def __init__(self, open_stream, ordered_stamps, keyframes, size, max_pixels_per_frame, name):
+        from av.video.reformatter import VideoReformatter
+
+        self.open_stream = open_stream
+        self.handle = self.stream = None
+        self.ordered = ordered_stamps
+        self.index_of = (
+            {int(stamp): position for position, stamp in enumerate(ordered_stamps)}
+            if ordered_stamps is not None
+            else {}
+        )
+        self.keyframes = keyframes
+        self.size = size
+        self.max_pixels_per_frame = max_pixels_per_frame
+        self.name = name
+        self.reformatter = VideoReformatter()
+        self.target = None
+        self.width = self.height = None
+
+    def close(self) -> None:
+        if self.handle is not None:
+            self.handle.close()
+            self.handle = None
+
+    def _convert(self, frame) -> np.ndarray:
+        if self.width is None:
+            self.width, self.height = int(frame.width), int(frame.height)
+            _check_frame_size(self.name, self.width, self.height, self.max_pixels_per_frame, "first decoded frame")
+            self.target = _decode_size(self.width, self.height, self.size)
+        if self.target is None:
+            rgb = self.reformatter.reformat(frame, format="rgb24")
+        else:
+            rgb = self.reformatter.reformat(
+                frame, width=self.target[0], height=self.target[1], format="rgb24", interpolation="BICUBIC"
+            )
+        return rgb.to_ndarray()
+
+    def _frames(self, stamp: int | None):
+        """Frames from the start (stamp None: a fresh open) or from the keyframe at or before `stamp`."""
+        if stamp is None or self.handle is None:
+            self.close()
+            self.handle, self.stream = self.open_stream()
+        if stamp is not None:
+            self.handle.seek(int(stamp), stream=self.stream, backward=True, any_frame=False)
+        for packet in self.handle.demux(self.stream):
+            yield from packet.decode()
+
+    def read(self, targets: np.ndarray, seek: bool) -> np.ndarray:
+        out: list[np.ndarray] = []
+        frames = None
+        position = ordinal = -1  # presentation index / output count of the last decoded frame
+        for target in (int(value) for value in targets):
+            keyframe_at = int(np.searchsorted(self.keyframes, target, side="right")) - 1
+            keyframe = int(self.keyframes[keyframe_at]) if keyframe_at >= 0 else 0
+            if frames is None or (seek and keyframe > position + 1):
+                # Jump when a keyframe lies beyond the current position: the frames before it are not needed.
+                frames = self._frames(int(self.ordered[keyframe]) if seek and keyframe > 0 else None)
+                position = ordinal = -1
+            found = False
+            for frame in frames:
+                ordinal += 1
+                index = ordinal
+                if seek:
+                    index = self.index_of.get(frame.pts) if frame.pts is not None else None
+                    if index is None or index < position:
+                        raise _SeekFailed  # unknown or out-of-order timestamps: trust one sequential pass only
+                position = index
+                if index == target:
+                    out.append(self._convert(frame))
+                    found = True
+                    break
+                if index > target:
+                    raise _SeekFailed if seek else AssertionError("sequential decoding skipped a frame")
+            if not found:
+                raise VideoDecodingError(
+                    self.name,
+                    f"the stream ended after {ordinal + 1} frames although the index lists more "
+                    "(truncated or corrupt file)",
+                )
+        return np.stack(out)
 
 
 def _run_with_timeout(function: Callable[[], Any], timeout: float | None, name: str):
@@ -934,7 +1285,12 @@ def _decode_video(
     max_frames: int | None = DEFAULT_MAX_FRAMES,
     num_threads: int = 0,
     timeout: float | None = DEFAULT_DECODE_TIMEOUT,
+    backend: str = "decord",
+    keyframe_snap: float | None = None,
 ) -> _DecodedVideo:
+    if backend not in DECODE_BACKENDS:
+        raise ValueError(f"backend must be one of {DECODE_BACKENDS}, got {backend!r}")
+    keyframe_snap = _check_keyframe_snap(keyframe_snap)
     loaded = _load_source(source)
     container = _inspect_container(loaded)
     if container.width is not None and container.height is not None:
@@ -953,8 +1309,22 @@ def _decode_video(
         max_pixels_per_frame=max_pixels_per_frame,
         max_frames=max_frames,
         num_threads=num_threads,
+        keyframe_snap=keyframe_snap,
     )
-    return _run_with_timeout(lambda: _decode_with_decord(loaded, container, **options), timeout, loaded.name)
+    decode = _decode_with_pyav if backend == "pyav" else _decode_with_decord
+    if backend == "pyav":
+        _import_av()  # a missing optional dependency is an ImportError, not a bad video
+    else:
+        _import_decord()
+    return _run_with_timeout(lambda: decode(loaded, container, **options), timeout, loaded.name)
+
+
+def _check_keyframe_snap(value) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value) or value < 0:
+        raise ValueError(f"keyframe_snap must be a non-negative number of seconds or None, got {value!r}")
+    return float(value)
 
 
 def read_video_frames(
@@ -972,8 +1342,10 @@ def read_video_frames(
     max_frames: int | None = DEFAULT_MAX_FRAMES,
     num_threads: int = 0,
     timeout: float | None = DEFAULT_DECODE_TIMEOUT,
+    backend: str = "decord",
+    keyframe_snap: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Decodes sampled frames of a video with decord.
+    """Decodes sampled frames of a video with decord (default) or PyAV.
 
     Args:
         source: a path (`str` / `os.PathLike`), raw bytes, or a binary file object (read from its position).
@@ -984,8 +1356,11 @@ def read_video_frames(
             keeps the native size.
         max_pixels_per_frame: refuse videos with larger frames (None: no limit).
         max_frames: refuse requests selecting more frames (None: no limit).
-        num_threads: decord decoding threads (0: automatic).
+        num_threads: decoding threads (0: automatic).
         timeout: seconds before giving up on a stuck decoder (None: wait forever).
+        backend: ``"decord"`` or ``"pyav"`` (faster for dense sampling of long videos; needs ``av``).
+        keyframe_snap: opt-in fast mode: move each sample to the nearest keyframe at most this many seconds away
+            (``math.inf``: always); see `snap_to_keyframes`. None samples exactly.
 
     Returns:
         ``(frames, timestamps)``: uint8 array ``(T, H, W, 3)`` (RGB) and float64 array ``(T,)`` with each
@@ -993,7 +1368,7 @@ def read_video_frames(
 
     Raises:
         VideoDecodingError: the source cannot be read or decoded, or the clip bounds are invalid.
-        ImportError: decord is not installed.
+        ImportError: the backend's library (decord or av) is not installed.
     """
     decoded = _decode_video(
         source,
@@ -1009,6 +1384,8 @@ def read_video_frames(
         max_frames=max_frames,
         num_threads=num_threads,
         timeout=timeout,
+        backend=backend,
+        keyframe_snap=keyframe_snap,
     )
     return decoded.frames, decoded.timestamps
 
@@ -1066,6 +1443,11 @@ def pad_video_batch(
 # ------------------------------------------------------------------------------------------------------------
 
 
+def _check_backend(value):
+    if isinstance(value, str) and value not in DECODE_BACKENDS:
+        raise ValueError(f"decode_backend must be one of {DECODE_BACKENDS}, got {value!r}")
+
+
 def _check_sampling(value):
     if isinstance(value, str) and value not in SAMPLING_MODES:
         raise ValueError(f"sampling must be one of {SAMPLING_MODES}, got {value!r}")
@@ -1099,7 +1481,12 @@ class VideoFirstVideoProcessorKwargs(VideosKwargs, total=False):
     decode_timeout (`float`, *optional*, defaults to 300):
         Seconds before a stuck decoder is given up on (None: no limit).
     decode_num_threads (`int`, *optional*, defaults to 0):
-        decord decoding threads (0: automatic).
+        Decoding threads (0: automatic).
+    decode_backend (`str`, *optional*, defaults to `"decord"`):
+        `"decord"` or `"pyav"` (PyAV converts only the sampled frames: faster for dense sampling of long videos).
+    keyframe_snap (`float`, *optional*):
+        Opt-in fast mode: move each sample to the nearest keyframe at most this many seconds away (`inf`:
+        always). Exact sampling when None.
     """
 
     sampling: Annotated[str | None, _check_sampling]
@@ -1113,6 +1500,8 @@ class VideoFirstVideoProcessorKwargs(VideosKwargs, total=False):
     max_frames: int | None
     decode_timeout: float | int | None
     decode_num_threads: int | None
+    decode_backend: Annotated[str | None, _check_backend]
+    keyframe_snap: float | int | None
 
 
 def _is_frame(value) -> bool:
@@ -1261,6 +1650,8 @@ class VideoFirstVideoProcessor(BaseVideoProcessor):
     max_frames = DEFAULT_MAX_FRAMES
     decode_timeout = DEFAULT_DECODE_TIMEOUT
     decode_num_threads = 0
+    decode_backend = "decord"
+    keyframe_snap = None
     valid_kwargs = VideoFirstVideoProcessorKwargs
     model_input_names = ["pixel_values_videos", "video_frame_mask"]
 
@@ -1274,12 +1665,26 @@ class VideoFirstVideoProcessor(BaseVideoProcessor):
             max_frames=self.max_frames,
             max_pixels_per_frame=self.max_pixels_per_frame,
             decode_timeout=self.decode_timeout,
+            decode_backend=self.decode_backend,
+            keyframe_snap=self.keyframe_snap,
         )
 
     @staticmethod
     def _check_options(
-        sampling, fps, num_frames, tubelet_frames, max_frames, max_pixels_per_frame, decode_timeout, **_
+        sampling,
+        fps,
+        num_frames,
+        tubelet_frames,
+        max_frames,
+        max_pixels_per_frame,
+        decode_timeout,
+        decode_backend="decord",
+        keyframe_snap=None,
+        **_,
     ):
+        if decode_backend not in DECODE_BACKENDS:
+            raise ValueError(f"decode_backend must be one of {DECODE_BACKENDS}, got {decode_backend!r}")
+        _check_keyframe_snap(keyframe_snap)
         if sampling not in SAMPLING_MODES:
             raise ValueError(f"sampling must be one of {SAMPLING_MODES}, got {sampling!r}")
         if fps is not None and (isinstance(fps, bool) or not isinstance(fps, (int, float)) or not fps > 0):
@@ -1373,6 +1778,8 @@ class VideoFirstVideoProcessor(BaseVideoProcessor):
                     max_frames=kwargs["max_frames"],
                     num_threads=kwargs["decode_num_threads"] or 0,
                     timeout=kwargs["decode_timeout"],
+                    backend=kwargs["decode_backend"] or "decord",
+                    keyframe_snap=kwargs["keyframe_snap"],
                 )
                 tensors.append(torch.from_numpy(decoded.frames).permute(0, 3, 1, 2))
                 metadata.append(
@@ -1382,7 +1789,7 @@ class VideoFirstVideoProcessor(BaseVideoProcessor):
                         width=decoded.width,
                         height=decoded.height,
                         duration=decoded.duration,
-                        video_backend="decord",
+                        video_backend=decoded.backend,
                         frames_indices=decoded.indices.tolist(),
                     )
                 )

@@ -1,6 +1,7 @@
 """Video decoding, frame sampling, batch padding, the video processor and the processor."""
 
 import io
+import math
 import os
 import sys
 import threading
@@ -719,3 +720,116 @@ def test_processor_with_bert_tokenizer(tmp_path, videos):
     assert len(routed["input_ids"][0]) == 8 and routed["video_frame_mask"].tolist() == [[1, 1, 1, 1]]
     with pytest.raises(ValueError, match="at least one"):
         loaded()
+
+
+# ------------------------------------------------------------------------------------------------------------
+# PyAV backend and the keyframe-snapping fast mode
+# ------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name, kwargs",
+    [
+        ("v25", dict()),
+        ("v25", dict(fps=4.0, start=1.0, end=2.0)),
+        ("v25", dict(sampling="uniform", num_frames=4)),
+        ("v25", dict(fps=None, size=32)),
+        ("v25", dict(fps=2.0, offset="random", seed=3)),
+        ("ntsc", dict(fps=1.0)),
+        ("v30_moov_last", dict(fps=3.0)),
+        ("vfr", dict(fps=10.0)),
+        ("v8", dict(fps=20.0, num_frames=6, size=32)),
+    ],
+)
+def test_pyav_backend_matches_decord(videos, name, kwargs):
+    pytest.importorskip("av")
+    expected, expected_times = read_video_frames(videos[name], **kwargs)
+    frames, timestamps = read_video_frames(videos[name], backend="pyav", **kwargs)
+    assert frames.shape == expected.shape and frame_ids(frames) == frame_ids(expected)
+    np.testing.assert_allclose(timestamps, expected_times, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "name, codec, container_format",
+    [("clip.mkv", "libx264", "matroska"), ("clip.avi", "libx264", "avi"), ("clip.mpg", "mpeg2video", "mpeg")],
+)
+def test_pyav_backend_other_containers(tmp_path, name, codec, container_format):
+    pytest.importorskip("av")
+    path = write_video(tmp_path / name, 45, fps=10, codec=codec, container_format=container_format, gop=None)
+    frames, _ = read_video_frames(path, fps=2.0, size=32, backend="pyav")
+    assert frame_ids(frames) == list(range(0, 45, 5))
+    frames, _ = read_video_frames(io.BytesIO(path.read_bytes()), sampling="uniform", num_frames=3, backend="pyav")
+    assert frame_ids(frames) == [7, 22, 37]
+
+
+def test_pyav_backend_real_clip_matches_decord_pixels():
+    pytest.importorskip("av")
+    expected, _ = read_video_frames(REAL_CLIP, fps=1.0, size=224)
+    frames, _ = read_video_frames(REAL_CLIP, fps=1.0, size=224, backend="pyav")
+    assert frames.shape == expected.shape == (14, 224, 398, 3)
+    assert np.abs(frames.astype(np.int16) - expected).mean() < 2  # same frames, both swscale bicubic
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS)
+def test_pyav_backend_bad_inputs(bad_inputs, case):
+    pytest.importorskip("av")
+    path, reason = bad_inputs[case]
+    with pytest.raises(VideoDecodingError) as caught:
+        read_video_frames(path, backend="pyav")
+    assert caught.value.source == str(path)
+    if reason is not None:
+        assert reason.replace("decord", "PyAV") in caught.value.reason
+
+
+def test_pyav_backend_options_and_missing_library(videos, monkeypatch):
+    pytest.importorskip("av")
+    batch = raw_processor(decode_backend="pyav")(videos["v25"], return_metadata=True, return_tensors="pt")
+    assert batch["video_metadata"][0].video_backend == "pyav"
+    assert frame_ids(batch["pixel_values_videos"][0]) == [0, 10, 20, 20]  # edge-padded to the tubelet
+    with pytest.raises(ValueError, match="decode_backend"):
+        VideoFirstVideoProcessor(decode_backend="opencv")
+    with pytest.raises(ValueError, match="backend must be one of"):
+        read_video_frames(videos["v25"], backend="opencv")
+    monkeypatch.setitem(sys.modules, "av", None)
+    with pytest.raises(ImportError, match="pip install av"):
+        read_video_frames(videos["v25"], backend="pyav")
+
+
+def test_snap_to_keyframes_rules():
+    from videofirst.modeling.video_processing_videofirst import snap_to_keyframes
+
+    times = np.arange(40) / 10  # 10 fps
+    keyframes = [0, 10, 25, 35]
+    samples = np.array([0, 4, 5, 12, 18, 30, 39])
+    # Nearest keyframe within 0.5 s; 5 is halfway between 0 and 10 and goes to the earlier one.
+    assert snap_to_keyframes(samples, times, keyframes, 0.5).tolist() == [0, 0, 0, 10, 18, 25, 35]
+    assert snap_to_keyframes(samples, times, keyframes, 0.2).tolist() == [0, 4, 5, 10, 18, 30, 39]
+    assert snap_to_keyframes(samples, times, keyframes, 0.0).tolist() == samples.tolist()
+    assert snap_to_keyframes(samples, times, keyframes, math.inf).tolist() == [0, 0, 0, 10, 25, 25, 35]
+    # Keyframes outside the clip are not used.
+    assert snap_to_keyframes(samples, times, keyframes, math.inf, frame_range=(1, 30)).tolist() == [
+        10, 10, 10, 10, 25, 25, 25,
+    ]  # fmt: skip
+    assert snap_to_keyframes(samples, times, [], math.inf).tolist() == samples.tolist()
+
+
+@pytest.mark.parametrize("backend", ["decord", "pyav"])
+def test_keyframe_snap_fast_mode(tmp_path, backend):
+    av = pytest.importorskip("av")
+    path = write_video(tmp_path / "gop.mp4", 100, fps=10, gop=20)  # 10 s, keyframes at most 2 s apart
+    with av.open(str(path)) as container:
+        keys = {int(round(float(p.pts * p.time_base) * 10)) for p in container.demux(video=0) if p.is_keyframe}
+    exact, exact_times = read_video_frames(path, fps=1.0, backend=backend)
+    assert frame_ids(exact) == list(range(0, 100, 10))
+    frames, times = read_video_frames(path, fps=1.0, backend=backend, keyframe_snap=math.inf)
+    assert set(frame_ids(frames)) <= keys and len(frames) == len(exact)
+    assert np.all(np.diff(times) >= 0) and np.abs(times - exact_times).max() <= 1.0 + 1e-6  # half a GOP at most
+    frames, times = read_video_frames(path, fps=1.0, backend=backend, keyframe_snap=0.25)
+    close = np.abs(times - exact_times) <= 0.25 + 1e-6
+    assert close.all() and all(i in keys or i % 10 == 0 for i in frame_ids(frames))
+    batch = raw_processor(decode_backend=backend, keyframe_snap=0.0)(path, return_tensors="pt")
+    assert frame_ids(batch["pixel_values_videos"][0]) == list(range(0, 100, 10))
+    with pytest.raises(ValueError, match="keyframe_snap"):
+        raw_processor(keyframe_snap=-1.0)
+    with pytest.raises(ValueError, match="keyframe_snap"):
+        read_video_frames(path, keyframe_snap="fast")

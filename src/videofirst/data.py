@@ -1,38 +1,212 @@
 """Video-text and image-text data for training and evaluation.
 
-A manifest (JSONL or CSV, read with `datasets`) has one row per clip: a `video` (or `image`) column with a
-path relative to the manifest's folder (or absolute), a `caption` (or `text`) column, and optional `start` /
-`end` seconds. Clips are decoded inside DataLoader workers by the VideoFirst video processor.
+Sources
+-------
+A *source* is named by one string, read with the `datasets` library:
 
-A sample that cannot be decoded is *skipped and counted*: the dataset moves on to the next row and reports
-how many it skipped, so batches keep their size (which contrastive training across processes relies on)
-and the training loop can stop once too large a fraction of the data is bad.
+* a manifest, ``.jsonl`` / ``.json`` / ``.csv`` / ``.parquet``: one row per clip with a ``video`` or ``image``
+  column (or ``file_name``, modality from the extension) holding a path relative to the manifest's folder (or
+  absolute), a ``caption`` or ``text`` column, and optional ``start`` / ``end`` seconds;
+* a folder holding ``metadata.jsonl`` / ``.csv`` / ``.parquet`` (the layout of `datasets`' folder builders:
+  ``file_name`` plus caption columns), read like a manifest;
+* WebDataset-style tar shards (`videofirst.shards`: ``mp4`` or an image plus ``txt`` / ``json``): a folder of
+  ``.tar`` files (searched recursively), one ``.tar``, a glob (``data/shard-*.tar``) or a brace pattern
+  (``shard-{000000..000099}.tar``); ``hf://``, ``https://`` and other fsspec URLs are streamed;
+* a Hub dataset id (``owner/name``): the snapshot in the local cache is used when there is one (offline-first),
+  otherwise it is downloaded; then it is read as a folder or as shards.
+
+Local sources are map-style (`load_source`): tar shards are indexed once (member byte ranges) and each sample
+is read with one seek, so shuffling is global, and resuming skips batches without decoding them. With
+``data.streaming`` (always for remote shards) sources are read front to back as `datasets.IterableDataset`s
+(`stream_source`); see `build_dataloader` for what that means for shuffling, several processes and resuming.
+
+Mixing
+------
+Several sources with weights (``[{"source": ..., "weight": ...}, ...]``, recipe field ``data.train_sources``)
+mix at the *batch* level: every batch comes from one source, so image-text and video-text batches alternate
+without mixing modalities inside a batch (the model takes either ``pixel_values`` or ``pixel_values_videos``).
+Map-style mixes follow a schedule that depends only on the seed and the epoch (`MixedMediaTextDataset`), so a
+resumed run replays exactly. Streaming mixes interleave samples (`datasets.interleave_datasets`), so their
+sources must share a modality.
+
+Bad samples
+-----------
+A sample that cannot be read or decoded is *skipped and counted*: the dataset moves on to the next sample of the
+same source and reports how many it skipped in the batch's ``skipped`` tensor, so batches keep their size (which
+contrastive training across processes relies on) and the training loop stops once too large a fraction of the
+data is bad (``data.max_bad_fraction``). Damaged tar shards and samples without media or caption count the same
+way. Decoding happens in DataLoader workers, under the processor's decode timeout.
 """
 
+from __future__ import annotations
+
+import glob
 import logging
-from collections.abc import Sequence
+import os
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import datasets
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
 from videofirst.modeling.video_processing_videofirst import VideoDecodingError, pad_video_batch
 from videofirst.recipe import DataSection
+from videofirst.shards import (
+    IMAGE_EXTENSIONS,
+    VIDEO_EXTENSIONS,
+    expand_braces,
+    index_tar_shard,
+    iter_tar_samples,
+    read_range,
+)
 
 logger = logging.getLogger(__name__)
 
-MEDIA_COLUMNS = ("video", "image")
+MEDIA_COLUMNS = ("video", "image", "file_name")
 TEXT_COLUMNS = ("caption", "text")
+MANIFEST_SUFFIXES = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+METADATA_FILES = ("metadata.jsonl", "metadata.csv", "metadata.parquet", "metadata.json")
+ROW_COLUMNS = ("media", "modality", "caption", "start", "end", "offset", "size", "error")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
+_BAD_SAMPLE_ERRORS = (VideoDecodingError, ValueError, OSError, EOFError)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Source specs
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    source: str
+    weight: float = 1.0
+
+
+def parse_sources(spec: str | os.PathLike | dict | Sequence[str | os.PathLike | dict]) -> list[SourceSpec]:
+    """One source string, a ``{"source": ..., "weight": ...}`` mapping, or a list of either, as `SourceSpec`s."""
+    items = [spec] if isinstance(spec, (str, os.PathLike, dict)) else list(spec)
+    if not items:
+        raise ValueError("No data source given.")
+    specs = []
+    for item in items:
+        if isinstance(item, dict):
+            unknown = set(item) - {"source", "weight"}
+            if unknown or "source" not in item:
+                raise ValueError(f"A mixed source is {{source: ..., weight: ...}}; got {item!r}.")
+            weight = item.get("weight", 1.0)
+            if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight > 0:
+                raise ValueError(f"Source weight must be a positive number, got {weight!r} for {item['source']}.")
+            specs.append(SourceSpec(os.fspath(item["source"]), float(weight)))
+        else:
+            specs.append(SourceSpec(os.fspath(item)))
+    return specs
+
+
+def is_remote(source: str) -> bool:
+    return "://" in source and not source.startswith("file://")
+
+
+@dataclass(frozen=True)
+class ResolvedSource:
+    kind: str  # "manifest" (a table file) or "shards"
+    locations: tuple[str, ...]  # the table file, or the shard paths / URLs
+
+
+def resolve_source(source: str) -> ResolvedSource:
+    """What a source string names (see the module docstring)."""
+    source = source.removeprefix("file://")
+    if is_remote(source):
+        return ResolvedSource("shards", tuple(_expand_remote(source)))
+    path = Path(source)
+    if path.is_file():
+        if path.suffix.lower() in MANIFEST_SUFFIXES:
+            return ResolvedSource("manifest", (str(path),))
+        if path.suffix.lower() == ".tar":
+            return ResolvedSource("shards", (str(path),))
+        raise ValueError(f"{source} is neither a manifest ({', '.join(MANIFEST_SUFFIXES)}) nor a .tar shard.")
+    if path.is_dir():
+        for name in METADATA_FILES:
+            if (path / name).is_file():
+                return ResolvedSource("manifest", (str(path / name),))
+        shards = sorted(str(shard) for shard in path.rglob("*.tar"))
+        if shards:
+            return ResolvedSource("shards", tuple(shards))
+        raise FileNotFoundError(f"{source} holds neither a metadata file ({', '.join(METADATA_FILES)}) nor tar shards.")
+    if any(char in source for char in "*?[{"):
+        shards = sorted({match for name in expand_braces(source) for match in glob.glob(name)})
+        if not shards:
+            raise FileNotFoundError(f"No shards match {source}.")
+        return ResolvedSource("shards", tuple(shards))
+    if _HUB_ID.match(source):
+        return resolve_source(str(_hub_snapshot(source)))
+    raise FileNotFoundError(f"Data source not found: {source}")
+
+
+def _expand_remote(url: str) -> list[str]:
+    urls = expand_braces(url)
+    if not any(char in url for char in "*?["):
+        return urls
+    import fsspec
+
+    expanded = []
+    for pattern in urls:
+        fs, _, paths = fsspec.get_fs_token_paths(pattern)
+        protocol = fs.protocol[0] if isinstance(fs.protocol, (tuple, list)) else fs.protocol
+        expanded.extend(f"{protocol}://{path}" for path in sorted(paths))
+    if not expanded:
+        raise FileNotFoundError(f"No shards match {url}.")
+    return expanded
+
+
+def _hub_snapshot(repo_id: str) -> Path:
+    """The local snapshot of a Hub dataset repo: the cached one if any (no network), else a download."""
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(repo_id, repo_type="dataset", local_files_only=True))
+    except LocalEntryNotFoundError:
+        if constants.HF_HUB_OFFLINE:
+            raise FileNotFoundError(
+                f"Dataset {repo_id} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set."
+            ) from None
+    try:
+        return Path(snapshot_download(repo_id, repo_type="dataset"))
+    except Exception as err:
+        raise FileNotFoundError(f"Dataset {repo_id} is not cached locally and could not be downloaded: {err}") from err
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Map-style sources
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _modality_of(path: str) -> str | None:
+    extension = path.rsplit(".", 1)[-1].lower() if "." in path else ""
+    if extension in VIDEO_EXTENSIONS:
+        return "video"
+    if extension in IMAGE_EXTENSIONS:
+        return "image"
+    return None
 
 
 def load_manifest(path: str | Path) -> datasets.Dataset:
-    """Read a JSONL / CSV manifest with `datasets`, resolve media paths, and check its columns."""
+    """Read a manifest (or a folder's metadata file) with `datasets`, resolve media paths, and check columns.
+
+    Rows follow the pipeline's schema: ``media`` (absolute path), ``modality``, ``caption``, ``start``, ``end``,
+    and ``offset`` / ``size`` / ``error`` (None here; used by tar shards).
+    """
     path = Path(path)
+    if path.is_dir():
+        return load_source(str(path))
     if not path.is_file():
         raise FileNotFoundError(f"Manifest not found: {path}")
-    builder = "csv" if path.suffix == ".csv" else "json"
+    builder = MANIFEST_SUFFIXES.get(path.suffix.lower(), "json")
     rows = datasets.load_dataset(builder, data_files=str(path), split="train")
     media = [column for column in MEDIA_COLUMNS if column in rows.column_names]
     text = [column for column in TEXT_COLUMNS if column in rows.column_names]
@@ -45,20 +219,141 @@ def load_manifest(path: str | Path) -> datasets.Dataset:
     media_column, text_column = media[0], text[0]
 
     def normalise(row: dict[str, Any]) -> dict[str, Any]:
-        media_path = Path(row[media_column])
+        name = row[media_column]
+        modality = media_column if media_column != "file_name" else _modality_of(str(name or ""))
+        media_path = None if not name else Path(name)
+        error = None
+        if media_path is None:
+            error = "the row names no media file"
+        elif modality is None:
+            error = f"cannot tell video from image by the extension of {name}"
         return {
-            "media": str(media_path if media_path.is_absolute() else root / media_path),
-            "modality": media_column,
-            "caption": row[text_column],
+            "media": None if media_path is None else str(media_path if media_path.is_absolute() else root / media_path),
+            "modality": modality or "video",
+            "caption": str(row[text_column] or ""),
             "start": row.get("start"),
             "end": row.get("end"),
+            "offset": None,
+            "size": None,
+            "error": error,
         }
 
     return rows.map(normalise, remove_columns=rows.column_names)
 
 
+def load_shards(paths: Sequence[str]) -> datasets.Dataset:
+    """Index local tar shards into rows (one per sample, with the media member's byte range)."""
+    rows: list[dict] = []
+    for path in paths:
+        shard_rows, error = index_tar_shard(path)
+        if error is not None:
+            # The damaged part cannot be counted sample by sample; one bad row stands for it.
+            logger.warning("%s", error)
+            shard_rows.append({**_error_row(path, error), "key": None})
+        rows.extend(shard_rows)
+    if not rows:
+        raise ValueError(f"The shards {list(paths)[:3]}... hold no samples.")
+    return datasets.Dataset.from_list([{column: row[column] for column in ROW_COLUMNS} for row in rows])
+
+
+def _error_row(media: str, error: str) -> dict:
+    return {"media": media, "modality": "video", "caption": "", "start": None, "end": None, "offset": None,
+            "size": None, "error": error}  # fmt: skip
+
+
+def load_source(source: str) -> datasets.Dataset:
+    """The rows of a local source (manifest, folder, tar shards or cached Hub dataset), map-style."""
+    resolved = resolve_source(source)
+    if resolved.kind == "manifest":
+        return load_manifest(resolved.locations[0])
+    if any(is_remote(location) for location in resolved.locations):
+        raise ValueError(f"{source} is remote; read it with streaming (data.streaming=true).")
+    return load_shards(resolved.locations)
+
+
+def source_captions(spec, limit: int | None = None) -> list[str]:
+    """Captions of one source or a mix (e.g. to train a tokenizer), in source order."""
+    captions: list[str] = []
+    for item in parse_sources(spec):
+        resolved = resolve_source(item.source)
+        if any(is_remote(location) for location in resolved.locations):
+            rows = (row for url in resolved.locations for row in iter_tar_samples(url))
+            captions.extend(row["caption"] for row in rows if row["caption"] and not row["error"])
+        else:
+            captions.extend(caption for caption in load_source(item.source)["caption"] if caption)
+        if limit is not None and len(captions) >= limit:
+            return captions[:limit]
+    return captions
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Decoding one sample
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _decode_backend(data: DataSection) -> str:
+    if data.decode_backend != "auto":
+        return data.decode_backend
+    return "pyav" if _has_av() else "decord"
+
+
+@lru_cache(maxsize=1)
+def _has_av() -> bool:
+    try:
+        import av  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def load_media(row: dict[str, Any], video_processor, data: DataSection) -> torch.Tensor:
+    """Pixels of one row: a video ``(T, C, H, W)`` (real frames only) or an image ``(C, H, W)``."""
+    if row.get("error"):
+        raise ValueError(row["error"])
+    media = row["media"]
+    if row.get("data") is not None:
+        media = row["data"]
+    elif row.get("offset") is not None:
+        media = read_range(media, int(row["offset"]), int(row["size"]))
+    if row["modality"] == "image":
+        return video_processor.preprocess_images(media, return_tensors="pt")["pixel_values"][0]
+    processed = video_processor(
+        videos=media,
+        fps=data.fps,
+        num_frames=data.num_frames,
+        sampling=data.sampling,
+        start=row.get("start"),
+        end=row.get("end"),
+        decode_backend=_decode_backend(data),
+        keyframe_snap=data.keyframe_snap,
+        return_tensors="pt",
+    )
+    real_frames = processed["video_frame_mask"][0].bool()
+    return processed["pixel_values_videos"][0][real_frames]
+
+
+def _describe(row: dict[str, Any]) -> str:
+    key = row.get("key")
+    return f"{row['media']}#{key}" if key else str(row["media"])
+
+
+def _source_modality(rows: datasets.Dataset) -> str:
+    """The one modality of a source's readable rows (rows with an ``error`` never reach a batch)."""
+    import pyarrow.compute as pc
+
+    columns = [column for column in ("modality", "error") if column in rows.column_names]
+    table = rows.select_columns(columns).with_format("arrow")[:]
+    readable = table["modality"]
+    if "error" in columns:
+        readable = readable.filter(pc.is_null(table["error"]))
+    modalities = sorted(set(readable.to_pylist())) or ["video"]
+    if len(modalities) != 1:
+        raise ValueError(f"A source mixes modalities {modalities}; keep images and videos apart.")
+    return modalities[0]
+
+
 class MediaTextDataset(Dataset):
-    """Rows of a manifest; each item is one decoded clip (or image) with its caption.
+    """Rows of one source; each item is one decoded clip (or image) with its caption.
 
     Decoding happens in `__getitem__`, i.e. in the DataLoader workers. A row that fails to decode is
     logged and the next row is tried; the item reports how many rows it skipped.
@@ -66,42 +361,194 @@ class MediaTextDataset(Dataset):
 
     def __init__(self, rows: datasets.Dataset, video_processor, data: DataSection, max_skips: int = 16):
         if len(rows) == 0:
-            raise ValueError("The manifest has no rows.")
+            raise ValueError("The source has no rows.")
         self.rows = rows
         self.video_processor = video_processor
         self.data = data
         self.max_skips = min(max_skips, len(rows))
+        self.modality = _source_modality(rows)
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def _load(self, row: dict[str, Any]) -> torch.Tensor:
-        if row["modality"] == "image":
-            return self.video_processor.preprocess_images(row["media"], return_tensors="pt")["pixel_values"][0]
-        processed = self.video_processor(
-            videos=row["media"],
-            fps=self.data.fps,
-            num_frames=self.data.num_frames,
-            sampling=self.data.sampling,
-            start=row["start"],
-            end=row["end"],
-            return_tensors="pt",
-        )
-        real_frames = processed["video_frame_mask"][0].bool()
-        return processed["pixel_values_videos"][0][real_frames]
+        return load_media(row, self.video_processor, self.data)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         for skipped in range(self.max_skips):
             row = self.rows[(index + skipped) % len(self.rows)]
             try:
                 pixels = self._load(row)
-            except (VideoDecodingError, ValueError, OSError) as error:
-                logger.warning("Skipping %s: %s", row["media"], error)
+            except _BAD_SAMPLE_ERRORS as error:
+                logger.warning("Skipping %s: %s", _describe(row), error)
                 continue
             return {"pixels": pixels, "modality": row["modality"], "caption": row["caption"], "skipped": skipped}
         raise RuntimeError(
             f"{self.max_skips} consecutive samples from row {index} could not be decoded; the data looks broken."
         )
+
+
+class MixedMediaTextDataset(Dataset):
+    """Batches drawn from several sources by weight; every batch comes from a single source.
+
+    An epoch has as many batches as one pass over all sources would (``sum(len // batch_size)``); source ``i``
+    gets ``round(weight_i / sum(weights) * batches)`` of them (largest remainders), in an order shuffled from
+    ``(seed, epoch)``. Each source is read as an endless sequence of random permutations seeded by ``(seed,
+    source, round)`` and continues where the previous epoch stopped, so every row is seen before any repeats.
+    Item ``i`` is slot ``i % batch_size`` of batch ``i // batch_size``: iterate it in order (no sampler
+    shuffling) with that batch size. Everything is a function of ``(seed, epoch, index)``, so skipping the
+    batches of an interrupted epoch replays exactly, in any number of DataLoader workers or processes.
+    """
+
+    def __init__(
+        self,
+        sources: Sequence[MediaTextDataset],
+        weights: Sequence[float],
+        batch_size: int,
+        seed: int,
+        batches_per_epoch: int | None = None,
+    ):
+        if len(sources) != len(weights) or not sources:
+            raise ValueError("One weight per source is needed.")
+        self.sources = list(sources)
+        self.batch_size = batch_size
+        self.seed = int(seed) % 2**62
+        self.batches_per_epoch = batches_per_epoch or sum(len(source) // batch_size for source in sources)
+        if self.batches_per_epoch < 1:
+            raise ValueError(f"The sources hold fewer samples than one batch of {batch_size}.")
+        self.counts = _apportion(weights, self.batches_per_epoch)
+        self.epoch = 0
+        self._plan: tuple[int, torch.Tensor, torch.Tensor] | None = None  # (epoch, source per batch, its rank)
+        self._permutations: dict[tuple[int, int], torch.Tensor] = {}
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.batches_per_epoch * self.batch_size
+
+    def _generator(self, *key: int) -> torch.Generator:
+        value = self.seed
+        for part in key:
+            value = (value * 1_000_003 + part + 1) % 2**62
+        return torch.Generator().manual_seed(value)
+
+    def batch_sources(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The source of every batch of `epoch`, and how many earlier batches of the epoch share its source."""
+        if self._plan is None or self._plan[0] != epoch:
+            plan = torch.repeat_interleave(torch.arange(len(self.sources)), torch.tensor(self.counts))
+            plan = plan[torch.randperm(len(plan), generator=self._generator(0, epoch))]
+            rank = torch.zeros_like(plan)
+            for source in range(len(self.sources)):
+                chosen = plan == source
+                rank[chosen] = torch.arange(int(chosen.sum()))
+            self._plan = (epoch, plan, rank)
+        return self._plan[1], self._plan[2]
+
+    def _permutation(self, source: int, round_: int) -> torch.Tensor:
+        key = (source, round_)
+        if key not in self._permutations:
+            if len(self._permutations) >= 2 * len(self.sources):
+                self._permutations.clear()
+            generator = self._generator(1, source, round_)
+            self._permutations[key] = torch.randperm(len(self.sources[source]), generator=generator)
+        return self._permutations[key]
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        batch, slot = divmod(int(index), self.batch_size)
+        plan, rank = self.batch_sources(self.epoch)
+        source = int(plan[batch])
+        # Position in the source's endless stream: every earlier epoch took counts[source] batches from it.
+        position = (self.epoch * self.counts[source] + int(rank[batch])) * self.batch_size + slot
+        round_, offset = divmod(position, len(self.sources[source]))
+        return self.sources[source][int(self._permutation(source, round_)[offset])]
+
+
+def _apportion(weights: Sequence[float], total: int) -> list[int]:
+    """Integer shares of `total` proportional to `weights` (largest remainders, ties to the earlier source)."""
+    weight_sum = float(sum(weights))
+    exact = [weight / weight_sum * total for weight in weights]
+    counts = [int(value) for value in exact]
+    by_remainder = sorted(range(len(weights)), key=lambda i: (-(exact[i] - counts[i]), i))
+    for i in by_remainder[: total - sum(counts)]:
+        counts[i] += 1
+    return counts
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Streaming sources
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _stream_rows(shards: list[str]) -> Iterator[dict]:
+    for url in shards:
+        for row in iter_tar_samples(url):
+            yield {column: row.get(column) for column in (*ROW_COLUMNS, "data", "key")}
+
+
+def stream_source(source: str) -> datasets.IterableDataset:
+    """Raw rows of a source as a `datasets.IterableDataset`, one data shard per tar shard (local sources that
+    are not tar shards become iterable with up to 64 shards)."""
+    resolved = resolve_source(source)
+    if resolved.kind == "shards":
+        return datasets.IterableDataset.from_generator(_stream_rows, gen_kwargs={"shards": list(resolved.locations)})
+    rows = load_manifest(resolved.locations[0])
+    rows = rows.add_column("data", [None] * len(rows)).add_column("key", [None] * len(rows))
+    return rows.to_iterable_dataset(num_shards=min(64, len(rows)))
+
+
+class _DecodeAndCount:
+    """The decoding step of a stream (`datasets` map function): failures are dropped by the following filter
+    and counted in the next good sample's ``skipped`` (one copy per DataLoader worker)."""
+
+    def __init__(self, video_processor, data: DataSection):
+        self.video_processor = video_processor
+        self.data = data
+        self.pending = 0
+
+    def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
+        try:
+            pixels = load_media(row, self.video_processor, self.data)
+        except _BAD_SAMPLE_ERRORS as error:
+            logger.warning("Skipping %s: %s", _describe(row), error)
+            self.pending += 1
+            return {"pixels": None, "modality": row["modality"], "caption": row["caption"], "skipped": 0}
+        skipped, self.pending = self.pending, 0
+        return {"pixels": pixels, "modality": row["modality"], "caption": row["caption"], "skipped": skipped}
+
+
+def build_stream(
+    specs: Sequence[SourceSpec], video_processor, data: DataSection, seed: int, shuffle: bool
+) -> datasets.IterableDataset:
+    """The decoded stream of one source or a sample-level weighted mix of several (same modality)."""
+    streams = [stream_source(spec.source) for spec in specs]
+    if shuffle:
+        # Endless: processes reading different shards never run out at different times (no epoch end to
+        # disagree on); the shuffle buffer keeps mixing across passes.
+        streams = [stream.repeat(None) for stream in streams]
+    if len(streams) > 1:
+        total = sum(spec.weight for spec in specs)
+        stream = datasets.interleave_datasets(
+            streams,
+            probabilities=[spec.weight / total for spec in specs] if shuffle else None,
+            seed=seed % 2**32,
+            stopping_strategy="all_exhausted",
+        )
+    else:
+        stream = streams[0]
+    if shuffle:
+        stream = stream.shuffle(seed=seed % 2**32, buffer_size=data.shuffle_buffer)
+    decoded = stream.map(_DecodeAndCount(video_processor, data), remove_columns=["data", "key", "error"])
+    return decoded.filter(_was_decoded)
+
+
+def _was_decoded(row: dict[str, Any]) -> bool:  # a module-level function: picklable for spawned workers
+    return row["pixels"] is not None
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Batches
+# ----------------------------------------------------------------------------------------------------------------
 
 
 class MediaTextCollator:
@@ -138,20 +585,55 @@ class MediaTextCollator:
         return batch
 
 
+def training_sources(data: DataSection) -> str | list[dict[str, Any]]:
+    """The recipe's training data: the ``train_sources`` mix when given, else ``train_manifest``."""
+    return list(data.train_sources) if data.train_sources else data.train_manifest
+
+
 def build_dataloader(
-    data: DataSection, manifest: str | Path, processor, batch_size: int, shuffle: bool
+    data: DataSection,
+    manifest: str | Path | Sequence[str | dict],
+    processor,
+    batch_size: int,
+    shuffle: bool,
+    *,
+    seed: int | None = None,
 ) -> DataLoader:
-    """A DataLoader over a manifest. Training loaders (`shuffle=True`) drop the last incomplete batch."""
-    dataset = MediaTextDataset(load_manifest(manifest), processor.video_processor, data)
-    if shuffle and len(dataset) < batch_size:
-        raise ValueError(f"{manifest} has {len(dataset)} rows, fewer than one batch of {batch_size}.")
-    collator = MediaTextCollator(processor.tokenizer, processor.video_processor.tubelet_frames, data.max_text_length)
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=shuffle,
-        drop_last=shuffle,
-        num_workers=data.num_workers,
-        collate_fn=collator,
-        persistent_workers=False,
-    )
+    """A DataLoader over one source or a weighted mix (`manifest`: a source string, or a list of sources /
+    ``{"source", "weight"}`` mappings). Training loaders (`shuffle=True`) drop incomplete batches.
+
+    Map-style (local sources): one source shuffles like any map-style dataset (accelerate's seedable sampler);
+    a mix is a `MixedMediaTextDataset` seeded by `seed` (default ``torch.initial_seed()``, i.e. the seed of
+    ``accelerate.utils.set_seed``). Both shard over processes with accelerate's batch samplers, re-seed per
+    epoch through ``set_epoch``, and skip batches on resume without decoding them.
+
+    Streaming (``data.streaming``, or remote shards) returns a loader over a `datasets.IterableDataset`, with
+    these limits: shuffling is a shard-order shuffle plus a ``data.shuffle_buffer`` sample buffer; a training
+    stream is endless (its epoch never ends, reshuffled only through the buffer); resuming replays the
+    stream and decodes the skipped batches again (exact, but it costs the decoding time); several processes
+    need ``DataLoaderConfiguration(dispatch_batches=False)`` in the Accelerator and at least as many shards as
+    processes (accelerate then gives each process its own shards; with fewer shards every process reads all
+    of them and keeps its share of the batches); samples that fail at the very end of a finite (evaluation)
+    stream are not counted; and `len()` of the loader is undefined.
+    """
+    specs = parse_sources(manifest)
+    seed = torch.initial_seed() if seed is None else int(seed)
+    video_processor = processor.video_processor
+    collator = MediaTextCollator(processor.tokenizer, video_processor.tubelet_frames, data.max_text_length)
+    loader_options = dict(num_workers=data.num_workers, collate_fn=collator, persistent_workers=False)
+    if data.streaming or any(is_remote(spec.source) for spec in specs):
+        stream = build_stream(specs, video_processor, data, seed, shuffle)
+        return DataLoader(stream, batch_size=batch_size, drop_last=shuffle, **loader_options)
+    sources = [MediaTextDataset(load_source(spec.source), video_processor, data) for spec in specs]
+    if len(sources) == 1:
+        dataset = sources[0]
+        if shuffle and len(dataset) < batch_size:
+            raise ValueError(f"{specs[0].source} has {len(dataset)} rows, fewer than one batch of {batch_size}.")
+        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=shuffle, **loader_options)
+    if not shuffle:
+        modalities = {source.modality for source in sources}
+        if len(modalities) > 1:
+            raise ValueError("An evaluation loader reads its sources in order, so they must share a modality.")
+        return DataLoader(ConcatDataset(sources), batch_size=batch_size, shuffle=False, **loader_options)
+    mixed = MixedMediaTextDataset(sources, [spec.weight for spec in specs], batch_size, seed)
+    return DataLoader(mixed, batch_size=batch_size, shuffle=False, drop_last=True, **loader_options)

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from videofirst.adaptation import apply_adaptation, merge_adaptation
 from videofirst.checkpointing import CheckpointManager, TrainerState
-from videofirst.data import build_dataloader
+from videofirst.data import build_dataloader, training_sources
 from videofirst.evaluation import embed_texts, embed_videos, retrieval_metrics
 from videofirst.export import export_checkpoint
 from videofirst.losses import contrastive_loss, sigmoid_loss
@@ -177,7 +177,8 @@ def pretrain(recipe: PretrainRecipe) -> PretrainResult:
         gradient_accumulation_steps=optim.gradient_accumulation_steps,
         log_with=tracker_names(recipe.run.trackers) or None,
         project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "logs")),
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+        # No dispatching: every process reads its own batches (streamed sources carry caption lists).
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, dispatch_batches=False),
     )
     set_seed(recipe.run.seed)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -193,16 +194,22 @@ def pretrain(recipe: PretrainRecipe) -> PretrainResult:
 
     optimizer = build_optimizer(model, optim)
     scheduler = build_scheduler(optimizer, optim)
-    train_loader = build_dataloader(recipe.data, recipe.data.train_manifest, processor, optim.batch_size, shuffle=True)
+    seed = recipe.run.seed
+    train_loader = build_dataloader(
+        recipe.data, training_sources(recipe.data), processor, optim.batch_size, shuffle=True, seed=seed
+    )
     loaders = [train_loader]
     if recipe.data.image_manifest is not None:
-        loaders.append(
-            build_dataloader(recipe.data, recipe.data.image_manifest, processor, optim.batch_size, shuffle=True)
+        image_loader = build_dataloader(
+            recipe.data, recipe.data.image_manifest, processor, optim.batch_size, shuffle=True, seed=seed
         )
+        if not hasattr(image_loader.dataset, "__len__"):
+            raise ValueError("`data.image_manifest` must be a local (map-style) source: it is cycled by epochs.")
+        loaders.append(image_loader)
     eval_loader = None
     if recipe.data.eval_manifest is not None:
         eval_loader = build_dataloader(
-            recipe.data, recipe.data.eval_manifest, processor, recipe.eval.batch_size, shuffle=False
+            recipe.data, recipe.data.eval_manifest, processor, recipe.eval.batch_size, shuffle=False, seed=seed
         )
     model, optimizer, *loaders = accelerator.prepare(model, optimizer, *loaders)
     train_loader, image_loader = loaders[0], (loaders[1] if len(loaders) > 1 else None)

@@ -56,6 +56,18 @@ class DataSection:
     num_workers: int = 0
     # The run stops once more than this fraction of the samples read so far failed to decode.
     max_bad_fraction: float = 0.05
+    # Training data as a weighted mix, e.g. [{source: data/clips_shards, weight: 3}, {source: img.jsonl, weight: 1}]:
+    # each batch comes from one source, chosen by weight, deterministic by seed and epoch. Empty: `train_manifest`.
+    # Any manifest field also takes a folder, tar shards or a Hub dataset id (see videofirst.data).
+    train_sources: list[dict[str, Any]] = field(default_factory=list)
+    # Read tar shards front to back with `datasets` streaming instead of indexing them (remote shards always are).
+    streaming: bool = False
+    # Streaming shuffle buffer, in samples; it holds encoded samples (a few MiB per prepared long clip) per worker.
+    shuffle_buffer: int = 100
+    # "auto": PyAV when installed (converts only the sampled frames, faster on long videos), else decord.
+    decode_backend: str = "auto"
+    # Opt-in fast decoding: move sample times to keyframes at most this many seconds away (None: exact times).
+    keyframe_snap: float | None = None
 
 
 @dataclass

@@ -5,13 +5,14 @@ from pathlib import Path
 
 from transformers import AutoModel, AutoTokenizer
 
+from videofirst.data import is_remote, source_captions, training_sources
 from videofirst.modeling.configuration_videofirst import VideoFirstConfig
 from videofirst.modeling.modeling_videofirst import VideoFirstModel
 from videofirst.modeling.processing_videofirst import VideoFirstProcessor
 from videofirst.modeling.video_processing_videofirst import VideoFirstVideoProcessor
 from videofirst.recipe import PretrainRecipe
 from videofirst.synthetic import write_synthetic_dataset
-from videofirst.tokenization import read_captions, train_sentencepiece_tokenizer
+from videofirst.tokenization import train_sentencepiece_tokenizer
 
 # Fields of the vision config that a recipe may change on a model loaded with `model.init_from`.
 RUNTIME_VISION_FIELDS = ("mask_ratio", "mask_type")
@@ -29,7 +30,7 @@ def prepare_data(recipe: PretrainRecipe, run_dir: Path) -> DataPaths:
     data = recipe.data
     train_manifest = Path(data.train_manifest)
     synthetic = data.synthetic
-    if not train_manifest.is_file():
+    if not data.train_sources and not is_remote(data.train_manifest) and not train_manifest.exists():
         if synthetic.num_videos <= 0:
             raise FileNotFoundError(
                 f"Training manifest {train_manifest} does not exist (set `data.synthetic.num_videos` to write a "
@@ -49,7 +50,8 @@ def prepare_data(recipe: PretrainRecipe, run_dir: Path) -> DataPaths:
         return DataPaths(train_manifest, Path(data.tokenizer))
     tokenizer_dir = run_dir / "tokenizer"
     if not (tokenizer_dir / "tokenizer.json").is_file():
-        train_sentencepiece_tokenizer(read_captions(train_manifest), tokenizer_dir, data.tokenizer_vocab_size)
+        captions = source_captions(training_sources(data))
+        train_sentencepiece_tokenizer(captions, tokenizer_dir, data.tokenizer_vocab_size)
     return DataPaths(train_manifest, tokenizer_dir)
 
 

@@ -1,0 +1,181 @@
+"""Preparing a collection: manifest -> transcoded tar shards (parallel, resumable, bad files reported)."""
+
+import io
+import json
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from video_fixtures import frame_ids, index_frame, write_video
+from videofirst.modeling.video_processing_videofirst import read_video_frames
+
+import videofirst.shards as shards
+from videofirst.shards import PrepareSettings, index_tar_shard, prepare_shards, read_range, transcode_video
+
+pytest.importorskip("av")
+REPO = Path(__file__).resolve().parents[1]
+SETTINGS = PrepareSettings(fps=2.0, size=64, keyframe_interval=1.0, samples_per_shard=3)
+_real_prepare_one = shards.prepare_one
+
+
+@pytest.fixture(scope="module")
+def collection(tmp_path_factory) -> Path:
+    """Seven videos (frames encode their index), one corrupt file and one missing file."""
+    root = tmp_path_factory.mktemp("collection")
+    rows = []
+    for index in range(7):
+        write_video(root / f"clip{index}.mp4", 20 + 5 * index, fps=10, gop=20)  # 2.0 .. 5.0 s
+        rows.append({"video": f"clip{index}.mp4", "caption": f"clip {index}"})
+    rows[2]["start"], rows[2]["end"] = 1.0, 2.5
+    (root / "corrupt.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"junk" * 100)
+    rows.insert(4, {"video": "corrupt.mp4", "caption": "corrupt"})
+    rows.append({"video": "missing.mp4", "caption": "missing"})
+    (root / "manifest.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return root
+
+
+def shard_files(folder: Path) -> dict[str, bytes]:
+    return {path.name: path.read_bytes() for path in sorted(folder.glob("shard-*.tar"))}
+
+
+def test_transcode_keeps_the_processor_samples_and_makes_short_gops(tmp_path):
+    source = write_video(tmp_path / "long.mp4", 95, fps=10, gop=50)
+    data, facts = transcode_video(str(source), fps=2.0, size=32, keyframe_interval=1.0, start=0.5)
+    frames, times = read_video_frames(data, fps=None)  # every stored frame
+    expected, expected_times = read_video_frames(source, fps=2.0, start=0.5, size=32)
+    assert frame_ids(frames) == frame_ids(expected) == list(range(5, 95, 5))
+    assert frames.shape == expected.shape == (18, 32, 64, 3)
+    np.testing.assert_allclose(times, np.arange(18) / 2.0)
+    assert facts["frames"] == 18 and facts["source_first_time"] == pytest.approx(expected_times[0])
+    import av
+
+    with av.open(io.BytesIO(data)) as container:
+        keys = [packet.is_keyframe for packet in container.demux(video=0) if packet.size]
+    assert sum(keys) >= 9  # a keyframe every 2 frames (1 s at 2 FPS), no B-frames
+
+
+def test_chunked_transcoding_matches_one_pass(tmp_path, monkeypatch):
+    source = write_video(tmp_path / "clip.mp4", 40, fps=10)
+    whole, _ = transcode_video(str(source), fps=5.0, size=64)
+    monkeypatch.setattr(shards, "_CHUNK_FRAMES", 4)  # 20 samples in 5 decode calls (the last one exactly at the end)
+    chunked, facts = transcode_video(str(source), fps=5.0, size=64)
+    assert facts["frames"] == 20 and whole == chunked
+
+
+def test_prepare_writes_shards_reports_bad_files_and_resumes(collection, tmp_path):
+    out = tmp_path / "prepared"
+    report = prepare_shards(collection / "manifest.jsonl", out, SETTINGS, workers=2, progress=False)
+    assert (report.total, report.prepared, report.bad, report.shards) == (9, 7, 2, 3)
+    bad = [json.loads(line) for line in (out / "bad_files.jsonl").read_text().splitlines()]
+    assert [entry["row"] for entry in bad] == [4, 8]
+    assert "corrupt" in bad[0]["media"] and "file not found" in bad[1]["reason"]
+    assert json.loads((out / "report.json").read_text())["bad_fraction"] == pytest.approx(2 / 9)
+
+    # Samples keep manifest order and their captions; each video holds the 2 FPS samples of its clip.
+    rows = [row for path in sorted(out.glob("shard-*.tar")) for row in index_tar_shard(path)[0]]
+    assert [row["caption"] for row in rows] == [f"clip {i}" for i in range(7)]
+    assert [row["key"] for row in rows[:3]] == ["000000000", "000000001", "000000002"]
+    clip2, times = read_video_frames(read_range(rows[2]["media"], rows[2]["offset"], rows[2]["size"]), fps=None)
+    assert frame_ids(clip2) == [10, 15, 20]  # its manifest clip [1.0, 2.5) s
+    with tarfile.open(out / "shard-000000.tar") as archive:
+        meta = json.loads(archive.extractfile("000000002.json").read())
+    assert meta["source_start"] == 1.0 and meta["frames"] == 3 and meta["fps"] == 2.0
+
+    # Resume: a finished run does nothing; a lost shard (crash while writing it) is rebuilt byte for byte.
+    first = shard_files(out)
+    stamps = {path.name: path.stat().st_mtime_ns for path in out.glob("shard-*.tar")}
+    (out / "shard-000001.json").unlink()
+    (out / "shard-000001.tar").write_bytes(first["shard-000001.tar"][:1000])
+    again = prepare_shards(collection / "manifest.jsonl", out, SETTINGS, workers=0, progress=False)
+    assert again.resumed_shards == 2 and (again.prepared, again.bad) == (7, 2)
+    assert shard_files(out) == first
+    for name in ("shard-000000.tar", "shard-000002.tar"):
+        assert out.joinpath(name).stat().st_mtime_ns == stamps[name]
+
+    with pytest.raises(ValueError, match="other settings"):
+        prepare_shards(collection / "manifest.jsonl", out, PrepareSettings(fps=1.0), progress=False)
+
+
+def test_interrupted_run_resumes_to_the_same_shards(collection, tmp_path, monkeypatch):
+    reference = tmp_path / "reference"
+    prepare_shards(collection / "manifest.jsonl", reference, SETTINGS, workers=0, progress=False)
+
+    def interrupted(index, row, settings, options):
+        if index == 6:
+            raise KeyboardInterrupt("stopped by the operator")
+        return _real_prepare_one(index, row, settings, options)
+
+    out = tmp_path / "interrupted"
+    monkeypatch.setattr(shards, "prepare_one", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        prepare_shards(collection / "manifest.jsonl", out, SETTINGS, workers=0, progress=False)
+    assert sorted(path.name for path in out.glob("shard-*")) == [
+        "shard-000000.json",
+        "shard-000000.tar",
+        "shard-000001.json",
+        "shard-000001.tar",
+    ]
+    monkeypatch.undo()
+    report = prepare_shards(collection / "manifest.jsonl", out, SETTINGS, workers=0, progress=False)
+    assert report.resumed_shards == 2 and shard_files(out) == shard_files(reference)
+
+
+def hang_on_clip_3(index, row, settings, options):
+    if row["media"].endswith("clip3.mp4"):
+        time.sleep(300)  # a worker stuck in native code
+    return _real_prepare_one(index, row, settings, options)
+
+
+def test_a_stuck_worker_is_killed_and_its_file_reported(collection, tmp_path, monkeypatch):
+    monkeypatch.setattr(shards, "prepare_one", hang_on_clip_3)  # forked workers inherit the patch
+    started = time.monotonic()
+    report = prepare_shards(
+        collection / "manifest.jsonl", tmp_path / "out", SETTINGS, workers=2, task_timeout=1.5, progress=False
+    )
+    assert time.monotonic() - started < 45
+    assert report.prepared == 6 and report.bad == 3
+    stuck = [entry for entry in report.bad_files if entry["media"].endswith("clip3.mp4")]
+    assert stuck and "timed out" in stuck[0]["reason"]
+
+
+def test_images_become_jpeg_samples(tmp_path):
+    rows = []
+    for index in range(3):
+        Image.fromarray(index_frame(index + 1, 120, 160)).save(tmp_path / f"image{index}.png")
+        rows.append({"image": f"image{index}.png", "caption": f"picture {index}"})
+    (tmp_path / "images.csv").write_text("image,caption\n" + "".join(f"{r['image']},{r['caption']}\n" for r in rows))
+    report = prepare_shards(tmp_path / "images.csv", tmp_path / "out", SETTINGS, workers=0, progress=False)
+    assert report.prepared == 3
+    rows = index_tar_shard(tmp_path / "out" / "shard-000000.tar")[0]
+    assert [row["modality"] for row in rows] == ["image"] * 3
+    image = Image.open(io.BytesIO(read_range(rows[1]["media"], rows[1]["offset"], rows[1]["size"])))
+    assert image.format == "JPEG" and image.size == (85, 64)  # shortest edge 64, never enlarged
+
+
+def test_command_line(collection, tmp_path):
+    out = tmp_path / "cli"
+    command = [
+        sys.executable,
+        str(REPO / "training" / "prepare_data.py"),
+        str(collection / "manifest.jsonl"),
+        str(out),
+        "--fps",
+        "2",
+        "--size",
+        "64",
+        "--samples-per-shard",
+        "4",
+        "--workers",
+        "1",
+        "--quiet",
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=240, cwd=REPO)
+    assert result.returncode == 1, result.stderr[-2000:]  # 2 of 9 files are bad: above the default 5%
+    assert "7 of 9 files prepared into 3 shards" in result.stdout and "--max-bad-fraction" in result.stderr
+    result = subprocess.run([*command, "--max-bad-fraction", "0.5"], capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0 and "3 shards were already done" in result.stdout
