@@ -159,6 +159,12 @@ CASES = {
         {"top_k": (1, 2)},
         {"top1_accuracy": 0.5, "top2_accuracy": 1.0},
     ),
+    "video_captioning": (
+        ["a red circle", "a red circle"],
+        [["a red circle", "a square"], ["a red square circle"]],
+        {"cider": False},
+        {"rougeL": (1.0 + 2 * 0.75 / 1.75) / 2},
+    ),
 }
 
 

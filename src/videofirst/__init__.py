@@ -17,14 +17,27 @@ from videofirst.evaluation import (
     retrieval_metrics,
 )
 from videofirst.export import export_checkpoint, export_run
+from videofirst.generation import (
+    answer_log_likelihoods,
+    caption_metrics,
+    encode_captions,
+    evaluate_video_question_answering,
+    export_video_to_text,
+    generate_captions,
+)
 from videofirst.hub import ModelCardOptions, push_to_hub, register_pipelines, render_model_card
 from videofirst.modeling.configuration_videofirst import VideoFirstConfig, VideoFirstVisionConfig
+from videofirst.modeling.configuration_videofirst_video_to_text import VideoFirstVideoToTextConfig
 from videofirst.modeling.modeling_videofirst import (
     VideoFirstModel,
     VideoFirstOutput,
     VideoFirstPreTrainedModel,
     VideoFirstVisionModel,
     VideoFirstVisionModelOutput,
+)
+from videofirst.modeling.modeling_videofirst_video_to_text import (
+    VideoFirstForConditionalGeneration,
+    VideoFirstVideoToTextOutput,
 )
 from videofirst.modeling.processing_videofirst import VideoFirstProcessor
 from videofirst.modeling.video_processing_videofirst import (
@@ -34,6 +47,7 @@ from videofirst.modeling.video_processing_videofirst import (
     read_video_frames,
 )
 from videofirst.registration import register_auto_classes
+from videofirst.video_to_text import load_video_to_text_recipe, train_video_to_text
 
 __version__ = "0.1.0"
 
@@ -41,6 +55,17 @@ register_auto_classes()
 register_pipelines()
 
 __all__ = [
+    "train_video_to_text",
+    "load_video_to_text_recipe",
+    "generate_captions",
+    "export_video_to_text",
+    "evaluate_video_question_answering",
+    "encode_captions",
+    "caption_metrics",
+    "answer_log_likelihoods",
+    "VideoFirstVideoToTextOutput",
+    "VideoFirstVideoToTextConfig",
+    "VideoFirstForConditionalGeneration",
     "AdaptationConfig",
     "AdaptationSummary",
     "ModelCardOptions",

@@ -1,9 +1,11 @@
 """Registers the VideoFirst classes with the transformers Auto classes (done on `import videofirst`)."""
 
-from transformers import AutoConfig, AutoModel, AutoProcessor, AutoVideoProcessor
+from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText, AutoProcessor, AutoVideoProcessor
 
 from videofirst.modeling.configuration_videofirst import VideoFirstConfig, VideoFirstVisionConfig
+from videofirst.modeling.configuration_videofirst_video_to_text import VideoFirstVideoToTextConfig
 from videofirst.modeling.modeling_videofirst import VideoFirstModel, VideoFirstVisionModel
+from videofirst.modeling.modeling_videofirst_video_to_text import VideoFirstForConditionalGeneration
 from videofirst.modeling.processing_videofirst import VideoFirstProcessor
 from videofirst.modeling.video_processing_videofirst import VideoFirstVideoProcessor
 
@@ -16,3 +18,8 @@ def register_auto_classes() -> None:
     AutoModel.register(VideoFirstVisionConfig, VideoFirstVisionModel, exist_ok=True)
     AutoVideoProcessor.register(VideoFirstConfig, VideoFirstVideoProcessor, exist_ok=True)
     AutoProcessor.register(VideoFirstConfig, VideoFirstProcessor, exist_ok=True)
+    # Video-to-text (the paper's second step): the frozen tower feeding a frozen causal language model.
+    AutoConfig.register(VideoFirstVideoToTextConfig.model_type, VideoFirstVideoToTextConfig, exist_ok=True)
+    AutoModelForImageTextToText.register(VideoFirstVideoToTextConfig, VideoFirstForConditionalGeneration, exist_ok=True)
+    AutoProcessor.register(VideoFirstVideoToTextConfig, VideoFirstProcessor, exist_ok=True)
+    AutoVideoProcessor.register(VideoFirstVideoToTextConfig, VideoFirstVideoProcessor, exist_ok=True)

@@ -23,6 +23,7 @@ METRICS: dict[str, str] = {
     "video_text_retrieval": "VideoTextRetrieval",
     "multiple_choice_qa": "MultipleChoiceQA",
     "zero_shot_classification": "ZeroShotClassification",
+    "video_captioning": "VideoCaptioning",
 }
 
 __all__ = ["METRICS", "load", "metric_path", *METRICS.values()]

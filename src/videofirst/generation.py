@@ -1,0 +1,448 @@
+"""Video-to-text with a VideoFirst encoder: caption tokenization, the captioning loss, generation, zero-shot
+multiple-choice QA by language-model likelihood, text metrics and export.
+
+The model is `VideoFirstForConditionalGeneration` (`modeling/modeling_videofirst_video_to_text.py`); the training
+loop is `videofirst.video_to_text`.
+
+Text layout for a causal language model. A training sequence is `[BOS] prompt caption [EOS]`, where the prompt (for
+instance `"Summary:"`, or a question) is optional and is joined to the caption with one space. Only the caption and
+EOS carry labels; BOS, the prompt and the padding are -100. Generation starts from `[BOS] prompt` and the model
+continues with the caption. Tokenizers need a BOS and an EOS; `prepare_causal_tokenizer` gives the project's
+BERT-style SentencePiece tokenizers `[CLS]` / `[SEP]` for them and pads with EOS where there is no pad token.
+Captions are located in the joined text through the tokenizer's character offsets, so any fast tokenizer works
+(SentencePiece, byte-level BPE) without splitting a word at the prompt boundary.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import re
+import string
+from collections.abc import Iterable, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from videofirst.evaluation import MultipleChoiceSet, multiple_choice_metrics
+from videofirst.modeling.modeling_videofirst_video_to_text import VideoFirstForConditionalGeneration
+from videofirst.modeling.video_processing_videofirst import pad_video_batch
+
+__all__ = [
+    "DEFAULT_QA_PROMPT",
+    "IGNORE_INDEX",
+    "answer_log_likelihoods",
+    "caption_metrics",
+    "captioning_loss",
+    "cider_available",
+    "encode_captions",
+    "encode_prompts",
+    "evaluate_video_question_answering",
+    "export_video_to_text",
+    "generate_captions",
+    "prepare_causal_tokenizer",
+    "sequence_log_likelihoods",
+    "train_caption_tokenizer",
+]
+
+logger = logging.getLogger(__name__)
+
+IGNORE_INDEX = -100
+#: How an EgoSchema question becomes the prompt its candidate answers are scored after.
+DEFAULT_QA_PROMPT = "question: {question} answer:"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Tokenization
+# --------------------------------------------------------------------------------------------------------------
+
+
+def prepare_causal_tokenizer(tokenizer):
+    """Give `tokenizer` the BOS, EOS and pad tokens a causal captioner needs (in place; returns it).
+
+    BERT-style tokenizers (`videofirst.tokenization`) use `[CLS]` as BOS and `[SEP]` as EOS; a tokenizer with an EOS
+    but no BOS (some byte-level BPEs) starts from EOS, as GPT-2 does; a missing pad token becomes EOS (padding never
+    carries a label, so the choice does not matter).
+    """
+    if tokenizer.bos_token is None and tokenizer.cls_token is not None:
+        tokenizer.bos_token = tokenizer.cls_token
+    if tokenizer.eos_token is None and tokenizer.sep_token is not None:
+        tokenizer.eos_token = tokenizer.sep_token
+    if tokenizer.eos_token is None:
+        raise ValueError(f"{type(tokenizer).__name__} has no EOS (or [SEP]) token; generation could never stop.")
+    if tokenizer.bos_token is None:
+        tokenizer.bos_token = tokenizer.eos_token
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def train_caption_tokenizer(captions: Iterable[str], output_dir: str | Path, vocab_size: int = 8000):
+    """A SentencePiece tokenizer trained on `captions` (`videofirst.tokenization`), made ready for a causal LM and
+    saved to `output_dir` (loads with `AutoTokenizer.from_pretrained`)."""
+    from videofirst.tokenization import train_sentencepiece_tokenizer
+
+    tokenizer = prepare_causal_tokenizer(train_sentencepiece_tokenizer(captions, output_dir, vocab_size))
+    tokenizer.save_pretrained(output_dir)
+    return tokenizer
+
+
+def _per_item(value: str | Sequence[str] | None, count: int, name: str) -> list[str]:
+    if value is None or isinstance(value, str):
+        return [value or ""] * count
+    if len(value) != count:
+        raise ValueError(f"`{name}` has {len(value)} entries for {count} texts.")
+    return list(value)
+
+
+def _special_id(tokenizer, name: str) -> int:
+    token_id = getattr(tokenizer, f"{name}_token_id")
+    if token_id is None:
+        raise ValueError(f"The tokenizer has no {name.upper()} token; call `prepare_causal_tokenizer` on it first.")
+    return int(token_id)
+
+
+def encode_captions(
+    tokenizer,
+    captions: Sequence[str],
+    prompts: str | Sequence[str] | None = None,
+    max_length: int | None = None,
+    add_eos: bool = True,
+) -> dict[str, torch.Tensor]:
+    """Tokenize `[BOS] prompt caption [EOS]` sequences with labels on the caption (and EOS) only.
+
+    Args:
+        tokenizer: a fast tokenizer with BOS, EOS and pad tokens (see `prepare_causal_tokenizer`).
+        captions: the target texts.
+        prompts: one prompt for all, or one per caption; joined to the caption with a space. None: no prompt.
+        max_length: longest sequence in tokens, BOS and EOS included (the caption is cut from the right).
+        add_eos: end each labelled text with EOS (captioning); False scores the text alone (QA answers).
+
+    Returns:
+        Right-padded `input_ids`, `attention_mask` and `labels` (-100 outside the captions), `(batch, length)`.
+    """
+    if isinstance(captions, str):
+        raise TypeError("`captions` must be a sequence of strings, not one string.")
+    prompts = _per_item(prompts, len(captions), "prompts")
+    bos, eos, pad = _special_id(tokenizer, "bos"), _special_id(tokenizer, "eos"), _special_id(tokenizer, "pad")
+    texts = [f"{prompt} {caption}" if prompt else caption for prompt, caption in zip(prompts, captions)]
+    encoded = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
+    rows, label_rows = [], []
+    for prompt, ids, offsets in zip(prompts, encoded["input_ids"], encoded["offset_mapping"]):
+        boundary = len(prompt)
+        # A token belongs to the caption when it ends past the prompt (its leading space may sit at the boundary).
+        labels = [token if end > boundary else IGNORE_INDEX for token, (_, end) in zip(ids, offsets)]
+        ids, labels = [bos, *ids], [IGNORE_INDEX, *labels]
+        if add_eos:
+            ids, labels = ids + [eos], labels + [eos]
+        if max_length is not None:
+            ids, labels = ids[:max_length], labels[:max_length]
+        rows.append(ids)
+        label_rows.append(labels)
+    length = max(len(row) for row in rows)
+    input_ids = torch.full((len(rows), length), pad, dtype=torch.long)
+    labels = torch.full((len(rows), length), IGNORE_INDEX, dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), length), dtype=torch.long)
+    for index, (row, label_row) in enumerate(zip(rows, label_rows)):
+        input_ids[index, : len(row)] = torch.tensor(row)
+        labels[index, : len(row)] = torch.tensor(label_row)
+        attention_mask[index, : len(row)] = 1
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+def encode_prompts(tokenizer, prompts: str | Sequence[str] | None, count: int | None = None) -> dict[str, torch.Tensor]:
+    """`[BOS] prompt` sequences, left-padded (decoder-only generation continues from the right end)."""
+    if count is None:
+        if prompts is None or isinstance(prompts, str):
+            raise ValueError("Pass `count` with a single prompt.")
+        count = len(prompts)
+    prompts = _per_item(prompts, count, "prompts")
+    bos, pad = _special_id(tokenizer, "bos"), _special_id(tokenizer, "pad")
+    rows = [[bos, *(tokenizer(p, add_special_tokens=False)["input_ids"] if p else [])] for p in prompts]
+    length = max(len(row) for row in rows)
+    input_ids = torch.full((count, length), pad, dtype=torch.long)
+    attention_mask = torch.zeros((count, length), dtype=torch.long)
+    for index, row in enumerate(rows):
+        input_ids[index, length - len(row) :] = torch.tensor(row)
+        attention_mask[index, length - len(row) :] = 1
+    return {"input_ids": input_ids, "attention_mask": attention_mask}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Loss, likelihoods, generation
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _device_of(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def captioning_loss(
+    model: torch.nn.Module,
+    batch: Mapping[str, Any],
+    tokenizer,
+    prompt: str | Sequence[str] | None = None,
+    max_length: int | None = None,
+) -> torch.Tensor:
+    """The autoregressive captioning loss of a data batch (`pixel_values_videos`, `video_frame_mask`, `captions`):
+    the mean next-token cross-entropy over the caption tokens and EOS, given the video and the prompt."""
+    device = batch["pixel_values_videos"].device
+    text = {
+        key: value.to(device)
+        for key, value in encode_captions(tokenizer, batch["captions"], prompt, max_length).items()
+    }
+    outputs = model(
+        pixel_values_videos=batch["pixel_values_videos"], video_frame_mask=batch.get("video_frame_mask"), **text
+    )
+    return outputs.loss
+
+
+def sequence_log_likelihoods(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Per-sequence log-likelihood of the labelled tokens under next-token `logits` `(batch, length, vocab)`.
+
+    `reduction="sum"` is the log-probability of the labelled text; `"mean"` divides it by the number of labelled
+    tokens (length-normalised, so that long answers are not penalised for their length).
+    """
+    if reduction not in ("sum", "mean"):
+        raise ValueError(f"`reduction` must be 'sum' or 'mean', got {reduction!r}.")
+    targets = labels[:, 1:]
+    mask = targets != IGNORE_INDEX
+    log_probs = F.log_softmax(logits[:, :-1].float(), dim=-1)
+    token_log_probs = log_probs.gather(-1, targets.clamp(min=0)[..., None]).squeeze(-1) * mask
+    total = token_log_probs.sum(dim=1)
+    return total / mask.sum(dim=1).clamp(min=1) if reduction == "mean" else total
+
+
+@contextmanager
+def _inference(model: torch.nn.Module):
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        model.train(was_training)
+
+
+def _unwrap(model: torch.nn.Module) -> VideoFirstForConditionalGeneration:
+    return getattr(model, "module", model)
+
+
+def generate_captions(
+    model: torch.nn.Module,
+    tokenizer,
+    pixel_values_videos: torch.Tensor,
+    video_frame_mask: torch.Tensor | None = None,
+    prompt: str | Sequence[str] | None = None,
+    **generate_kwargs,
+) -> list[str]:
+    """Captions (or summaries) of a batch of videos: `model.generate` from `[BOS] prompt`, decoded without special
+    tokens. `generate_kwargs` are generation options (`max_new_tokens`, `num_beams`, `do_sample`, ...)."""
+    model = _unwrap(model)
+    device = _device_of(model)
+    inputs = {
+        key: value.to(device) for key, value in encode_prompts(tokenizer, prompt, len(pixel_values_videos)).items()
+    }
+    generate_kwargs.setdefault("eos_token_id", tokenizer.eos_token_id)
+    generate_kwargs.setdefault("pad_token_id", tokenizer.pad_token_id)
+    with _inference(model):
+        sequences = model.generate(
+            **inputs,
+            pixel_values_videos=pixel_values_videos.to(device),
+            video_frame_mask=None if video_frame_mask is None else video_frame_mask.to(device),
+            **generate_kwargs,
+        )
+    new_tokens = sequences[:, inputs["input_ids"].shape[1] :]
+    return [text.strip() for text in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+
+
+def answer_log_likelihoods(
+    model: torch.nn.Module,
+    tokenizer,
+    questions: Sequence[str],
+    options: Sequence[Sequence[str]],
+    *,
+    pixel_values_videos: torch.Tensor | None = None,
+    video_frame_mask: torch.Tensor | None = None,
+    visual_latents: torch.Tensor | None = None,
+    prompt_template: str = DEFAULT_QA_PROMPT,
+    reduction: str = "mean",
+    mask_ratio: float | None = None,
+) -> torch.Tensor:
+    """Score every candidate answer of every question by the language model's likelihood given the video.
+
+    Question `i` is asked about video `i`. Each option is scored as the log-likelihood of its tokens after
+    `[BOS] prompt_template.format(question=...)`, summed or length-normalised (`reduction`). The videos are encoded
+    once and their latents shared by the options. Returns `(questions, options)` scores: the prediction is the
+    row-wise argmax (`videofirst.evaluation.multiple_choice_metrics` turns them into an accuracy).
+    """
+    model = _unwrap(model)
+    if len(questions) != len(options) or not questions:
+        raise ValueError(f"{len(questions)} questions for {len(options)} option lists.")
+    num_options = len(options[0])
+    if any(len(choices) != num_options for choices in options):
+        raise ValueError("Every question needs the same number of options.")
+    device = _device_of(model)
+    with _inference(model):
+        if visual_latents is None:
+            if pixel_values_videos is None:
+                raise ValueError("Pass `pixel_values_videos` (or precomputed `visual_latents`).")
+            visual_latents = model.get_video_features(
+                pixel_values_videos.to(device),
+                video_frame_mask=None if video_frame_mask is None else video_frame_mask.to(device),
+                mask_ratio=mask_ratio,
+            ).pooler_output
+        if visual_latents.shape[0] != len(questions):
+            raise ValueError(f"{visual_latents.shape[0]} videos for {len(questions)} questions.")
+        prompts = [prompt_template.format(question=question) for question in questions for _ in range(num_options)]
+        answers = [answer for choices in options for answer in choices]
+        text = {
+            key: value.to(device) for key, value in encode_captions(tokenizer, answers, prompts, add_eos=False).items()
+        }
+        labels = text.pop("labels")
+        logits = model(**text, visual_latents=visual_latents.repeat_interleave(num_options, dim=0)).logits
+        scores = sequence_log_likelihoods(logits, labels, reduction)
+    return scores.view(len(questions), num_options).cpu()
+
+
+def evaluate_video_question_answering(
+    model: torch.nn.Module,
+    tokenizer,
+    video_processor,
+    questions: MultipleChoiceSet,
+    *,
+    batch_size: int = 4,
+    prompt_template: str = DEFAULT_QA_PROMPT,
+    reduction: str = "mean",
+    fps: float | None = None,
+    num_frames: int | None = None,
+) -> dict[str, float]:
+    """Zero-shot multiple-choice QA (EgoSchema format, `videofirst.evaluation.load_multiple_choice_manifest`) by
+    answer likelihood. A video that fails to decode is reported and its questions are left out.
+
+    Returns `accuracy`, `num_questions` (scored) and `num_excluded`.
+    """
+    options = {key: value for key, value in (("fps", fps), ("num_frames", num_frames)) if value is not None}
+    tubelet_frames = int(getattr(video_processor, "tubelet_frames", 1))
+    scores, answers, excluded = [], [], 0
+    order = list(range(len(questions.questions)))
+    for start in range(0, len(order), batch_size):
+        items, pixels = [], []
+        for index in order[start : start + batch_size]:
+            clip = questions.clips[questions.video_ids_of_questions[index]]
+            try:
+                processed = video_processor(
+                    videos=clip.path, start=clip.start, end=clip.end, return_tensors="pt", **options
+                )
+            except (ValueError, OSError, RuntimeError) as error:
+                logger.warning("Excluding the questions on %s: %s", clip.path, error)
+                excluded += 1
+                continue
+            items.append(index)
+            pixels.append(processed["pixel_values_videos"][0][processed["video_frame_mask"][0].bool()])
+        if not items:
+            continue
+        videos, frame_mask = pad_video_batch(pixels, tubelet_frames)
+        scores.append(
+            answer_log_likelihoods(
+                model,
+                tokenizer,
+                [questions.questions[index] for index in items],
+                [questions.options[index] for index in items],
+                pixel_values_videos=videos,
+                video_frame_mask=frame_mask,
+                prompt_template=prompt_template,
+                reduction=reduction,
+            )
+        )
+        answers.extend(questions.answers[index] for index in items)
+    if not scores:
+        raise RuntimeError("None of the questions' videos could be decoded.")
+    metrics = multiple_choice_metrics(torch.cat(scores), answers)
+    metrics.update(num_questions=len(answers), num_excluded=excluded)
+    return metrics
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Text metrics
+# --------------------------------------------------------------------------------------------------------------
+
+
+def cider_available() -> bool:
+    """Whether the COCO caption evaluation code (`pip install pycocoevalcap`) is installed for CIDEr."""
+    return importlib.util.find_spec("pycocoevalcap") is not None
+
+
+_PUNCTUATION = re.compile(f"[{re.escape(string.punctuation)}]")
+
+
+def _cider_tokens(text: str) -> str:
+    # Stands in for the Java PTB tokenizer of the COCO code: lower case, punctuation removed.
+    return " ".join(_PUNCTUATION.sub(" ", text.lower()).split())
+
+
+def _as_reference_lists(references: Sequence[str | Sequence[str]], count: int) -> list[list[str]]:
+    if len(references) != count:
+        raise ValueError(f"{count} predictions for {len(references)} references.")
+    lists = [[reference] if isinstance(reference, str) else list(reference) for reference in references]
+    if any(not refs for refs in lists):
+        raise ValueError("Every prediction needs at least one reference text.")
+    return lists
+
+
+def caption_metrics(
+    predictions: Sequence[str], references: Sequence[str | Sequence[str]], cider: bool | None = None
+) -> dict[str, float]:
+    """Rouge-L (F-measure, stemmed, best reference; mean over videos, in [0, 1]) and, when `pycocoevalcap` is
+    installed (or `cider=True`), the corpus CIDEr-D score of the COCO caption code.
+
+    `references[i]` is one reference text or a list of them for prediction `i`.
+    """
+    from rouge_score import rouge_scorer
+
+    if not predictions:
+        raise ValueError("No predictions to score.")
+    reference_lists = _as_reference_lists(references, len(predictions))
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    rouge = [
+        scorer.score_multi(refs, prediction)["rougeL"].fmeasure
+        for prediction, refs in zip(predictions, reference_lists)
+    ]
+    metrics = {"rougeL": sum(rouge) / len(rouge)}
+    if cider is None:
+        cider = cider_available()
+    if cider:
+        from pycocoevalcap.cider.cider import Cider
+
+        gts = {index: [_cider_tokens(ref) for ref in refs] for index, refs in enumerate(reference_lists)}
+        res = {index: [_cider_tokens(prediction)] for index, prediction in enumerate(predictions)}
+        score, _ = Cider().compute_score(gts, res)
+        metrics["cider"] = float(score)
+    return metrics
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Export
+# --------------------------------------------------------------------------------------------------------------
+
+
+def export_video_to_text(model: VideoFirstForConditionalGeneration, processor, output_dir: str | Path) -> Path:
+    """Save the model (and processor) with the `modeling/` code as remote code, so that
+    `AutoModelForImageTextToText.from_pretrained(output_dir, trust_remote_code=True)` and
+    `AutoProcessor.from_pretrained(output_dir, trust_remote_code=True)` work without `videofirst` installed."""
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    model = _unwrap(model)
+    model.config.register_for_auto_class("AutoConfig")
+    model.register_for_auto_class("AutoModelForImageTextToText")
+    model.save_pretrained(output_dir)
+    if processor is not None:
+        processor.register_for_auto_class("AutoProcessor")
+        video_processor = getattr(processor, "video_processor", None)
+        if video_processor is not None:
+            video_processor.register_for_auto_class("AutoVideoProcessor")
+        processor.save_pretrained(output_dir)
+    return output_dir

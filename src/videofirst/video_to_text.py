@@ -1,0 +1,505 @@
+"""Video-to-text training with accelerate: the loop behind `accelerate launch training/train_video_to_text.py`.
+
+The paper's second step: a frozen VideoFirst video tower and a frozen causal language model, joined by a new
+Perceiver resampler and gated cross-attention layers that alone train, with the autoregressive captioning loss
+(captioning or summarisation, from a video-text manifest).
+
+It reuses the contrastive loop's pieces: the data pipeline (`videofirst.data`, whose batches carry the caption
+strings, tokenized here for the language model by `videofirst.generation.encode_captions`), crash-safe checkpoints
+and resume (`videofirst.checkpointing`), the JSONL / tracker log (`videofirst.run_logging`), AdamW and the
+warmup-cosine schedule (`videofirst.optimization`) and the recipe loader (`videofirst.recipe`). Token masking is
+reseeded from `(seed, step, micro-batch, process)` and the data order from `(seed, epoch)` as in pretraining, so a
+resumed run continues exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from accelerate import Accelerator, DataLoaderConfiguration
+from accelerate.utils import ProjectConfiguration, set_seed
+from tqdm.auto import tqdm
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
+
+from videofirst.checkpointing import CheckpointManager, TrainerState
+from videofirst.data import build_dataloader
+from videofirst.evaluation import load_multiple_choice_manifest
+from videofirst.generation import (
+    caption_metrics,
+    captioning_loss,
+    encode_captions,
+    evaluate_video_question_answering,
+    export_video_to_text,
+    generate_captions,
+    prepare_causal_tokenizer,
+)
+from videofirst.modeling.configuration_videofirst import VideoFirstVisionConfig
+from videofirst.modeling.modeling_videofirst import VideoFirstModel, VideoFirstVisionModel
+from videofirst.modeling.modeling_videofirst_video_to_text import VideoFirstForConditionalGeneration
+from videofirst.modeling.processing_videofirst import VideoFirstProcessor
+from videofirst.modeling.video_processing_videofirst import VideoFirstVideoProcessor
+from videofirst.optimization import build_optimizer, build_scheduler
+from videofirst.pretraining import (
+    NonFiniteLossError,
+    _batches_from,
+    _check_bad_fraction,
+    _check_finite,
+    _flat,
+    _reseed,
+)
+from videofirst.recipe import CheckpointSection, DataSection, OptimSection, RunSection, _build, _read_tree, _set_dotted
+from videofirst.run_logging import RunLogger, tracker_names
+from videofirst.setup import prepare_data
+from videofirst.tokenization import read_captions
+
+__all__ = [
+    "VideoToTextEvalSection",
+    "VideoToTextModelSection",
+    "VideoToTextRecipe",
+    "VideoToTextResult",
+    "build_video_to_text_model",
+    "load_video_to_text_recipe",
+    "train_video_to_text",
+]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Recipe
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class VideoToTextModelSection:
+    # A VideoFirstForConditionalGeneration checkpoint to continue from; the fields below then only set `mask_ratio`.
+    init_from: str | None = None
+    # The frozen video tower: a VideoFirst checkpoint (dual encoder or vision model, e.g. `runs/demo/export`), or,
+    # when None, a randomly initialised tower built from `vision` (for smoke tests: it has learnt nothing).
+    vision_from: str | None = None
+    vision: dict[str, Any] = field(default_factory=dict)
+    # The frozen language model: any AutoModelForCausalLM checkpoint (its tokenizer is used unless
+    # `data.tokenizer` names one), or, when None, a causal LM built from `language_model` (default GPT-2 layout).
+    language_model_from: str | None = None
+    language_model: dict[str, Any] = field(default_factory=dict)
+    # A language model built from config knows no language, and a frozen random one is no model of the paper's
+    # setting: with N > 0 it is first trained for N steps on the training captions alone (text only, before being
+    # frozen). Only for `language_model_from=None`.
+    language_model_text_steps: int = 0
+    # Fraction of video tokens dropped in training and at inference (the paper: 0.3).
+    mask_ratio: float = 0.3
+    resampler_num_latents: int = 64
+    resampler_depth: int = 6
+    resampler_num_attention_heads: int = 8
+    cross_attention_every: int = 1
+    cross_attention_ffn: bool = True
+    # Text before every caption (e.g. "summary:"); generation starts from it.
+    prompt: str = ""
+    attn_implementation: str = "sdpa"
+
+
+@dataclass
+class VideoToTextEvalSection:
+    # Evaluate every N optimizer steps (0: only at the end) on `data.eval_manifest`.
+    every: int = 0
+    batch_size: int = 16
+    max_videos: int | None = None
+    max_new_tokens: int = 32
+    num_beams: int = 1
+    # An EgoSchema-format manifest (video, question, options, answer) for zero-shot QA by answer likelihood.
+    qa_manifest: str | None = None
+    qa_prompt: str = "question: {question} answer:"
+
+
+@dataclass
+class VideoToTextRecipe:
+    run: RunSection = field(default_factory=lambda: RunSection(output_dir="runs/video_to_text"))
+    data: DataSection = field(default_factory=DataSection)
+    model: VideoToTextModelSection = field(default_factory=VideoToTextModelSection)
+    optim: OptimSection = field(default_factory=OptimSection)
+    checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
+    eval: VideoToTextEvalSection = field(default_factory=VideoToTextEvalSection)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def load_video_to_text_recipe(path: str | Path | None = None, overrides: list[str] | None = None) -> VideoToTextRecipe:
+    """Read a video-to-text recipe (YAML with `base:` includes, as `videofirst.recipe`) and `key=value` overrides."""
+    tree = _read_tree(Path(path)) if path is not None else {}
+    for override in overrides or []:
+        if "=" not in override:
+            raise ValueError(f"Override {override!r} must look like `section.key=value`.")
+        key, raw_value = override.split("=", 1)
+        _set_dotted(tree, key.strip(), yaml.safe_load(raw_value))
+    recipe = _build(VideoToTextRecipe, tree, "")
+    if recipe.data.image_manifest is not None:
+        raise ValueError("`data.image_manifest` is not used by video-to-text training; remove it.")
+    if recipe.optim.contrastive_micro_batches != 1:
+        raise ValueError("`optim.contrastive_micro_batches` applies to contrastive training only; leave it at 1.")
+    return recipe
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Model, tokenizer, processor
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _vision_tower(model_section: VideoToTextModelSection, data: DataSection) -> VideoFirstVisionModel:
+    if model_section.vision_from is None:
+        config = VideoFirstVisionConfig(image_size=data.image_size, num_frames=data.num_frames, **model_section.vision)
+        return VideoFirstVisionModel(config)
+    loaded = AutoModel.from_pretrained(model_section.vision_from)
+    if isinstance(loaded, VideoFirstModel):
+        return loaded.vision_model
+    if isinstance(loaded, VideoFirstVisionModel):
+        return loaded
+    raise ValueError(f"`model.vision_from` {model_section.vision_from} is not a VideoFirst checkpoint.")
+
+
+def _language_model(model_section: VideoToTextModelSection, tokenizer):
+    if model_section.language_model_from is not None:
+        return AutoModelForCausalLM.from_pretrained(model_section.language_model_from)
+    settings = {"model_type": "gpt2", **model_section.language_model}
+    settings.setdefault("vocab_size", len(tokenizer))
+    for name in ("bos", "eos", "pad"):
+        settings.setdefault(f"{name}_token_id", getattr(tokenizer, f"{name}_token_id"))
+    model_type = settings.pop("model_type")
+    return AutoModelForCausalLM.from_config(AutoConfig.for_model(model_type, **settings))
+
+
+def train_language_model_on_text(
+    language_model,
+    tokenizer,
+    texts: list[str],
+    steps: int,
+    *,
+    batch_size: int = 32,
+    learning_rate: float = 1e-3,
+    max_length: int | None = None,
+    seed: int = 0,
+) -> list[float]:
+    """Train a causal language model on `texts` alone for `steps` AdamW steps (a small stand-in for the pretrained
+    language model of the paper when none is available, e.g. the demo's). Returns the loss of every step."""
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.AdamW(language_model.parameters(), lr=learning_rate, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0 - step / max(1, steps))
+    language_model.train()
+    losses = []
+    for _ in range(steps):
+        rows = torch.randint(len(texts), (batch_size,), generator=generator).tolist()
+        encoded = encode_captions(tokenizer, [texts[row] for row in rows], max_length=max_length)
+        loss = language_model(**encoded).loss
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+    language_model.eval()
+    return losses
+
+
+def build_video_to_text_model(
+    recipe: VideoToTextRecipe, tokenizer, captions: list[str] | None = None, text_warmup: bool = True
+) -> VideoFirstForConditionalGeneration:
+    """The model a recipe describes: `model.init_from`, or a video tower and a language model joined by a new
+    resampler and new cross-attention layers (the only trainable parts). `captions` feed
+    `model.language_model_text_steps` for a language model built from config (skipped with `text_warmup=False`,
+    e.g. when a checkpoint will replace the weights)."""
+    section = recipe.model
+    if section.init_from is not None:
+        model = VideoFirstForConditionalGeneration.from_pretrained(section.init_from)
+        model.config.mask_ratio = section.mask_ratio
+    else:
+        language_model = _language_model(section, tokenizer)
+        if text_warmup and section.language_model_text_steps > 0 and section.language_model_from is None:
+            if not captions:
+                raise ValueError("`model.language_model_text_steps` needs the training captions.")
+            train_language_model_on_text(
+                language_model,
+                tokenizer,
+                captions,
+                section.language_model_text_steps,
+                batch_size=recipe.optim.batch_size,
+                learning_rate=recipe.optim.learning_rate,
+                max_length=recipe.data.max_text_length,
+                seed=recipe.run.seed,
+            )
+        model = VideoFirstForConditionalGeneration.from_vision_and_language_models(
+            _vision_tower(section, recipe.data),
+            language_model,
+            mask_ratio=section.mask_ratio,
+            resampler_num_latents=section.resampler_num_latents,
+            resampler_depth=section.resampler_depth,
+            resampler_num_attention_heads=section.resampler_num_attention_heads,
+            cross_attention_every=section.cross_attention_every,
+            cross_attention_ffn=section.cross_attention_ffn,
+        )
+    model.set_attn_implementation(section.attn_implementation)
+    vocabulary = model.get_input_embeddings().num_embeddings
+    if len(tokenizer) > vocabulary:
+        raise ValueError(f"The tokenizer has {len(tokenizer)} tokens but the language model only {vocabulary}.")
+    return model
+
+
+def _tokenizer_source(recipe: VideoToTextRecipe) -> str | None:
+    """Where the tokenizer comes from; None: train one on the captions (`videofirst.setup.prepare_data`)."""
+    if recipe.data.tokenizer is not None:
+        return recipe.data.tokenizer
+    for source in (recipe.model.init_from, recipe.model.language_model_from):
+        if source is not None:
+            return source
+    return None
+
+
+def build_video_to_text_processor(recipe: VideoToTextRecipe, model, tokenizer) -> VideoFirstProcessor:
+    """Frames sampled as the recipe says, normalised for the model's video tower, and the language model's tokenizer."""
+    data = recipe.data
+    video_processor = VideoFirstVideoProcessor(
+        size={"shortest_edge": data.image_size},
+        crop_size={"height": data.image_size, "width": data.image_size},
+        fps=data.fps,
+        num_frames=data.num_frames,
+        sampling=data.sampling,
+        tubelet_frames=model.config.vision_config.tubelet_size[0],
+    )
+    return VideoFirstProcessor(video_processor=video_processor, tokenizer=tokenizer)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Loop
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class VideoToTextResult:
+    run_dir: Path
+    export_dir: Path | None
+    final_step: int
+    metrics: dict[str, float]
+    bad_samples: int
+    samples: list[dict[str, str]] = field(default_factory=list)
+
+
+def train_video_to_text(recipe: VideoToTextRecipe) -> VideoToTextResult:
+    run_dir = Path(recipe.run.output_dir)
+    optim = recipe.optim
+    accelerator = Accelerator(
+        mixed_precision=optim.mixed_precision,
+        gradient_accumulation_steps=optim.gradient_accumulation_steps,
+        log_with=tracker_names(recipe.run.trackers) or None,
+        project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "logs")),
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+    )
+    set_seed(recipe.run.seed)
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+    source = _tokenizer_source(recipe)
+    data_recipe = dataclasses.replace(recipe, data=dataclasses.replace(recipe.data, tokenizer=source))
+    with accelerator.main_process_first():
+        # Writes the synthetic data when asked to, and trains a SentencePiece tokenizer when there is no source.
+        data_paths = prepare_data(data_recipe, run_dir)
+    tokenizer = prepare_causal_tokenizer(AutoTokenizer.from_pretrained(data_paths.tokenizer))
+    set_seed(recipe.run.seed)  # the new layers (and a language model built from config) start the same on resume
+    resuming = recipe.checkpoint.resume and CheckpointManager(run_dir / "checkpoints", accelerator).latest()
+    # On resume the checkpoint holds the language model: its text-only warm-up need not run again.
+    captions = read_captions(recipe.data.train_manifest)
+    model = build_video_to_text_model(recipe, tokenizer, captions, text_warmup=not resuming)
+    processor = build_video_to_text_processor(recipe, model, tokenizer)
+    if optim.activation_checkpointing:
+        model.activation_checkpointing_enable()
+    trainable = sum(parameter.numel() for parameter in model.parameters() if parameter.requires_grad)
+    total = sum(parameter.numel() for parameter in model.parameters())
+    accelerator.print(
+        f"video-to-text: {trainable:,} of {total:,} parameters train ({100 * trainable / total:.2f}%): "
+        "the resampler and the cross-attention layers"
+    )
+
+    optimizer = build_optimizer(model, optim)
+    scheduler = build_scheduler(optimizer, optim)
+    train_loader = build_dataloader(recipe.data, recipe.data.train_manifest, processor, optim.batch_size, shuffle=True)
+    eval_loader = None
+    if recipe.data.eval_manifest is not None:
+        eval_loader = build_dataloader(
+            recipe.data, recipe.data.eval_manifest, processor, recipe.eval.batch_size, shuffle=False
+        )
+    model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
+    accelerator.register_for_checkpointing(scheduler)
+
+    checkpoints = CheckpointManager(run_dir / "checkpoints", accelerator, recipe.checkpoint.keep_last)
+    state = TrainerState()
+    latest = checkpoints.latest() if recipe.checkpoint.resume else None
+    if latest is not None:
+        state = checkpoints.load(latest)
+        accelerator.print(f"Resumed from {latest} at step {state.step}.")
+    if accelerator.is_main_process:
+        (run_dir / "recipe.yaml").write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
+    accelerator.init_trackers("videofirst-video-to-text", config=_flat(recipe.to_dict()))
+
+    logger = RunLogger(accelerator, run_dir)
+    evaluator = _Evaluator(recipe, accelerator, processor, eval_loader, logger)
+    prompt, max_length = recipe.model.prompt or None, recipe.data.max_text_length
+    progress = tqdm(
+        total=optim.max_steps, initial=state.step, disable=not accelerator.is_main_process, desc="video-to-text"
+    )
+    metrics: dict[str, float] = {}
+    model.train()
+    slot = 0
+    while state.step < optim.max_steps:
+        for batch in _batches_from(train_loader, accelerator, state.epoch, state.batches_in_epoch):
+            with accelerator.accumulate(model):
+                _reseed(recipe.run.seed, state.step, slot, accelerator.process_index)
+                try:
+                    with accelerator.autocast():
+                        loss = captioning_loss(model, batch, tokenizer, prompt, max_length)
+                    _check_finite(loss, accelerator)
+                except NonFiniteLossError as error:
+                    saved = checkpoints.save(state)
+                    raise NonFiniteLossError(
+                        f"{error} Stopped at step {state.step}; the state from before this step is in {saved}."
+                    ) from error
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and optim.max_grad_norm > 0:
+                    accelerator.clip_grad_norm_(model.parameters(), optim.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+
+            state.batches_in_epoch += 1
+            skipped = int(accelerator.reduce(batch["skipped"].to(accelerator.device).sum(), "sum"))
+            videos = int(accelerator.reduce(torch.tensor(len(batch["captions"]), device=accelerator.device)))
+            state.bad_samples += skipped
+            state.samples_seen += videos
+            logger.count(videos, 0)
+            _check_bad_fraction(state, recipe.data.max_bad_fraction)
+            slot += 1
+            if not accelerator.sync_gradients:
+                continue
+            scheduler.step()
+            state.step += 1
+            slot = 0
+            progress.update(1)
+            loss_value = accelerator.reduce(loss.detach(), "mean").item()
+            progress.set_postfix(loss=f"{loss_value:.4f}")
+            if state.step % recipe.run.log_every == 0 or state.step == optim.max_steps:
+                rates = logger.throughput()
+                rates.pop("tokens_per_second")
+                gates = _gate_summary(accelerator.unwrap_model(model))
+                record = {"loss": loss_value, "learning_rate": scheduler.get_last_lr()[0], **gates}
+                logger.log({**record, "bad_samples": state.bad_samples, **rates}, state.step)
+            if recipe.eval.every and state.step % recipe.eval.every == 0:
+                metrics = evaluator(model, state.step)
+            if state.step % recipe.checkpoint.save_every == 0 or state.step == optim.max_steps:
+                checkpoints.save(state)
+            if state.step >= optim.max_steps:
+                break
+        else:
+            state.epoch += 1
+            state.batches_in_epoch = 0
+    progress.close()
+
+    if not recipe.eval.every or state.step % recipe.eval.every != 0:
+        metrics = evaluator(model, state.step)
+    export_dir = None
+    if accelerator.is_main_process:
+        export_dir = export_video_to_text(accelerator.unwrap_model(model), processor, run_dir / "export")
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return VideoToTextResult(run_dir, export_dir, state.step, metrics, state.bad_samples, evaluator.samples)
+
+
+def _gate_summary(model: VideoFirstForConditionalGeneration) -> dict[str, float]:
+    """Mean |tanh(gate)| of the cross-attention layers: how far the language model has opened to the video."""
+    layers = list(model.cross_attention_layers)
+    summary = {"xattn_gate": sum(torch.tanh(layer.attention_gate).abs().item() for layer in layers) / len(layers)}
+    if layers[0].mlp is not None:
+        summary["xattn_ffn_gate"] = sum(torch.tanh(layer.ffn_gate).abs().item() for layer in layers) / len(layers)
+    return summary
+
+
+class _Evaluator:
+    """Held-out captioning loss, generated captions scored with Rouge-L (and CIDEr), and optional zero-shot QA;
+    on the main process."""
+
+    def __init__(self, recipe: VideoToTextRecipe, accelerator: Accelerator, processor, eval_loader, logger):
+        self.recipe = recipe
+        self.accelerator = accelerator
+        self.processor = processor
+        self.eval_loader = eval_loader
+        self.logger = logger
+        self.samples: list[dict[str, str]] = []
+        self.questions = None
+        if recipe.eval.qa_manifest is not None:
+            self.questions = load_multiple_choice_manifest(recipe.eval.qa_manifest)
+
+    def __call__(self, model, step: int) -> dict[str, float]:
+        metrics: dict[str, float] = {}
+        if self.accelerator.is_main_process and (self.eval_loader is not None or self.questions is not None):
+            unwrapped = self.accelerator.unwrap_model(model)
+            # Inference masking is random: evaluate every time with the same stream.
+            _reseed(self.recipe.run.seed, step, 999_983, 0)
+            if self.eval_loader is not None:
+                metrics.update(self._captioning(unwrapped))
+            if self.questions is not None:
+                qa = evaluate_video_question_answering(
+                    unwrapped,
+                    self.processor.tokenizer,
+                    self.processor.video_processor,
+                    self.questions,
+                    batch_size=self.recipe.eval.batch_size,
+                    prompt_template=self.recipe.eval.qa_prompt,
+                )
+                metrics.update({f"qa_{key}": value for key, value in qa.items()})
+            self.logger.log({f"eval/{key}": value for key, value in metrics.items()}, step)
+        self.accelerator.wait_for_everyone()
+        model.train()
+        return metrics
+
+    def _captioning(self, model: VideoFirstForConditionalGeneration) -> dict[str, float]:
+        recipe, tokenizer = self.recipe, self.processor.tokenizer
+        prompt = recipe.model.prompt or None
+        device = self.accelerator.device
+        predictions, references, losses, weights = [], [], [], []
+        model.eval()
+        for index, batch in enumerate(self.eval_loader):
+            if recipe.eval.max_videos is not None and index * recipe.eval.batch_size >= recipe.eval.max_videos:
+                break
+            videos = batch["pixel_values_videos"].to(device)
+            frame_mask = batch["video_frame_mask"].to(device)
+            with torch.no_grad():
+                loss = captioning_loss(
+                    model,
+                    {"pixel_values_videos": videos, "video_frame_mask": frame_mask, "captions": batch["captions"]},
+                    tokenizer,
+                    prompt,
+                    recipe.data.max_text_length,
+                )
+            losses.append(loss.item())
+            weights.append(len(batch["captions"]))
+            predictions += generate_captions(
+                model,
+                tokenizer,
+                videos,
+                frame_mask,
+                prompt=prompt,
+                max_new_tokens=recipe.eval.max_new_tokens,
+                num_beams=recipe.eval.num_beams,
+                do_sample=False,
+            )
+            references += batch["captions"]
+        metrics = caption_metrics(predictions, references)
+        metrics["loss"] = sum(loss * weight for loss, weight in zip(losses, weights)) / sum(weights)
+        exact = sum(_normalized(p) == _normalized(r) for p, r in zip(predictions, references))
+        metrics["exact_match"] = exact / len(predictions)
+        self.samples = [{"reference": r, "generated": p} for p, r in zip(predictions, references)]
+        samples_path = Path(recipe.run.output_dir) / "samples.jsonl"
+        samples_path.write_text("".join(json.dumps(sample) + "\n" for sample in self.samples))
+        return metrics
+
+
+def _normalized(text: str) -> str:
+    return " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
