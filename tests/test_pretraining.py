@@ -90,6 +90,17 @@ def test_recipe_overrides_and_errors(tmp_path):
         load_recipe(tmp_path / "missing.yaml")
 
 
+def test_load_recipe_builds_any_recipe_class():
+    from videofirst.video_to_text import VideoToTextRecipe, load_video_to_text_recipe
+
+    config = REPO / "training" / "configs" / "video_to_text_demo.yaml"
+    recipe = load_recipe(config, ["eval.max_new_tokens=5"], recipe_class=VideoToTextRecipe)
+    assert isinstance(recipe, VideoToTextRecipe) and recipe.eval.max_new_tokens == 5
+    assert recipe == load_video_to_text_recipe(config, ["eval.max_new_tokens=5"])
+    with pytest.raises(ValueError, match="projection_dim"):  # a pretraining key, unknown to this recipe
+        load_recipe(config, ["model.projection_dim=3"], recipe_class=VideoToTextRecipe)
+
+
 def test_every_recipe_in_configs_loads():
     from videofirst.video_to_text import load_video_to_text_recipe
 

@@ -58,9 +58,7 @@ def tokenizer(tmp_path) -> BertTokenizerFast:
 
 def raw_processor(**overrides) -> VideoFirstVideoProcessor:
     """A processor that keeps raw 0-255 pixels at 32x64 so frame indices can be read back."""
-    options = dict(
-        do_normalize=False, do_rescale=False, do_center_crop=False, size={"height": 32, "width": 64}
-    )
+    options = dict(do_normalize=False, do_rescale=False, do_center_crop=False, size={"height": 32, "width": 64})
     return VideoFirstVideoProcessor(**{**options, **overrides})
 
 
@@ -121,9 +119,7 @@ def test_random_offsets_are_seeded_and_stay_in_their_period():
         for k, index in enumerate(draw):
             assert 10 * k <= index < 10 * (k + 1)
     for seed in range(20):
-        uniform = sample_frame_indices(
-            TEN_FPS, 2.5, sampling="uniform", num_frames=5, offset="random", seed=seed
-        )
+        uniform = sample_frame_indices(TEN_FPS, 2.5, sampling="uniform", num_frames=5, offset="random", seed=seed)
         bounds = np.arange(6) * 5
         assert ((uniform >= bounds[:-1]) & (uniform < bounds[1:])).all()
 
@@ -307,9 +303,7 @@ def _bad_inputs(root, videos):
     (root / "empty.mp4").write_bytes(b"")
     (root / "tiny.mp4").write_bytes(b"\x00\x00\x00\x18ftypisom")
     (root / "notes.mp4").write_text("this is not a video, just some text that is long enough " * 4)
-    (root / "noise.mp4").write_bytes(
-        np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8).tobytes()
-    )
+    (root / "noise.mp4").write_bytes(np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8).tobytes())
     (root / "folder.mp4").mkdir()
     return {
         "missing": (root / "missing.mp4", "file not found"),
@@ -360,9 +354,7 @@ def test_bad_inputs_raise_video_decoding_error(bad_inputs, case):
     assert isinstance(caught.value, ValueError)
 
 
-@pytest.mark.parametrize(
-    "case", ["empty", "text", "image", "noise", "truncated", "audio_only", "absurd_dimensions"]
-)
+@pytest.mark.parametrize("case", ["empty", "text", "image", "noise", "truncated", "audio_only", "absurd_dimensions"])
 def test_cheap_checks_reject_before_decord(bad_inputs, case, monkeypatch):
     decord = pytest.importorskip("decord")
 
@@ -395,9 +387,7 @@ def test_urls_and_unnamed_file_objects(videos):
 def test_oversized_mp4_header_falls_back_to_the_decoder(videos, monkeypatch):
     import videofirst.modeling.video_processing_videofirst as module
 
-    monkeypatch.setattr(
-        module, "_MAX_HEADER_BYTES", 16
-    )  # the 'moov' box is not parsed: sizes come from frames
+    monkeypatch.setattr(module, "_MAX_HEADER_BYTES", 16)  # the 'moov' box is not parsed: sizes come from frames
     frames, _ = read_video_frames(videos["v25"], size=32)
     assert frames.shape == (3, 32, 64, 3) and frame_ids(frames) == [0, 10, 20]
 
@@ -458,9 +448,7 @@ def test_missing_decord_gives_a_clear_error(videos, monkeypatch):
     monkeypatch.setitem(sys.modules, "decord", None)
     with pytest.raises(ImportError, match="pip install decord"):
         read_video_frames(videos["v25"])
-    out = VideoFirstVideoProcessor()(
-        np.zeros((2, 8, 8, 3), np.uint8), return_tensors="pt"
-    )  # decoded: no decord
+    out = VideoFirstVideoProcessor()(np.zeros((2, 8, 8, 3), np.uint8), return_tensors="pt")  # decoded: no decord
     assert out["pixel_values_videos"].shape == (1, 2, 3, 224, 224)
 
 
@@ -471,8 +459,7 @@ def test_missing_decord_gives_a_clear_error(videos, monkeypatch):
 
 def test_pad_video_batch_rules():
     videos = [
-        torch.full((length, 3, 2, 2), float(length)) + torch.arange(length).view(-1, 1, 1, 1)
-        for length in (3, 5, 1)
+        torch.full((length, 3, 2, 2), float(length)) + torch.arange(length).view(-1, 1, 1, 1) for length in (3, 5, 1)
     ]
     batch, mask = pad_video_batch(videos, tubelet_frames=2)
     assert batch.shape == (3, 6, 3, 2, 2) and mask.dtype == torch.long
@@ -503,9 +490,7 @@ def test_video_processor_defaults():
         processor.crop_size.height,
         processor.crop_size.width,
     ) == (224, 224)
-    assert list(processor.image_mean) == list(OPENAI_CLIP_MEAN) and list(processor.image_std) == list(
-        OPENAI_CLIP_STD
-    )
+    assert list(processor.image_mean) == list(OPENAI_CLIP_MEAN) and list(processor.image_std) == list(OPENAI_CLIP_STD)
     assert (processor.fps, processor.num_frames, processor.sampling, processor.tubelet_frames) == (
         1.0,
         16,
@@ -533,9 +518,7 @@ def test_mixed_length_batch_padding_and_mask(videos):
 
 
 def test_equal_lengths_still_return_a_mask(videos):
-    batch = VideoFirstVideoProcessor(size=32, crop_size=32)(
-        [videos["v25"], videos["v25"]], return_tensors="pt"
-    )
+    batch = VideoFirstVideoProcessor(size=32, crop_size=32)([videos["v25"], videos["v25"]], return_tensors="pt")
     assert batch["video_frame_mask"].tolist() == [[1, 1, 1, 1], [1, 1, 1, 1]]
 
 
@@ -610,9 +593,7 @@ def test_decoded_inputs_are_used_as_given(videos):
 
 def test_decoded_inputs_with_fps_metadata_are_sampled():
     frames = np.stack([index_frame(i, 32, 64) for i in range(30)])  # 30 frames at 10 fps
-    out = raw_processor()(
-        frames, video_metadata={"fps": 10.0}, fps=2.0, return_tensors="pt", return_metadata=True
-    )
+    out = raw_processor()(frames, video_metadata={"fps": 10.0}, fps=2.0, return_tensors="pt", return_metadata=True)
     assert out["video_metadata"][0].frames_indices == [0, 5, 10, 15, 20, 25]
     assert frame_ids(out["pixel_values_videos"][0]) == [0, 5, 10, 15, 20, 25]
 
@@ -704,9 +685,7 @@ def test_processor_with_bert_tokenizer(tmp_path, videos):
     loaded = VideoFirstProcessor.from_pretrained(tmp_path / "saved")
     assert isinstance(loaded.video_processor, VideoFirstVideoProcessor)
     assert loaded.video_processor.to_dict() == processor.video_processor.to_dict()
-    again = loaded(
-        videos=[videos["v25"], videos["v45"]], text=["a dog runs", "the bird"], return_tensors="pt"
-    )
+    again = loaded(videos=[videos["v25"], videos["v45"]], text=["a dog runs", "the bird"], return_tensors="pt")
     assert torch.equal(again["input_ids"], batch["input_ids"])
     assert torch.equal(again["pixel_values_videos"], batch["pixel_values_videos"])
     assert loaded.model_input_names == [
@@ -714,9 +693,7 @@ def test_processor_with_bert_tokenizer(tmp_path, videos):
     ]  # fmt: skip
     # Keyword routing: video options go to the video processor, text ones to the tokenizer. (Done after
     # saving: a fixed-length padding call leaks into the saved tokenizer.json, a transformers behaviour.)
-    routed = loaded(
-        videos=videos["v45"], text=["a cat"], fps=2.0, num_frames=3, padding="max_length", max_length=8
-    )
+    routed = loaded(videos=videos["v45"], text=["a cat"], fps=2.0, num_frames=3, padding="max_length", max_length=8)
     assert len(routed["input_ids"][0]) == 8 and routed["video_frame_mask"].tolist() == [[1, 1, 1, 1]]
     with pytest.raises(ValueError, match="at least one"):
         loaded()

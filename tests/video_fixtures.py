@@ -31,9 +31,7 @@ def frame_ids(frames) -> list[int]:
     if frames.shape[-1] != 3:
         frames = frames.transpose(0, 2, 3, 1)
     height, width = frames.shape[1:3]
-    columns = ((np.arange(BITS) + 0.5) * width / BITS).astype(
-        int
-    )  # stripe centres (videos use width % 8 == 0)
+    columns = ((np.arange(BITS) + 0.5) * width / BITS).astype(int)  # stripe centres (videos use width % 8 == 0)
     bits = frames[:, height // 2, columns, :].mean(-1) > 127
     return [int(value) for value in (bits * (1 << np.arange(BITS))).sum(1)]
 
@@ -96,9 +94,7 @@ def write_audio_only(path) -> Path:
     return path
 
 
-def patch_mp4_sample_entry(
-    source, target, *, fourcc: bytes | None = None, size: tuple[int, int] | None = None
-):
+def patch_mp4_sample_entry(source, target, *, fourcc: bytes | None = None, size: tuple[int, int] | None = None):
     """Copies an MP4, rewriting the first sample entry's codec fourcc and/or (width, height)."""
     data = bytearray(Path(source).read_bytes())
     stsd = data.find(b"stsd")

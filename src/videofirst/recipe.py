@@ -4,12 +4,15 @@ A recipe file mirrors the dataclasses below (sections `run`, `data`, `model`, `a
 `checkpoint`, `eval`); anything left out keeps its default. A top-level `base: other.yaml` (relative to the
 file) starts from another recipe and overrides it key by key. Overrides use dotted paths, e.g.
 `optim.max_steps=50 model.vision.mask_ratio=0.5`, and values are parsed as YAML scalars.
+
+`load_recipe` builds any recipe dataclass the same way: `PretrainRecipe` by default, or another `Recipe` made of
+these sections (e.g. `videofirst.video_to_text.VideoToTextRecipe`) with `recipe_class=`.
 """
 
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, overload
 
 import yaml
 
@@ -110,13 +113,23 @@ class CheckpointSection:
 
 @dataclass
 class EvalSection:
+    # Evaluate every N optimizer steps (0: only at the end) on `data.eval_manifest`.
     every: int = 0
     batch_size: int = 16
     max_videos: int | None = None
 
 
+class Recipe:
+    """Base of the recipe dataclasses (`PretrainRecipe`, `videofirst.video_to_text.VideoToTextRecipe`). Beside
+    their own sections they have `run`, `data`, `optim`, `checkpoint` and `eval`, which the shared training
+    bookkeeping reads (`videofirst.training_loop.TrainingRun`)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
 @dataclass
-class PretrainRecipe:
+class PretrainRecipe(Recipe):
     run: RunSection = field(default_factory=RunSection)
     data: DataSection = field(default_factory=DataSection)
     model: ModelSection = field(default_factory=ModelSection)
@@ -124,9 +137,6 @@ class PretrainRecipe:
     optim: OptimSection = field(default_factory=OptimSection)
     checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
     eval: EvalSection = field(default_factory=EvalSection)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 def _build(cls: type, values: dict[str, Any], path: str) -> Any:
@@ -197,12 +207,29 @@ def _read_tree(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     return _merge(_read_tree(path.parent / base, (*seen, path.resolve())), tree)
 
 
-def load_recipe(path: str | Path | None = None, overrides: list[str] | None = None) -> PretrainRecipe:
-    """Read a recipe YAML (or the defaults when `path` is None) and apply `key=value` overrides."""
+RecipeT = TypeVar("RecipeT")
+
+
+@overload
+def load_recipe(path: str | Path | None = None, overrides: list[str] | None = None) -> PretrainRecipe: ...
+
+
+@overload
+def load_recipe(
+    path: str | Path | None = None, overrides: list[str] | None = None, *, recipe_class: type[RecipeT]
+) -> RecipeT: ...
+
+
+def load_recipe(
+    path: str | Path | None = None, overrides: list[str] | None = None, *, recipe_class: type[Any] = PretrainRecipe
+) -> Any:
+    """Read a recipe YAML (or the defaults when `path` is None), apply `key=value` overrides, and build
+    `recipe_class` from it (any recipe dataclass; default `PretrainRecipe`): unknown keys and wrong types are
+    errors that name the key."""
     tree = _read_tree(Path(path)) if path is not None else {}
     for override in overrides or []:
         if "=" not in override:
             raise ValueError(f"Override {override!r} must look like `section.key=value`.")
         key, raw_value = override.split("=", 1)
         _set_dotted(tree, key.strip(), yaml.safe_load(raw_value))
-    return _build(PretrainRecipe, tree, "")
+    return _build(recipe_class, tree, "")

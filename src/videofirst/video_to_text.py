@@ -5,11 +5,11 @@ Perceiver resampler and gated cross-attention layers that alone train, with the 
 (captioning or summarisation, from a video-text manifest).
 
 It reuses the contrastive loop's pieces: the data pipeline (`videofirst.data`, whose batches carry the caption
-strings, tokenized here for the language model by `videofirst.generation.encode_captions`), crash-safe checkpoints
-and resume (`videofirst.checkpointing`), the JSONL / tracker log (`videofirst.run_logging`), AdamW and the
-warmup-cosine schedule (`videofirst.optimization`) and the recipe loader (`videofirst.recipe`). Token masking is
-reseeded from `(seed, step, micro-batch, process)` and the data order from `(seed, epoch)` as in pretraining, so a
-resumed run continues exactly.
+strings, tokenized here for the language model by `videofirst.generation.encode_captions`), the run setup and
+bookkeeping of `videofirst.training_loop` (crash-safe checkpoints and resume, the JSONL / tracker log, the stop
+conditions), AdamW and the warmup-cosine schedule (`videofirst.optimization`) and the recipe loader
+(`videofirst.recipe.load_recipe`). Token masking is reseeded from `(seed, step, micro-batch, process)` and the data
+order from `(seed, epoch)` as in pretraining, so a resumed run continues exactly.
 """
 
 from __future__ import annotations
@@ -22,13 +22,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
-from accelerate import Accelerator, DataLoaderConfiguration
-from accelerate.utils import ProjectConfiguration, set_seed
-from tqdm.auto import tqdm
+from accelerate import Accelerator
+from accelerate.utils import set_seed
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
-from videofirst.checkpointing import CheckpointManager, TrainerState
 from videofirst.data import build_dataloader
 from videofirst.evaluation import load_multiple_choice_manifest
 from videofirst.generation import (
@@ -46,18 +43,18 @@ from videofirst.modeling.modeling_videofirst_video_to_text import VideoFirstForC
 from videofirst.modeling.processing_videofirst import VideoFirstProcessor
 from videofirst.modeling.video_processing_videofirst import VideoFirstVideoProcessor
 from videofirst.optimization import build_optimizer, build_scheduler
-from videofirst.pretraining import (
-    NonFiniteLossError,
-    _batches_from,
-    _check_bad_fraction,
-    _check_finite,
-    _flat,
-    _reseed,
+from videofirst.recipe import (
+    CheckpointSection,
+    DataSection,
+    EvalSection,
+    OptimSection,
+    Recipe,
+    RunSection,
+    load_recipe,
 )
-from videofirst.recipe import CheckpointSection, DataSection, OptimSection, RunSection, _build, _read_tree, _set_dotted
-from videofirst.run_logging import RunLogger, tracker_names
 from videofirst.setup import prepare_data
 from videofirst.tokenization import read_captions
+from videofirst.training_loop import TrainingRun, check_finite, reseed
 
 __all__ = [
     "VideoToTextEvalSection",
@@ -104,11 +101,8 @@ class VideoToTextModelSection:
 
 
 @dataclass
-class VideoToTextEvalSection:
-    # Evaluate every N optimizer steps (0: only at the end) on `data.eval_manifest`.
-    every: int = 0
-    batch_size: int = 16
-    max_videos: int | None = None
+class VideoToTextEvalSection(EvalSection):
+    # Beside `every`, `batch_size` and `max_videos` (as in pretraining): how the captions are generated.
     max_new_tokens: int = 32
     num_beams: int = 1
     # An EgoSchema-format manifest (video, question, options, answer) for zero-shot QA by answer likelihood.
@@ -117,7 +111,7 @@ class VideoToTextEvalSection:
 
 
 @dataclass
-class VideoToTextRecipe:
+class VideoToTextRecipe(Recipe):
     run: RunSection = field(default_factory=lambda: RunSection(output_dir="runs/video_to_text"))
     data: DataSection = field(default_factory=DataSection)
     model: VideoToTextModelSection = field(default_factory=VideoToTextModelSection)
@@ -125,19 +119,10 @@ class VideoToTextRecipe:
     checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
     eval: VideoToTextEvalSection = field(default_factory=VideoToTextEvalSection)
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
 
 def load_video_to_text_recipe(path: str | Path | None = None, overrides: list[str] | None = None) -> VideoToTextRecipe:
     """Read a video-to-text recipe (YAML with `base:` includes, as `videofirst.recipe`) and `key=value` overrides."""
-    tree = _read_tree(Path(path)) if path is not None else {}
-    for override in overrides or []:
-        if "=" not in override:
-            raise ValueError(f"Override {override!r} must look like `section.key=value`.")
-        key, raw_value = override.split("=", 1)
-        _set_dotted(tree, key.strip(), yaml.safe_load(raw_value))
-    recipe = _build(VideoToTextRecipe, tree, "")
+    recipe = load_recipe(path, overrides, recipe_class=VideoToTextRecipe)
     if recipe.data.image_manifest is not None:
         raise ValueError("`data.image_manifest` is not used by video-to-text training; remove it.")
     if recipe.optim.contrastive_micro_batches != 1:
@@ -287,17 +272,9 @@ class VideoToTextResult:
 
 
 def train_video_to_text(recipe: VideoToTextRecipe) -> VideoToTextResult:
-    run_dir = Path(recipe.run.output_dir)
     optim = recipe.optim
-    accelerator = Accelerator(
-        mixed_precision=optim.mixed_precision,
-        gradient_accumulation_steps=optim.gradient_accumulation_steps,
-        log_with=tracker_names(recipe.run.trackers) or None,
-        project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "logs")),
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
-    )
-    set_seed(recipe.run.seed)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run = TrainingRun(recipe)
+    accelerator, run_dir = run.accelerator, run.run_dir
 
     source = _tokenizer_source(recipe)
     data_recipe = dataclasses.replace(recipe, data=dataclasses.replace(recipe.data, tokenizer=source))
@@ -306,8 +283,8 @@ def train_video_to_text(recipe: VideoToTextRecipe) -> VideoToTextResult:
         data_paths = prepare_data(data_recipe, run_dir)
     tokenizer = prepare_causal_tokenizer(AutoTokenizer.from_pretrained(data_paths.tokenizer))
     set_seed(recipe.run.seed)  # the new layers (and a language model built from config) start the same on resume
-    resuming = recipe.checkpoint.resume and CheckpointManager(run_dir / "checkpoints", accelerator).latest()
     # On resume the checkpoint holds the language model: its text-only warm-up need not run again.
+    resuming = run.checkpoint_to_resume() is not None
     captions = read_captions(recipe.data.train_manifest)
     model = build_video_to_text_model(recipe, tokenizer, captions, text_warmup=not resuming)
     processor = build_video_to_text_processor(recipe, model, tokenizer)
@@ -329,86 +306,39 @@ def train_video_to_text(recipe: VideoToTextRecipe) -> VideoToTextResult:
             recipe.data, recipe.data.eval_manifest, processor, recipe.eval.batch_size, shuffle=False
         )
     model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
-    accelerator.register_for_checkpointing(scheduler)
+    state = run.start(scheduler, project="videofirst-video-to-text")
 
-    checkpoints = CheckpointManager(run_dir / "checkpoints", accelerator, recipe.checkpoint.keep_last)
-    state = TrainerState()
-    latest = checkpoints.latest() if recipe.checkpoint.resume else None
-    if latest is not None:
-        state = checkpoints.load(latest)
-        accelerator.print(f"Resumed from {latest} at step {state.step}.")
-    if accelerator.is_main_process:
-        (run_dir / "recipe.yaml").write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
-    accelerator.init_trackers("videofirst-video-to-text", config=_flat(recipe.to_dict()))
-
-    logger = RunLogger(accelerator, run_dir)
-    evaluator = _Evaluator(recipe, accelerator, processor, eval_loader, logger)
+    evaluator = _Evaluator(recipe, accelerator, processor, eval_loader, run.logger)
     prompt, max_length = recipe.model.prompt or None, recipe.data.max_text_length
-    progress = tqdm(
-        total=optim.max_steps, initial=state.step, disable=not accelerator.is_main_process, desc="video-to-text"
-    )
     metrics: dict[str, float] = {}
     model.train()
-    slot = 0
-    while state.step < optim.max_steps:
-        for batch in _batches_from(train_loader, accelerator, state.epoch, state.batches_in_epoch):
-            with accelerator.accumulate(model):
-                _reseed(recipe.run.seed, state.step, slot, accelerator.process_index)
-                try:
-                    with accelerator.autocast():
-                        loss = captioning_loss(model, batch, tokenizer, prompt, max_length)
-                    _check_finite(loss, accelerator)
-                except NonFiniteLossError as error:
-                    saved = checkpoints.save(state)
-                    raise NonFiniteLossError(
-                        f"{error} Stopped at step {state.step}; the state from before this step is in {saved}."
-                    ) from error
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and optim.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_(model.parameters(), optim.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
+    for batch, slot in run.micro_batches(train_loader, desc="video-to-text"):
+        with run.accumulate(model):
+            reseed(recipe.run.seed, state.step, slot, accelerator.process_index)
+            with accelerator.autocast():
+                loss = captioning_loss(model, batch, tokenizer, prompt, max_length)
+            check_finite(loss, accelerator)
+            accelerator.backward(loss)
+            run.optimizer_step(model, optimizer)
+        loss_value = run.end_micro_batch(batch, loss, videos=len(batch["captions"]))
+        if loss_value is None:  # gradients still accumulate
+            continue
+        if run.due(recipe.run.log_every):
+            rates = run.logger.throughput()
+            rates.pop("tokens_per_second")
+            gates = _gate_summary(accelerator.unwrap_model(model))
+            record = {"loss": loss_value, "learning_rate": scheduler.get_last_lr()[0], **gates}
+            run.logger.log({**record, "bad_samples": state.bad_samples, **rates}, state.step)
+        if run.eval_due():
+            metrics = evaluator(model, state.step)
+        if run.due(recipe.checkpoint.save_every):
+            run.checkpoints.save(state)
 
-            state.batches_in_epoch += 1
-            skipped = int(accelerator.reduce(batch["skipped"].to(accelerator.device).sum(), "sum"))
-            videos = int(accelerator.reduce(torch.tensor(len(batch["captions"]), device=accelerator.device)))
-            state.bad_samples += skipped
-            state.samples_seen += videos
-            logger.count(videos, 0)
-            _check_bad_fraction(state, recipe.data.max_bad_fraction)
-            slot += 1
-            if not accelerator.sync_gradients:
-                continue
-            scheduler.step()
-            state.step += 1
-            slot = 0
-            progress.update(1)
-            loss_value = accelerator.reduce(loss.detach(), "mean").item()
-            progress.set_postfix(loss=f"{loss_value:.4f}")
-            if state.step % recipe.run.log_every == 0 or state.step == optim.max_steps:
-                rates = logger.throughput()
-                rates.pop("tokens_per_second")
-                gates = _gate_summary(accelerator.unwrap_model(model))
-                record = {"loss": loss_value, "learning_rate": scheduler.get_last_lr()[0], **gates}
-                logger.log({**record, "bad_samples": state.bad_samples, **rates}, state.step)
-            if recipe.eval.every and state.step % recipe.eval.every == 0:
-                metrics = evaluator(model, state.step)
-            if state.step % recipe.checkpoint.save_every == 0 or state.step == optim.max_steps:
-                checkpoints.save(state)
-            if state.step >= optim.max_steps:
-                break
-        else:
-            state.epoch += 1
-            state.batches_in_epoch = 0
-    progress.close()
-
-    if not recipe.eval.every or state.step % recipe.eval.every != 0:
+    if run.eval_due(at_end=True):
         metrics = evaluator(model, state.step)
-    export_dir = None
-    if accelerator.is_main_process:
-        export_dir = export_video_to_text(accelerator.unwrap_model(model), processor, run_dir / "export")
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
+    export_dir = run.finish(
+        lambda: export_video_to_text(accelerator.unwrap_model(model), processor, run_dir / "export")
+    )
     return VideoToTextResult(run_dir, export_dir, state.step, metrics, state.bad_samples, evaluator.samples)
 
 
@@ -441,7 +371,7 @@ class _Evaluator:
         if self.accelerator.is_main_process and (self.eval_loader is not None or self.questions is not None):
             unwrapped = self.accelerator.unwrap_model(model)
             # Inference masking is random: evaluate every time with the same stream.
-            _reseed(self.recipe.run.seed, step, 999_983, 0)
+            reseed(self.recipe.run.seed, step, 999_983, 0)
             if self.eval_loader is not None:
                 metrics.update(self._captioning(unwrapped))
             if self.questions is not None:
