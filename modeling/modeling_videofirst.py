@@ -128,6 +128,18 @@ def resize_temporal_positions(table: torch.Tensor, num_steps: int) -> torch.Tens
     return stretched.transpose(1, 2)
 
 
+def add_positions(tokens: torch.Tensor, *tables: torch.Tensor) -> torch.Tensor:
+    """`tokens + tables[0] + tables[1] + ...`, in place when the dtypes agree.
+
+    In place because the tokens come straight from a matmul, whose backward does not need its output, and an
+    out-of-place add would allocate one more token-sized tensor per table. Under autocast (bf16 tokens, fp32
+    tables) the sum is promoted out of place, as a plain `+` would.
+    """
+    for table in tables:
+        tokens = tokens.add_(table) if torch.result_type(tokens, table) == tokens.dtype else tokens + table
+    return tokens
+
+
 class VideoFirstTubeEmbedding(nn.Module):
     """One kernel of TubeViT-style tokenisation: a strided Conv3d (from an offset) with its own positions.
 
@@ -200,22 +212,52 @@ class VideoFirstEmbeddings(nn.Module):
         """`(1, num_steps, dim)` temporal embeddings for that many tubelet steps."""
         return resize_temporal_positions(self.temporal_position_embedding, num_steps)
 
-    def embed_video(self, pixel_values_videos: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int]]:
+    def video_grid(self, frames: int, height: int, width: int) -> tuple[int, int, int]:
+        """Tubelets along (time, height, width) of a `frames x height x width` video (tubelet path)."""
+        tubelet_frames, tubelet_height, tubelet_width = self.config.tubelet_size
+        return frames // tubelet_frames, height // tubelet_height, width // tubelet_width
+
+    def embed_video(
+        self, pixel_values_videos: torch.Tensor, token_indices: torch.LongTensor | None = None
+    ) -> tuple[torch.Tensor, tuple[int, int, int]]:
         """`(B, T, C, H, W)` frames to `(B, T' * H' * W', dim)` tokens (time-major) and the grid `(T', H', W')`.
+
+        With `token_indices` `(B, K)` (positions in the flattened grid) only those tubelets are embedded, giving
+        `(B, K, dim)`: a masked step never embeds the dropped tubelets, nor back-propagates through them into the
+        kernel. The tubelet kernel (a Conv3d whose stride is its size) is applied as one matmul over the tubelets'
+        pixels, which is also faster than the convolution on CPU; its module's `forward` is not called.
 
         TubeViT tokens lie on no common grid: the grid is then `(1, 1, tokens)`.
         """
         if self.config.tubevit_kernels is not None:
             videos = pixel_values_videos.to(self.tubes[0].projection.weight.dtype).transpose(1, 2)
             tokens = torch.cat([tube(videos) for tube in self.tubes], dim=1)
+            if token_indices is not None:
+                tokens = tokens.gather(1, token_indices[:, :, None].expand(-1, -1, tokens.shape[-1]))
             return tokens, (1, 1, tokens.shape[1])
-        weight = self.tubelet_embedding.weight
-        tokens = self.tubelet_embedding(pixel_values_videos.to(weight.dtype).transpose(1, 2))
-        batch_size, dim, steps, height, width = tokens.shape
-        tokens = tokens.flatten(3).permute(0, 2, 3, 1)  # (B, T', H'W', dim)
-        tokens = tokens + self.spatial_positions(height, width)[:, None]
-        tokens = tokens + self.temporal_positions(steps)[:, :, None]
-        return tokens.reshape(batch_size, -1, dim), (steps, height, width)
+        kernel = self.tubelet_embedding
+        batch_size, frames, channels, height, width = pixel_values_videos.shape
+        tubelet_frames, tubelet_height, tubelet_width = self.config.tubelet_size
+        steps, rows, cols = self.video_grid(frames, height, width)
+        videos = pixel_values_videos.to(kernel.weight.dtype).reshape(
+            batch_size, steps, tubelet_frames, channels, rows, tubelet_height, cols, tubelet_width
+        )
+        spatial = self.spatial_positions(rows, cols)[0]  # (rows * cols, dim)
+        temporal = self.temporal_positions(steps)[0]  # (steps, dim)
+        weight = kernel.weight.reshape(kernel.out_channels, -1)  # (dim, C * t * h * w)
+        if token_indices is None:
+            # One row per tubelet, its pixels in the kernel's (C, t, h, w) order.
+            patches = videos.permute(0, 1, 4, 6, 3, 2, 5, 7).reshape(batch_size, steps * rows * cols, -1)
+            tokens = F.linear(patches, weight, kernel.bias).view(batch_size, steps, rows * cols, -1)
+            tokens = add_positions(tokens, spatial, temporal[:, None])
+            return tokens.view(batch_size, steps * rows * cols, -1), (steps, rows, cols)
+        step, position = token_indices // (rows * cols), token_indices % (rows * cols)
+        batch = torch.arange(batch_size, device=token_indices.device)[:, None]
+        # Advanced indices on dims 0, 1, 4, 6 (split by slices) lead the result: (B, K, t, C, h, w).
+        patches = videos[batch, step, :, :, position // cols, :, position % cols, :]
+        patches = patches.transpose(2, 3).reshape(batch_size, token_indices.shape[1], -1)
+        tokens = add_positions(F.linear(patches, weight, kernel.bias), spatial[position], temporal[step])
+        return tokens, (steps, rows, cols)
 
     def tube_token_valid(self, frame_valid: torch.BoolTensor, height: int, width: int) -> torch.BoolTensor:
         """`(B, T)` real-frame flags to `(B, tokens)` flags of the TubeViT tokens that see only real frames.
@@ -291,15 +333,61 @@ class VideoFirstAttention(nn.Module):
         return self.out_proj(attn_output.reshape(*input_shape, self.embed_dim))
 
 
+# Activations whose derivative `GeluLinear` computes itself: `hidden_act` to F.gelu's `approximate`.
+GELU_APPROXIMATIONS = {"gelu": "none", "gelu_pytorch_tanh": "tanh"}
+
+
+class GeluLinear(torch.autograd.Function):
+    """`linear(gelu(hidden), weight, bias)` that keeps only `hidden` for the backward pass.
+
+    Autograd would keep both the GELU's input and its output (the input of `linear`): two tensors of the MLP's
+    width, half of what a transformer layer stores per token. Here the output is recomputed in the backward pass
+    (one elementwise op), which cuts a layer's activation memory by a quarter at no measurable cost in speed.
+    Under autocast the forward's matmul dtype is reused in the backward.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, approximate: str):
+        output = F.linear(F.gelu(hidden, approximate=approximate), weight, bias)
+        ctx.approximate = approximate
+        ctx.compute_dtype = output.dtype
+        ctx.has_bias = bias is not None
+        ctx.save_for_backward(hidden, weight)
+        return output
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor):
+        hidden, weight = ctx.saved_tensors
+        dtype = ctx.compute_dtype
+        grad_output = grad_output.to(dtype)
+        flat_grad = grad_output.reshape(-1, grad_output.shape[-1])
+        grad_weight = grad_bias = grad_hidden = None
+        if ctx.needs_input_grad[1]:
+            activated = F.gelu(hidden, approximate=ctx.approximate).to(dtype)
+            grad_weight = flat_grad.t() @ activated.reshape(-1, activated.shape[-1])
+            del activated
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_bias = flat_grad.sum(dim=0)
+        if ctx.needs_input_grad[0]:
+            grad_activated = (grad_output @ weight.to(dtype)).to(hidden.dtype)
+            grad_hidden = torch.ops.aten.gelu_backward(grad_activated, hidden, approximate=ctx.approximate)
+        return grad_hidden, grad_weight, grad_bias, None
+
+
 class VideoFirstMLP(nn.Module):
     def __init__(self, config: VideoFirstVisionConfig):
         super().__init__()
         self.activation_fn = ACT2FN[config.hidden_act]
+        self.gelu_approximation = GELU_APPROXIMATIONS.get(config.hidden_act)
         self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size)
         self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.activation_fn(self.fc1(hidden_states)))
+        hidden_states = self.fc1(hidden_states)
+        # Other activations, wrapped layers (LoRA, quantisation) and steps without gradients take the plain path.
+        if self.gelu_approximation is not None and type(self.fc2) is nn.Linear and torch.is_grad_enabled():
+            return GeluLinear.apply(hidden_states, self.fc2.weight, self.fc2.bias, self.gelu_approximation)
+        return self.fc2(self.activation_fn(hidden_states))
 
 
 class VideoFirstZeroInitLinear(nn.Linear):
@@ -591,6 +679,54 @@ class VideoFirstVisionModel(VideoFirstPreTrainedModel):
             layout.temporal_mask = additive_key_mask(layout.temporal.key_valid, dtype)
         return layout
 
+    def _embed_and_select(
+        self,
+        pixel_values_videos: torch.Tensor | None,
+        pixel_values: torch.Tensor | None,
+        video_frame_mask: torch.Tensor | None,
+        mask_ratio: float,
+        generator: torch.Generator | None,
+    ) -> tuple[torch.Tensor, tuple[int, int], TokenSelection | None]:
+        """The tokens the encoder sees, their `(time, space)` grid and which grid positions they are.
+
+        On the tubelet path the kept tokens are chosen first and only they are embedded; TubeViT tokens and image
+        patches are embedded first and then gathered.
+        """
+        if pixel_values_videos is None:
+            tokens, (steps, height, width) = self.embeddings.embed_image(pixel_values)
+            grid = (steps, height * width)
+            selection = select_tokens(
+                grid, tokens.shape[0], mask_ratio, self.config.mask_type, None, tokens.device, generator
+            )
+            if selection is not None:
+                tokens = tokens.gather(1, selection.indices[:, :, None].expand(-1, -1, tokens.shape[-1]))
+            return tokens, grid, selection
+
+        batch_size, frames = pixel_values_videos.shape[:2]
+        if self.config.tubevit_kernels is not None:
+            tokens, (steps, height, width) = self.embeddings.embed_video(pixel_values_videos)
+        else:
+            tokens = None
+            steps, height, width = self.embeddings.video_grid(frames, *pixel_values_videos.shape[-2:])
+        grid = (steps, height * width)
+        token_valid = None
+        if video_frame_mask is not None:
+            if self.config.tubevit_kernels is not None:
+                frame_size = pixel_values_videos.shape[-2:]
+                token_valid = self.embeddings.tube_token_valid(video_frame_mask.bool(), *frame_size)
+            else:
+                step_valid = video_frame_mask.bool().reshape(batch_size, steps, -1).any(dim=-1)
+                token_valid = step_valid[:, :, None].expand(-1, -1, grid[1]).reshape(batch_size, -1)
+        selection = select_tokens(
+            grid, batch_size, mask_ratio, self.config.mask_type, token_valid, pixel_values_videos.device, generator
+        )
+        indices = None if selection is None else selection.indices
+        if tokens is None:
+            tokens, _ = self.embeddings.embed_video(pixel_values_videos, indices)
+        elif indices is not None:
+            tokens = tokens.gather(1, indices[:, :, None].expand(-1, -1, tokens.shape[-1]))
+        return tokens, grid, selection
+
     def forward(
         self,
         pixel_values_videos: torch.Tensor | None = None,
@@ -624,29 +760,15 @@ class VideoFirstVisionModel(VideoFirstPreTrainedModel):
             self._check_video(pixel_values_videos, video_frame_mask)
             if mask_ratio is None:
                 mask_ratio = self.config.mask_ratio if self.training else 0.0
-            tokens, (steps, height, width) = self.embeddings.embed_video(pixel_values_videos)
         else:
             self._check_image(pixel_values)
             mask_ratio = mask_ratio or 0.0
-            tokens, (steps, height, width) = self.embeddings.embed_image(pixel_values)
         if not 0.0 <= mask_ratio < 1.0:
             raise ValueError(f"`mask_ratio` must be in [0, 1), got {mask_ratio}.")
-        batch_size, _, dim = tokens.shape
-        grid = (steps, height * width)
-
-        token_valid = None
-        if pixel_values_videos is not None and video_frame_mask is not None:
-            if self.config.tubevit_kernels is not None:
-                frame_size = pixel_values_videos.shape[-2:]
-                token_valid = self.embeddings.tube_token_valid(video_frame_mask.bool(), *frame_size)
-            else:
-                step_valid = video_frame_mask.bool().reshape(batch_size, steps, -1).any(dim=-1)
-                token_valid = step_valid[:, :, None].expand(-1, -1, grid[1]).reshape(batch_size, -1)
-        selection = select_tokens(
-            grid, batch_size, float(mask_ratio), self.config.mask_type, token_valid, tokens.device, generator
+        tokens, grid, selection = self._embed_and_select(
+            pixel_values_videos, pixel_values, video_frame_mask, float(mask_ratio), generator
         )
-        if selection is not None:
-            tokens = tokens.gather(1, selection.indices[:, :, None].expand(-1, -1, dim))
+        batch_size = tokens.shape[0]
         if self.config.pooling == "cls":
             tokens = torch.cat([self.embeddings.class_token(batch_size).to(tokens.dtype), tokens], dim=1)
         if self.pre_layernorm is not None:
