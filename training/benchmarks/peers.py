@@ -29,13 +29,13 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _measure as M  # noqa: E402
+import _measure  # noqa: E402
 
 PEERS = ("vivit", "timesformer", "videomae", "videoprism")
 MASKING_ROW = "ours_joint (75% masking vs none)"  # the ratio row of our masked run against our unmasked one
 
 
-def peer_groups(base: M.Spec, frames: list[int]) -> list[tuple[str, list[M.Spec]]]:
+def peer_groups(base: _measure.Spec, frames: list[int]) -> list[tuple[str, list[_measure.Spec]]]:
     """One group per frame count: our joint tower unmasked and with 75% masking, our factorized tower, each peer."""
     groups = []
     for count in frames:
@@ -148,15 +148,15 @@ RATIO_COLUMNS = [
 def write_markdown(rows: list[dict], ratios: list[dict], path: Path, header: str) -> None:
     path.write_text(
         f"{header}\n\n**Ratios** (ours / peer; for the masking row, masked / unmasked):\n\n"
-        f"{M.markdown_table(RATIO_COLUMNS, ratios)}\n\n**Targets**\n\n"
+        f"{_measure.markdown_table(RATIO_COLUMNS, ratios)}\n\n**Targets**\n\n"
         + "\n".join(verdicts(ratios))
-        + f"\n\n**All runs**\n\n{M.markdown_table(RUN_COLUMNS, rows)}\n{M.error_lines(rows)}"
+        + f"\n\n**All runs**\n\n{_measure.markdown_table(RUN_COLUMNS, rows)}\n{_measure.error_lines(rows)}"
     )
 
 
 def plot(rows: list[dict], path: Path, title: str) -> None:
     """Throughput and peak memory over frame counts, one line per model."""
-    plt = M.pyplot()
+    plt = _measure.pyplot()
     figure, axes = plt.subplots(1, 2, figsize=(13, 4.8))
     for model in dict.fromkeys(_model(row) for row in rows):
         series = sorted((row for row in rows if _model(row) == model and row.get("peak_mb")), key=lambda r: r["frames"])
@@ -167,41 +167,43 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
         axes[1].plot([r["frames"] for r in series], [r["peak_mb"] for r in series], style, label=model)
     for axis, ylabel in ((axes[0], "clips / s (training step)"), (axes[1], "peak training memory (MB)")):
         axis.set_yscale("log")
-        M.frames_axis(axis, ylabel, legend_size=7)
+        _measure.frames_axis(axis, ylabel, legend_size=7)
     figure.suptitle(title, fontsize=9)
-    M.save_figure(figure, path)
+    _measure.save_figure(figure, path)
 
 
 def write_results(rows: list[dict], args: argparse.Namespace, device: str, model: str, start: float) -> list[dict]:
     """CSVs, markdown and plot; returns the ratio rows."""
     ratios = ratio_rows(rows)
     args.out.mkdir(parents=True, exist_ok=True)
-    M.write_csv(args.out / "peers.csv", rows)
-    M.write_csv(args.out / "peers_ratios.csv", ratios)
+    _measure.write_csv(args.out / "peers.csv", rows)
+    _measure.write_csv(args.out / "peers_ratios.csv", ratios)
     header = (
-        f"{M.environment_line(device)} {model}. Memory: one process per model; throughput: median of "
+        f"{_measure.environment_line(device)} {model}. Memory: one process per model; throughput: median of "
         f"{args.rounds} interleaved steps, all models of a frame count in one process. Wall time "
         f"{time.perf_counter() - start:.0f} s."
     )
     write_markdown(rows, ratios, args.out / "peers.md", header)
-    plot(rows, args.out / "peers.png", f"{M.device_description(device)} | {model}")
+    plot(rows, args.out / "peers.png", f"{_measure.device_description(device)} | {model}")
     return ratios
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = M.tower_argument_parser(__doc__, rounds=2, frames_help="frame counts, a group each (default: by device)")
+    parser = _measure.tower_argument_parser(
+        __doc__, rounds=2, frames_help="frame counts, a group each (default: by device)"
+    )
     args = parser.parse_args(argv)
-    device = M.setup(args)
-    size = M.tower_size(args.size, args.quick, device)
+    device = _measure.setup(args)
+    size = _measure.tower_size(args.size, args.quick, device)
     frames = args.frames or ([4] if args.quick else [16, 32, 64] if device == "cpu" else [16, 32, 64, 128])
-    base = M.measured_tower("ours", size, args.quick)
+    base = _measure.measured_tower("ours", size, args.quick)
     start = time.perf_counter()
-    print(f"peers on {M.device_description(device)}; tower {size}", flush=True)
-    rows = M.run_groups(peer_groups(base, frames), device, args.rounds)
-    ratios = write_results(rows, args, device, f"towers {size}: {M.tower_line(base)}, fp32, fused AdamW", start)
+    print(f"peers on {_measure.device_description(device)}; tower {size}", flush=True)
+    rows = _measure.run_groups(peer_groups(base, frames), device, args.rounds)
+    ratios = write_results(rows, args, device, f"towers {size}: {_measure.tower_line(base)}, fp32, fused AdamW", start)
     print("\n".join(verdicts(ratios)))
     print(f"wrote {args.out / 'peers.csv'}, peers.md, peers.png in {time.perf_counter() - start:.0f} s")
-    return M.exit_code(rows)
+    return _measure.exit_code(rows)
 
 
 if __name__ == "__main__":

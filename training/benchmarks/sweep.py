@@ -28,14 +28,16 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _measure as M  # noqa: E402
+import _measure  # noqa: E402
 
 
-def design_groups(base: M.Spec, frames: list[int], masked_frames: list[int]) -> list[tuple[str, list[M.Spec]]]:
+def design_groups(
+    base: _measure.Spec, frames: list[int], masked_frames: list[int]
+) -> list[tuple[str, list[_measure.Spec]]]:
     """The design groups at the base frame count, then one group per frame count (each group's first row is the
     reference of its ratios)."""
 
-    def variant(name: str, **changes: object) -> M.Spec:
+    def variant(name: str, **changes: object) -> _measure.Spec:
         return dataclasses.replace(base, name=name, **changes)
 
     joint = variant("joint")
@@ -117,12 +119,12 @@ def write_markdown(rows: list[dict], path: Path, header: str) -> None:
         dict(row, group="") if index and row["group"] == rows[index - 1]["group"] else row
         for index, row in enumerate(rows)
     ]
-    path.write_text(header + "\n\n" + M.markdown_table(COLUMNS, shown) + "\n" + M.error_lines(rows))
+    path.write_text(header + "\n\n" + _measure.markdown_table(COLUMNS, shown) + "\n" + _measure.error_lines(rows))
 
 
 def plot(rows: list[dict], path: Path, title: str) -> None:
     """Memory and throughput over frame counts, and the design space at the base frame count."""
-    plt = M.pyplot()
+    plt = _measure.pyplot()
     figure, axes = plt.subplots(1, 3, figsize=(17, 4.8))
     framed = [row for row in rows if row["group"].startswith("frames_") and row.get("peak_mb")]
     for label, masked in (("joint, no masking", False), ("joint, 75% masking", True)):
@@ -130,8 +132,8 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
         if series:
             axes[0].plot([r["frames"] for r in series], [r["peak_mb"] for r in series], "o-", label=label)
             axes[1].plot([r["frames"] for r in series], [r.get("clips_per_s") for r in series], "o-", label=label)
-    M.frames_axis(axes[0], "peak training memory (MB)")
-    M.frames_axis(axes[1], "clips / s")
+    _measure.frames_axis(axes[0], "peak training memory (MB)")
+    _measure.frames_axis(axes[1], "clips / s")
     axes[1].set_yscale("log")
     first_of_config: dict[str, dict] = {}  # "joint" is every design group's reference: plot it once
     for row in rows:
@@ -147,18 +149,20 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     axes[2].set_title("design space at the base frame count")
     axes[2].grid(alpha=0.3)
     figure.suptitle(title, fontsize=9)
-    M.save_figure(figure, path)
+    _measure.save_figure(figure, path)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = M.tower_argument_parser(__doc__, rounds=3, frames_help="frame counts, joint without masking")
+    parser = _measure.tower_argument_parser(__doc__, rounds=3, frames_help="frame counts, joint without masking")
     parser.add_argument("--masked-frames", type=int, nargs="*", default=None, help="frame counts, 75%% masking")
     parser.add_argument("--base-frames", type=int, default=16, help="frame count of the design groups")
     parser.add_argument("--groups", nargs="*", default=None, help="only these groups (attention, masking, ...)")
     return parser.parse_args(argv)
 
 
-def selected_groups(base: M.Spec, args: argparse.Namespace, device: str) -> list[tuple[str, list[M.Spec]]]:
+def selected_groups(
+    base: _measure.Spec, args: argparse.Namespace, device: str
+) -> list[tuple[str, list[_measure.Spec]]]:
     """The design groups at the frame counts asked for (or the device's defaults), filtered by `--groups`."""
     cpu = device == "cpu"
     if args.quick:
@@ -183,37 +187,37 @@ def long_group_rounds(rounds: int) -> int:
 
 def write_results(rows: list[dict], args: argparse.Namespace, device: str, model: str, start: float) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
-    M.write_csv(args.out / "sweep.csv", rows)
+    _measure.write_csv(args.out / "sweep.csv", rows)
     cpu = device == "cpu"
     timing = f"median of {args.rounds} interleaved steps per group"
     timing += f" ({long_group_rounds(args.rounds)} at 64+ frames on CPU)" if cpu else ""
     timing += "; 1 CPU thread per process" if cpu and args.threads == 1 else ""
     header = (
-        f"{M.environment_line(device)} {model}. Memory: {rows[0].get('memory_method', '?')}, one process per "
+        f"{_measure.environment_line(device)} {model}. Memory: {rows[0].get('memory_method', '?')}, one process per "
         f"configuration; throughput: {timing}. Total wall time {time.perf_counter() - start:.0f} s."
     )
     write_markdown(rows, args.out / "sweep.md", header)
-    plot(rows, args.out / "sweep.png", f"{M.device_description(device)} | {model}")
+    plot(rows, args.out / "sweep.png", f"{_measure.device_description(device)} | {model}")
     print(f"wrote {args.out / 'sweep.csv'}, sweep.md, sweep.png in {time.perf_counter() - start:.0f} s")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    device = M.setup(args)
-    size = M.tower_size(args.size, args.quick, device)
-    base = M.measured_tower("joint", size, args.quick, frames=4 if args.quick else args.base_frames)
+    device = _measure.setup(args)
+    size = _measure.tower_size(args.size, args.quick, device)
+    base = _measure.measured_tower("joint", size, args.quick, frames=4 if args.quick else args.base_frames)
 
-    def rounds(specs: list[M.Spec]) -> int:
+    def rounds(specs: list[_measure.Spec]) -> int:
         long_group = device == "cpu" and max(spec.frames for spec in specs) >= 64
         return long_group_rounds(args.rounds) if long_group else args.rounds
 
     start = time.perf_counter()
-    print(f"sweep on {M.device_description(device)}; tower {size}", flush=True)
-    rows = M.run_groups(selected_groups(base, args, device), device, rounds)
+    print(f"sweep on {_measure.device_description(device)}; tower {size}", flush=True)
+    rows = _measure.run_groups(selected_groups(base, args, device), device, rounds)
     add_ratios(rows)
-    model = f"video tower {size}: {M.tower_line(base)}, fp32, SDPA, fused AdamW; base {base.frames} frames"
+    model = f"video tower {size}: {_measure.tower_line(base)}, fp32, SDPA, fused AdamW; base {base.frames} frames"
     write_results(rows, args, device, model, start)
-    return M.exit_code(rows)
+    return _measure.exit_code(rows)
 
 
 if __name__ == "__main__":
