@@ -40,9 +40,7 @@ class VideoFirstProcessor(ProcessorMixin):
     def __init__(self, video_processor=None, tokenizer=None, **kwargs):
         super().__init__(video_processor, tokenizer, **kwargs)
 
-    def __call__(
-        self, images=None, text=None, videos=None, audio=None, **kwargs: Unpack[VideoFirstProcessorKwargs]
-    ):
+    def __call__(self, images=None, text=None, videos=None, audio=None, **kwargs: Unpack[VideoFirstProcessorKwargs]):
         """Prepares any of `videos`, `images` and `text`.
 
         Returns:
@@ -59,9 +57,7 @@ class VideoFirstProcessor(ProcessorMixin):
             tokenizer_init_kwargs=self.tokenizer.init_kwargs if self.tokenizer is not None else {},
             **kwargs,
         )
-        return_tensors = merged["videos_kwargs"].get(
-            "return_tensors", merged["text_kwargs"].get("return_tensors")
-        )
+        return_tensors = merged["videos_kwargs"].get("return_tensors", merged["text_kwargs"].get("return_tensors"))
         data = {}
         if videos is not None:
             data.update(self.video_processor(videos, **merged["videos_kwargs"]))

@@ -75,7 +75,7 @@ import stat
 import struct
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Annotated, Any
 
 import numpy as np
@@ -346,9 +346,7 @@ def _inspect_mp4(source: _Source) -> _ContainerInfo:
             size = source.size - pos
         if size < header_size:
             if not moov_seen:
-                raise VideoDecodingError(
-                    source.name, f"corrupt MP4: box at byte {pos} has invalid size {size}"
-                )
+                raise VideoDecodingError(source.name, f"corrupt MP4: box at byte {pos} has invalid size {size}")
             break
         if pos + size > source.size:
             if not moov_seen or kind in (b"moov", b"mdat"):
@@ -434,8 +432,7 @@ def _inspect_matroska(source: _Source) -> _ContainerInfo:
             if size is not None and data + size > source.size:
                 raise VideoDecodingError(
                     source.name,
-                    f"truncated file: Matroska segment needs {data + size} bytes but the file has "
-                    f"{source.size}",
+                    f"truncated file: Matroska segment needs {data + size} bytes but the file has {source.size}",
                 )
             segment = (data, len(head) if size is None else min(len(head), data + size))
             break
@@ -476,9 +473,7 @@ def _inspect_matroska(source: _Source) -> _ContainerInfo:
                         info.height = value or None
             break
         if not found_video:
-            raise VideoDecodingError(
-                source.name, "the file contains no video stream (Matroska/WebM without video)"
-            )
+            raise VideoDecodingError(source.name, "the file contains no video stream (Matroska/WebM without video)")
         has_video = True
     if has_video and not saw_cluster and len(head) >= source.size and scanned == segment[1]:
         raise VideoDecodingError(source.name, "the video stream has zero frames (the file holds no clusters)")
@@ -518,9 +513,7 @@ def _inspect_bytes(source: _Source) -> _ContainerInfo:
     if source.size == 0:
         raise VideoDecodingError(source.name, "empty file (0 bytes)")
     if source.size < _MIN_VIDEO_BYTES:
-        raise VideoDecodingError(
-            source.name, f"file too small to be a video ({source.size} bytes; truncated?)"
-        )
+        raise VideoDecodingError(source.name, f"file too small to be a video ({source.size} bytes; truncated?)")
     head = source.read_at(0, _HEAD_BYTES)
     container = _sniff_container(head)
     if container is None:
@@ -606,9 +599,7 @@ def sample_frame_indices(
         raise ValueError(f"invalid video duration {duration}")
     if sampling not in SAMPLING_MODES:
         raise ValueError(f"sampling must be one of {SAMPLING_MODES}, got {sampling!r}")
-    if num_frames is not None and (
-        isinstance(num_frames, bool) or int(num_frames) != num_frames or num_frames < 1
-    ):
+    if num_frames is not None and (isinstance(num_frames, bool) or int(num_frames) != num_frames or num_frames < 1):
         raise ValueError(f"num_frames must be a positive integer or None, got {num_frames!r}")
     if sampling == "fps" and fps is not None and not (math.isfinite(fps) and fps > 0):
         raise ValueError(f"fps must be a positive number or None, got {fps!r}")
@@ -619,9 +610,7 @@ def sample_frame_indices(
     clip_end = _as_time(end, "end")
     frame_length = duration / count
     if clip_start >= duration:
-        raise ValueError(
-            f"start={clip_start:g} s is at or after the end of the video (duration {duration:g} s)"
-        )
+        raise ValueError(f"start={clip_start:g} s is at or after the end of the video (duration {duration:g} s)")
     if clip_end is not None:
         if clip_end > duration + frame_length + 1e-6:
             raise ValueError(f"end={clip_end:g} s is beyond the end of the video (duration {duration:g} s)")
@@ -721,53 +710,8 @@ def snap_to_keyframes(
 
 
 # ------------------------------------------------------------------------------------------------------------
-# Decoding with decord
+# Decoding: what both backends share
 # ------------------------------------------------------------------------------------------------------------
-
-
-def _import_decord():
-    try:
-        import decord
-    except ImportError as err:
-        raise ImportError(
-            "Decoding video files needs decord (`pip install decord`); alternatively pass already-decoded "
-            "frames (numpy arrays, torch tensors or lists of PIL images)."
-        ) from err
-    return decord
-
-
-def _averror(tag: str) -> int:
-    """FFmpeg's FFERRTAG(0xF8, c1, c2, c3) error code."""
-    return -(0xF8 | ord(tag[0]) << 8 | ord(tag[1]) << 16 | ord(tag[2]) << 24)
-
-
-_AVERROR_DECODER_NOT_FOUND = _averror("DEC")
-_AVERROR_STREAM_NOT_FOUND = _averror("STR")
-
-
-def _decord_failure_reason(err: BaseException, container: _ContainerInfo) -> str:
-    message = str(err)
-    first_line = message.strip().splitlines()[-1] if message.strip() else type(err).__name__
-    if str(_AVERROR_DECODER_NOT_FOUND) in message:
-        codec = f" {container.codec!r}" if container.codec else ""
-        return (
-            f"unsupported codec{codec}: the FFmpeg bundled with decord has no decoder for this video stream"
-        )
-    if str(_AVERROR_STREAM_NOT_FOUND) in message or "cannot find video stream" in message:
-        return "the file contains no decodable video stream"
-    if "broken metadata" in message:
-        return "not a video: no frame count or duration could be read (a still image or broken metadata)"
-    if "Invalid frame count" in message:
-        return "the video stream has zero frames"
-    if "ERROR opening" in message or message.startswith("Error reading"):
-        return "the container could not be opened (invalid, corrupt or truncated file)"
-    if "av_read_frame" in message or "partial file" in message:
-        return "truncated or corrupt file (reading packets failed)"
-    if "send_packet" in message or "Error sending packet" in message or "decod" in message.lower():
-        return "corrupt video stream: the decoder rejected the compressed data"
-    if "buffer source" in message or "filter" in message:
-        return "invalid or corrupt stream parameters (the decoder could not be set up)"
-    return f"decoder error: {first_line[:300]}"
 
 
 @dataclass
@@ -809,15 +753,6 @@ def _resize_frames(frames: np.ndarray, target: tuple[int, int]) -> np.ndarray:
     return tensor.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
 
 
-def _frame_times(reader, count: int, video_fps: float) -> tuple[np.ndarray, float]:
-    """Presentation times of all frames and the duration (decord). Constant-frame-rate files get the exact grid."""
-    try:
-        stamps = np.asarray(reader.get_frame_timestamp(np.arange(count)), dtype=np.float64).reshape(count, 2)
-    except Exception:
-        stamps = None
-    return _times_from_stamps(stamps, count, video_fps)
-
-
 def _times_from_stamps(stamps: np.ndarray | None, count: int, video_fps: float) -> tuple[np.ndarray, float]:
     """Frame times and duration from (start, end) stamps per frame in presentation order, snapped to the
     constant-frame-rate grid when every stamp lies within a quarter frame of it."""
@@ -842,36 +777,183 @@ def _times_from_stamps(stamps: np.ndarray | None, count: int, video_fps: float) 
     raise RuntimeError("cannot determine the frame rate or frame timestamps")
 
 
-def _decode_with_decord(
+@dataclass(frozen=True, eq=False)
+class _Selection:
+    """The frames a request selects from one video."""
+
+    times: np.ndarray  # (N,) presentation time in seconds of every frame of the video
+    duration: float
+    indices: np.ndarray  # (T,) int64 frame indices in playback order, possibly repeated
+    unique: np.ndarray  # the distinct indices, sorted: the frames a backend decodes
+    inverse: np.ndarray  # positions in `unique` of each entry of `indices`
+
+    def result(
+        self, name: str, frames: np.ndarray, video_fps: float, width: int, height: int, backend: str
+    ) -> _DecodedVideo:
+        """The decoded video from the frames at `unique` (uint8 ``(len(unique), H, W, 3)``); `width` and
+        `height` are the native frame size, `video_fps` the container's frame rate (NaN or 0 when unknown)."""
+        if frames.ndim != 4 or frames.shape[0] != len(self.unique) or frames.shape[-1] != 3:
+            raise VideoDecodingError(name, f"decoder returned frames of unexpected shape {frames.shape}")
+        if len(self.unique) != len(self.indices):
+            frames = frames[self.inverse]
+        total = len(self.times)
+        if not np.isfinite(video_fps) or video_fps <= 0:
+            video_fps = float(total / self.duration)
+        return _DecodedVideo(
+            frames=frames,
+            timestamps=self.times[self.indices],
+            indices=self.indices,
+            video_fps=video_fps,
+            total_frames=total,
+            duration=float(self.duration),
+            width=width,
+            height=height,
+            backend=backend,
+        )
+
+
+@dataclass(frozen=True)
+class _SamplingRequest:
+    """What to read from one video, as given to `read_video_frames`: the same for every backend."""
+
+    fps: float | None = 1.0
+    num_frames: int | None = None
+    sampling: str = "fps"
+    start: float | None = None
+    end: float | None = None
+    offset: float | str | None = None
+    size: int | tuple[int, int] | None = None
+    seed: int | np.random.Generator | None = None
+    max_pixels_per_frame: int | None = DEFAULT_MAX_PIXELS_PER_FRAME
+    max_frames: int | None = DEFAULT_MAX_FRAMES
+    num_threads: int = 0
+    keyframe_snap: float | None = None
+
+    def sample(self, name: str, times: np.ndarray, duration: float) -> np.ndarray:
+        """`sample_frame_indices` for a video named `name` whose frames start at `times`; invalid requests raise
+        VideoDecodingError."""
+        try:
+            return sample_frame_indices(
+                times,
+                duration,
+                fps=self.fps,
+                num_frames=self.num_frames,
+                sampling=self.sampling,
+                start=self.start,
+                end=self.end,
+                offset=self.offset,
+                seed=self.seed,
+            )
+        except ValueError as err:
+            raise VideoDecodingError(name, str(err)) from None
+
+    def select(
+        self, name: str, times: np.ndarray, duration: float, keyframes: Callable[[], Sequence[int] | np.ndarray]
+    ) -> _Selection:
+        """The frames to decode: sampled, checked against `max_frames`, then snapped to `keyframes()` (called
+        only in the fast mode)."""
+        indices = self.sample(name, times, duration)
+        _check_max_frames(name, len(indices), self.max_frames)
+        if self.keyframe_snap is not None:
+            keys = keyframes()
+            frame_range = _clip_frame_range(times, duration, self.start, self.end)
+            indices = snap_to_keyframes(indices, times, keys, self.keyframe_snap, frame_range)
+        unique, inverse = np.unique(indices, return_inverse=True)
+        return _Selection(times=times, duration=duration, indices=indices, unique=unique, inverse=inverse.reshape(-1))
+
+
+def _check_max_frames(name: str, count: int, max_frames: int | None) -> None:
+    if max_frames is not None and count > max_frames:
+        raise VideoDecodingError(
+            name,
+            f"the request selects {count} frames, more than max_frames={max_frames} "
+            "(lower fps, set num_frames, or raise max_frames)",
+        )
+
+
+def _decoder_error(
+    err: BaseException,
     source: _Source,
     container: _ContainerInfo,
-    *,
-    fps,
-    num_frames,
-    sampling,
-    start,
-    end,
-    offset,
-    size,
-    seed,
-    max_pixels_per_frame,
-    max_frames,
-    num_threads,
-    keyframe_snap=None,
-) -> _DecodedVideo:
+    reason: Callable[[BaseException, _ContainerInfo], str],
+    stage: str = "decoding",
+) -> VideoDecodingError:
+    """A backend library's exception as a VideoDecodingError: one already is kept, running out of memory names
+    the `stage`, anything else is explained by the backend's `reason`."""
+    if isinstance(err, VideoDecodingError):
+        return err
+    if isinstance(err, MemoryError):
+        return VideoDecodingError(source.name, f"out of memory while {stage}")
+    return VideoDecodingError(source.name, reason(err, container))
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Decoding with decord
+# ------------------------------------------------------------------------------------------------------------
+
+
+def _import_decord():
+    try:
+        import decord
+    except ImportError as err:
+        raise ImportError(
+            "Decoding video files needs decord (`pip install decord`); alternatively pass already-decoded "
+            "frames (numpy arrays, torch tensors or lists of PIL images)."
+        ) from err
+    return decord
+
+
+def _averror(tag: str) -> int:
+    """FFmpeg's FFERRTAG(0xF8, c1, c2, c3) error code."""
+    return -(0xF8 | ord(tag[0]) << 8 | ord(tag[1]) << 16 | ord(tag[2]) << 24)
+
+
+_AVERROR_DECODER_NOT_FOUND = _averror("DEC")
+_AVERROR_STREAM_NOT_FOUND = _averror("STR")
+
+
+def _decord_failure_reason(err: BaseException, container: _ContainerInfo) -> str:
+    message = str(err)
+    first_line = message.strip().splitlines()[-1] if message.strip() else type(err).__name__
+    if str(_AVERROR_DECODER_NOT_FOUND) in message:
+        codec = f" {container.codec!r}" if container.codec else ""
+        return f"unsupported codec{codec}: the FFmpeg bundled with decord has no decoder for this video stream"
+    if str(_AVERROR_STREAM_NOT_FOUND) in message or "cannot find video stream" in message:
+        return "the file contains no decodable video stream"
+    if "broken metadata" in message:
+        return "not a video: no frame count or duration could be read (a still image or broken metadata)"
+    if "Invalid frame count" in message:
+        return "the video stream has zero frames"
+    if "ERROR opening" in message or message.startswith("Error reading"):
+        return "the container could not be opened (invalid, corrupt or truncated file)"
+    if "av_read_frame" in message or "partial file" in message:
+        return "truncated or corrupt file (reading packets failed)"
+    if "send_packet" in message or "Error sending packet" in message or "decod" in message.lower():
+        return "corrupt video stream: the decoder rejected the compressed data"
+    if "buffer source" in message or "filter" in message:
+        return "invalid or corrupt stream parameters (the decoder could not be set up)"
+    return f"decoder error: {first_line[:300]}"
+
+
+def _frame_times(reader, count: int, video_fps: float) -> tuple[np.ndarray, float]:
+    """Presentation times of all frames and the duration (decord). Constant-frame-rate files get the exact grid."""
+    try:
+        stamps = np.asarray(reader.get_frame_timestamp(np.arange(count)), dtype=np.float64).reshape(count, 2)
+    except Exception:
+        stamps = None
+    return _times_from_stamps(stamps, count, video_fps)
+
+
+def _decode_with_decord(source: _Source, container: _ContainerInfo, request: _SamplingRequest) -> _DecodedVideo:
     decord = _import_decord()
 
-    def fail(err: BaseException, stage: str):
-        if isinstance(err, VideoDecodingError):
-            return err
-        if isinstance(err, MemoryError):
-            return VideoDecodingError(source.name, f"out of memory while {stage}")
-        return VideoDecodingError(source.name, _decord_failure_reason(err, container))
+    def fail(err: BaseException, stage: str) -> VideoDecodingError:
+        return _decoder_error(err, source, container, _decord_failure_reason, stage)
 
     def open_reader(width=-1, height=-1):
         try:
             return decord.VideoReader(
-                source.decord_uri(), ctx=decord.cpu(0), width=width, height=height, num_threads=num_threads
+                source.decord_uri(), ctx=decord.cpu(0), width=width, height=height, num_threads=request.num_threads
             )
         except Exception as err:
             raise fail(err, "opening the file") from err
@@ -903,8 +985,8 @@ def _decode_with_decord(
     if width is None or height is None:
         first = read_frames(open_reader(), [0], "some")
         height, width = int(first.shape[1]), int(first.shape[2])
-        _check_frame_size(source.name, width, height, max_pixels_per_frame, "first decoded frame")
-    target = _decode_size(width, height, size)
+        _check_frame_size(source.name, width, height, request.max_pixels_per_frame, "first decoded frame")
+    target = _decode_size(width, height, request.size)
     reader = open_reader(*target) if target is not None else open_reader()
 
     try:
@@ -917,62 +999,23 @@ def _decode_with_decord(
         raise fail(err, "reading the frame index") from err
     if total <= 0:
         raise VideoDecodingError(source.name, "the video stream has zero frames")
-    try:
-        indices = sample_frame_indices(
-            times,
-            duration,
-            fps=fps,
-            num_frames=num_frames,
-            sampling=sampling,
-            start=start,
-            end=end,
-            offset=offset,
-            seed=seed,
-        )
-    except ValueError as err:
-        raise VideoDecodingError(source.name, str(err)) from None
-    _check_max_frames(source.name, len(indices), max_frames)
-    if keyframe_snap is not None:
+
+    def keyframes():  # read only in the fast mode
         try:
-            keyframes = reader.get_key_indices()
+            return reader.get_key_indices()
         except Exception as err:
             raise fail(err, "reading the keyframe index") from err
-        frame_range = _clip_frame_range(times, duration, start, end)
-        indices = snap_to_keyframes(indices, times, keyframes, keyframe_snap, frame_range)
-    unique, inverse = np.unique(indices, return_inverse=True)
+
+    selection = request.select(source.name, times, duration, keyframes)
     try:
-        frames = read_frames(reader, unique, total)
+        frames = read_frames(reader, selection.unique, total)
     except VideoDecodingError as err:
         # decord cannot scale to some widths (e.g. 16, 24, 48, 72: "The size must exactly match"); decode at
         # the native size and resize here instead.
         if target is None or "must exactly match" not in str(err.__cause__):
             raise
-        frames = _resize_frames(read_frames(open_reader(), unique, total), target)
-    if frames.ndim != 4 or frames.shape[0] != len(unique) or frames.shape[-1] != 3:
-        raise VideoDecodingError(source.name, f"decoder returned frames of unexpected shape {frames.shape}")
-    if len(unique) != len(indices):
-        frames = frames[inverse.reshape(-1)]
-    if not np.isfinite(video_fps) or video_fps <= 0:
-        video_fps = float(total / duration)
-    return _DecodedVideo(
-        frames=frames,
-        timestamps=times[indices],
-        indices=indices,
-        video_fps=video_fps,
-        total_frames=total,
-        duration=float(duration),
-        width=width,
-        height=height,
-    )
-
-
-def _check_max_frames(name: str, count: int, max_frames: int | None) -> None:
-    if max_frames is not None and count > max_frames:
-        raise VideoDecodingError(
-            name,
-            f"the request selects {count} frames, more than max_frames={max_frames} "
-            "(lower fps, set num_frames, or raise max_frames)",
-        )
+        frames = _resize_frames(read_frames(open_reader(), selection.unique, total), target)
+    return selection.result(source.name, frames, video_fps, width, height, "decord")
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -1008,23 +1051,7 @@ class _SeekFailed(Exception):
     """Seeking landed somewhere unexpected; the caller falls back to one sequential pass."""
 
 
-def _decode_with_pyav(
-    source: _Source,
-    container: _ContainerInfo,
-    *,
-    fps,
-    num_frames,
-    sampling,
-    start,
-    end,
-    offset,
-    size,
-    seed,
-    max_pixels_per_frame,
-    max_frames,
-    num_threads,
-    keyframe_snap=None,
-) -> _DecodedVideo:
+def _decode_with_pyav(source: _Source, container: _ContainerInfo, request: _SamplingRequest) -> _DecodedVideo:
     """Exact sampling with PyAV: one demux pass (no decoding) builds the frame index, then frames are decoded
     in order, seeking to a keyframe only when that skips frames, and only the sampled frames are converted to
     RGB (decord converts every frame it decodes). Dense sampling therefore costs one sequential decode of the
@@ -1033,11 +1060,7 @@ def _decode_with_pyav(
     av = _import_av()
 
     def fail(err: BaseException) -> VideoDecodingError:
-        if isinstance(err, VideoDecodingError):
-            return err
-        if isinstance(err, MemoryError):
-            return VideoDecodingError(source.name, "out of memory while decoding")
-        return VideoDecodingError(source.name, _pyav_failure_reason(err, container))
+        return _decoder_error(err, source, container, _pyav_failure_reason)
 
     def open_stream():
         try:
@@ -1052,14 +1075,14 @@ def _decode_with_pyav(
             handle.close()
             raise VideoDecodingError(source.name, _pyav_failure_reason(RuntimeError("decoder not found"), container))
         stream.codec_context.thread_type = "AUTO"
-        stream.codec_context.thread_count = int(num_threads or 0)
+        stream.codec_context.thread_count = int(request.num_threads or 0)
         return handle, stream
 
     handle, stream = open_stream()
     with handle:
         width, height = int(stream.codec_context.width or 0), int(stream.codec_context.height or 0)
         if width and height:
-            _check_frame_size(source.name, width, height, max_pixels_per_frame, "stream header")
+            _check_frame_size(source.name, width, height, request.max_pixels_per_frame, "stream header")
         try:
             stamps, keyflags, durations = _pyav_packet_index(handle, stream)
         except Exception as err:
@@ -1084,54 +1107,25 @@ def _decode_with_pyav(
         seekable, ordered = False, None
     try:
         times, duration = _times_from_stamps(frame_stamps, total, video_fps)
-        indices = sample_frame_indices(
-            times,
-            duration,
-            fps=fps,
-            num_frames=num_frames,
-            sampling=sampling,
-            start=start,
-            end=end,
-            offset=offset,
-            seed=seed,
-        )
     except (RuntimeError, ValueError) as err:
         raise VideoDecodingError(source.name, str(err)) from None
-    _check_max_frames(source.name, len(indices), max_frames)
     position_of = np.empty(total, dtype=np.int64)
     position_of[order] = np.arange(total)
     keyframes = np.sort(position_of[keyflags])  # presentation indices of the keyframes
-    if keyframe_snap is not None:
-        frame_range = _clip_frame_range(times, duration, start, end)
-        indices = snap_to_keyframes(indices, times, keyframes, keyframe_snap, frame_range)
-    unique, inverse = np.unique(indices, return_inverse=True)
-    reader = _PyAVFrameReader(open_stream, ordered, keyframes, size, max_pixels_per_frame, source.name)
+    selection = request.select(source.name, times, duration, lambda: keyframes)
+    reader = _PyAVFrameReader(open_stream, ordered, keyframes, request.size, request.max_pixels_per_frame, source.name)
     try:
         try:
-            frames = reader.read(unique, seek=seekable)
+            frames = reader.read(selection.unique, seek=seekable)
         except _SeekFailed:
-            frames = reader.read(unique, seek=False)
+            frames = reader.read(selection.unique, seek=False)
     except (VideoDecodingError, ImportError):
         raise
     except Exception as err:
         raise fail(err) from err
     finally:
         reader.close()
-    if len(unique) != len(indices):
-        frames = frames[inverse.reshape(-1)]
-    if not np.isfinite(video_fps) or video_fps <= 0:
-        video_fps = float(total / duration)
-    return _DecodedVideo(
-        frames=frames,
-        timestamps=times[indices],
-        indices=indices,
-        video_fps=video_fps,
-        total_frames=total,
-        duration=float(duration),
-        width=reader.width or width,
-        height=reader.height or height,
-        backend="pyav",
-    )
+    return selection.result(source.name, frames, video_fps, reader.width or width, reader.height or height, "pyav")
 
 
 def _pyav_packet_index(handle, stream) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
@@ -1271,52 +1265,23 @@ def _run_with_timeout(function: Callable[[], Any], timeout: float | None, name: 
 
 
 def _decode_video(
-    source,
-    *,
-    fps: float | None = 1.0,
-    num_frames: int | None = None,
-    sampling: str = "fps",
-    start: float | None = None,
-    end: float | None = None,
-    offset: float | str | None = None,
-    size=None,
-    seed: int | np.random.Generator | None = None,
-    max_pixels_per_frame: int | None = DEFAULT_MAX_PIXELS_PER_FRAME,
-    max_frames: int | None = DEFAULT_MAX_FRAMES,
-    num_threads: int = 0,
-    timeout: float | None = DEFAULT_DECODE_TIMEOUT,
-    backend: str = "decord",
-    keyframe_snap: float | None = None,
+    source, request: _SamplingRequest, *, timeout: float | None = DEFAULT_DECODE_TIMEOUT, backend: str = "decord"
 ) -> _DecodedVideo:
     if backend not in DECODE_BACKENDS:
         raise ValueError(f"backend must be one of {DECODE_BACKENDS}, got {backend!r}")
-    keyframe_snap = _check_keyframe_snap(keyframe_snap)
+    request = replace(request, keyframe_snap=_check_keyframe_snap(request.keyframe_snap))
     loaded = _load_source(source)
     container = _inspect_container(loaded)
     if container.width is not None and container.height is not None:
         _check_frame_size(
-            loaded.name, container.width, container.height, max_pixels_per_frame, "container header"
+            loaded.name, container.width, container.height, request.max_pixels_per_frame, "container header"
         )
-    options = dict(
-        fps=fps,
-        num_frames=num_frames,
-        sampling=sampling,
-        start=start,
-        end=end,
-        offset=offset,
-        size=size,
-        seed=seed,
-        max_pixels_per_frame=max_pixels_per_frame,
-        max_frames=max_frames,
-        num_threads=num_threads,
-        keyframe_snap=keyframe_snap,
-    )
     decode = _decode_with_pyav if backend == "pyav" else _decode_with_decord
     if backend == "pyav":
         _import_av()  # a missing optional dependency is an ImportError, not a bad video
     else:
         _import_decord()
-    return _run_with_timeout(lambda: decode(loaded, container, **options), timeout, loaded.name)
+    return _run_with_timeout(lambda: decode(loaded, container, request), timeout, loaded.name)
 
 
 def _check_keyframe_snap(value) -> float | None:
@@ -1370,8 +1335,7 @@ def read_video_frames(
         VideoDecodingError: the source cannot be read or decoded, or the clip bounds are invalid.
         ImportError: the backend's library (decord or av) is not installed.
     """
-    decoded = _decode_video(
-        source,
+    request = _SamplingRequest(
         fps=fps,
         num_frames=num_frames,
         sampling=sampling,
@@ -1383,10 +1347,9 @@ def read_video_frames(
         max_pixels_per_frame=max_pixels_per_frame,
         max_frames=max_frames,
         num_threads=num_threads,
-        timeout=timeout,
-        backend=backend,
         keyframe_snap=keyframe_snap,
     )
+    decoded = _decode_video(source, request, timeout=timeout, backend=backend)
     return decoded.frames, decoded.timestamps
 
 
@@ -1411,9 +1374,7 @@ def pad_video_batch(
     lengths = []
     for index, video in enumerate(videos):
         if video.ndim != 4 or video.shape[0] == 0:
-            raise ValueError(
-                f"video {index} must be a non-empty (T, C, H, W) tensor, got shape {tuple(video.shape)}"
-            )
+            raise ValueError(f"video {index} must be a non-empty (T, C, H, W) tensor, got shape {tuple(video.shape)}")
         if tuple(video.shape[1:]) != frame_shape:
             raise ValueError(
                 f"videos must share frame shape (C, H, W) to be batched: video 0 has {frame_shape}, video "
@@ -1423,9 +1384,7 @@ def pad_video_batch(
     total = max(lengths)
     if pad_to is not None:
         if pad_to < total:
-            raise ValueError(
-                f"pad_to={pad_to} is shorter than the longest video ({total} frames after edge padding)"
-            )
+            raise ValueError(f"pad_to={pad_to} is shorter than the longest video ({total} frames after edge padding)")
         total = pad_to
     batch = videos[0].new_zeros((len(videos), total, *frame_shape))
     mask = torch.zeros((len(videos), total), dtype=torch.long)
@@ -1505,9 +1464,7 @@ class VideoFirstVideoProcessorKwargs(VideosKwargs, total=False):
 
 
 def _is_frame(value) -> bool:
-    return isinstance(value, Image.Image) or (
-        isinstance(value, (np.ndarray, torch.Tensor)) and value.ndim in (2, 3)
-    )
+    return isinstance(value, Image.Image) or (isinstance(value, (np.ndarray, torch.Tensor)) and value.ndim in (2, 3))
 
 
 def _is_video_array(value) -> bool:
@@ -1586,9 +1543,7 @@ def _to_tchw(video, input_data_format=None, prefer_channels_last: bool = True) -
         raise ValueError(f"a video must be 4-D, got shape {tuple(tensor.shape)}")
     if tensor.shape[0] == 0:
         raise ValueError("a video has zero frames")
-    fmt = (
-        str(getattr(input_data_format, "value", input_data_format)) if input_data_format is not None else None
-    )
+    fmt = str(getattr(input_data_format, "value", input_data_format)) if input_data_format is not None else None
     if fmt is None:
         first, last = tensor.shape[1] in (1, 3, 4), tensor.shape[-1] in (1, 3, 4)
         if first and last:
@@ -1602,9 +1557,7 @@ def _to_tchw(video, input_data_format=None, prefer_channels_last: bool = True) -
     if fmt == "channels_last":
         tensor = tensor.permute(0, 3, 1, 2)
     elif fmt != "channels_first":
-        raise ValueError(
-            f"input_data_format must be 'channels_first' or 'channels_last', got {input_data_format!r}"
-        )
+        raise ValueError(f"input_data_format must be 'channels_first' or 'channels_last', got {input_data_format!r}")
     return tensor.contiguous()
 
 
@@ -1695,19 +1648,11 @@ class VideoFirstVideoProcessor(BaseVideoProcessor):
         if isinstance(tubelet_frames, bool) or not isinstance(tubelet_frames, int) or tubelet_frames < 1:
             raise ValueError(f"tubelet_frames must be a positive integer, got {tubelet_frames!r}")
         if decode_timeout is not None and (
-            isinstance(decode_timeout, bool)
-            or not isinstance(decode_timeout, (int, float))
-            or decode_timeout <= 0
+            isinstance(decode_timeout, bool) or not isinstance(decode_timeout, (int, float)) or decode_timeout <= 0
         ):
-            raise ValueError(
-                f"decode_timeout must be a positive number of seconds or None, got {decode_timeout!r}"
-            )
-        if max_pixels_per_frame is not None and (
-            not isinstance(max_pixels_per_frame, int) or max_pixels_per_frame < 1
-        ):
-            raise ValueError(
-                f"max_pixels_per_frame must be a positive integer or None, got {max_pixels_per_frame!r}"
-            )
+            raise ValueError(f"decode_timeout must be a positive number of seconds or None, got {decode_timeout!r}")
+        if max_pixels_per_frame is not None and (not isinstance(max_pixels_per_frame, int) or max_pixels_per_frame < 1):
+            raise ValueError(f"max_pixels_per_frame must be a positive integer or None, got {max_pixels_per_frame!r}")
 
     def resize(self, image: torch.Tensor, size: SizeDict, resample=None, **kwargs) -> torch.Tensor:
         # Frames already shrunk by the decoder are at the target size: skip the (identity) interpolation.
@@ -1763,23 +1708,23 @@ class VideoFirstVideoProcessor(BaseVideoProcessor):
         decode_size = self._decode_target(kwargs["do_resize"], size, kwargs["decode_resize"])
         tensors, metadata = [], []
         for index, item in enumerate(items):
+            request = _SamplingRequest(
+                fps=fps,
+                num_frames=num_frames,
+                sampling=sampling,
+                start=starts[index],
+                end=ends[index],
+                offset=offsets[index],
+                size=decode_size,
+                seed=rng,
+                max_pixels_per_frame=kwargs["max_pixels_per_frame"],
+                max_frames=kwargs["max_frames"],
+                num_threads=kwargs["decode_num_threads"] or 0,
+                keyframe_snap=kwargs["keyframe_snap"],
+            )
             if _is_source(item):
                 decoded = _decode_video(
-                    item,
-                    fps=fps,
-                    num_frames=num_frames,
-                    sampling=sampling,
-                    start=starts[index],
-                    end=ends[index],
-                    offset=offsets[index],
-                    size=decode_size,
-                    seed=rng,
-                    max_pixels_per_frame=kwargs["max_pixels_per_frame"],
-                    max_frames=kwargs["max_frames"],
-                    num_threads=kwargs["decode_num_threads"] or 0,
-                    timeout=kwargs["decode_timeout"],
-                    backend=kwargs["decode_backend"] or "decord",
-                    keyframe_snap=kwargs["keyframe_snap"],
+                    item, request, timeout=kwargs["decode_timeout"], backend=kwargs["decode_backend"] or "decord"
                 )
                 tensors.append(torch.from_numpy(decoded.frames).permute(0, 3, 1, 2))
                 metadata.append(
@@ -1800,20 +1745,7 @@ class VideoFirstVideoProcessor(BaseVideoProcessor):
             video_fps = given.get("fps") if isinstance(given, (dict, VideoMetadata)) else None
             indices = np.arange(total)
             if sample and video_fps:
-                try:
-                    indices = sample_frame_indices(
-                        np.arange(total) / video_fps,
-                        total / video_fps,
-                        fps=fps,
-                        num_frames=num_frames,
-                        sampling=sampling,
-                        start=starts[index],
-                        end=ends[index],
-                        offset=offsets[index],
-                        seed=rng,
-                    )
-                except ValueError as err:
-                    raise VideoDecodingError(f"<decoded video {index}>", str(err)) from None
+                indices = request.sample(f"<decoded video {index}>", np.arange(total) / video_fps, total / video_fps)
                 tensor = tensor[torch.from_numpy(indices)]
             max_frames = kwargs["max_frames"]
             if max_frames is not None and tensor.shape[0] > max_frames:
@@ -1845,6 +1777,25 @@ class VideoFirstVideoProcessor(BaseVideoProcessor):
             return video[:, :3]
         return video
 
+    def _transform(self, tensors: list[torch.Tensor], kwargs: dict, device) -> list[torch.Tensor]:
+        """Converts (T, C, H, W) uint8 tensors to RGB, moves them to `device`, then resizes, crops, rescales and
+        normalises them with the resolved `kwargs` (consumed)."""
+        tensors = [self._to_rgb(tensor, kwargs["do_convert_rgb"]) for tensor in tensors]
+        if device is not None:
+            tensors = [tensor.to(device) for tensor in tensors]
+        for name in (
+            "video_metadata",
+            "input_data_format",
+            "data_format",
+            "do_convert_rgb",
+            "do_sample_frames",
+            "return_metadata",
+        ):
+            kwargs.pop(name, None)
+        kwargs = self._standardize_kwargs(**kwargs)
+        self._validate_preprocess_kwargs(**kwargs)
+        return self._preprocess(videos=tensors, return_tensors=None, **kwargs)["pixel_values_videos"]
+
     def preprocess(self, videos, **kwargs: Unpack[VideoFirstVideoProcessorKwargs]) -> BatchFeature:
         kwargs = self._resolve_kwargs(dict(kwargs))
         self._check_options(**kwargs)
@@ -1852,30 +1803,18 @@ class VideoFirstVideoProcessor(BaseVideoProcessor):
         return_metadata = kwargs.pop("return_metadata")
         device = kwargs.pop("device")
         tensors, metadata = self._load_videos(videos, kwargs)
-        tensors = [self._to_rgb(video, kwargs["do_convert_rgb"]) for video in tensors]
-        if device is not None:
-            tensors = [video.to(device) for video in tensors]
-        for name in (
-            "video_metadata",
-            "input_data_format",
-            "data_format",
-            "do_convert_rgb",
-            "do_sample_frames",
-        ):
-            kwargs.pop(name, None)
-        kwargs = self._standardize_kwargs(**kwargs)
-        self._validate_preprocess_kwargs(**kwargs)
-        processed = self._preprocess(videos=tensors, return_tensors=None, **kwargs)["pixel_values_videos"]
+        tubelet_frames = kwargs["tubelet_frames"]
+        processed = self._transform(tensors, kwargs, device)
         shapes = {tuple(video.shape[1:]) for video in processed}
         if len(shapes) == 1:
-            pixel_values, mask = pad_video_batch(processed, tubelet_frames=kwargs["tubelet_frames"])
+            pixel_values, mask = pad_video_batch(processed, tubelet_frames=tubelet_frames)
         elif return_tensors is not None:
             raise ValueError(
                 f"videos have different frame sizes after processing ({sorted(shapes)}) and cannot be "
                 "stacked; enable do_center_crop or use a fixed size"
             )
         else:
-            pairs = [pad_video_batch([video], tubelet_frames=kwargs["tubelet_frames"]) for video in processed]
+            pairs = [pad_video_batch([video], tubelet_frames=tubelet_frames) for video in processed]
             length = max(mask.shape[1] for _, mask in pairs)
             pixel_values = [video[0] for video, _ in pairs]
             mask = torch.zeros((len(pairs), length), dtype=torch.long)
@@ -1889,9 +1828,7 @@ class VideoFirstVideoProcessor(BaseVideoProcessor):
     def preprocess_images(self, images, **kwargs) -> BatchFeature:
         """Processes images (PIL, arrays `(H, W, C)`, tensors `(C, H, W)`, paths or bytes) into `pixel_values`
         `(B, C, H, W)`, with the same resize / crop / normalisation as video frames."""
-        kwargs = self._resolve_kwargs(
-            {k: v for k, v in kwargs.items() if k in self.valid_kwargs.__annotations__}
-        )
+        kwargs = self._resolve_kwargs({k: v for k, v in kwargs.items() if k in self.valid_kwargs.__annotations__})
         return_tensors = kwargs.pop("return_tensors")
         device = kwargs.pop("device")
         if isinstance(images, (list, tuple)):
@@ -1915,29 +1852,13 @@ class VideoFirstVideoProcessor(BaseVideoProcessor):
             if not _is_frame(image):
                 raise TypeError(f"images[{index}] has unsupported type {type(image).__name__}")
             is_tensor = isinstance(image, torch.Tensor)
-            frames = _to_tchw([image], kwargs.get("input_data_format"), prefer_channels_last=not is_tensor)
-            tensors.append(self._to_rgb(frames, kwargs["do_convert_rgb"]))
-        if device is not None:
-            tensors = [tensor.to(device) for tensor in tensors]
-        for name in (
-            "video_metadata",
-            "input_data_format",
-            "data_format",
-            "do_convert_rgb",
-            "do_sample_frames",
-        ):
-            kwargs.pop(name, None)
-        kwargs.pop("return_metadata", None)
-        kwargs = self._standardize_kwargs(**kwargs)
-        self._validate_preprocess_kwargs(**kwargs)
-        processed = self._preprocess(videos=tensors, return_tensors=None, **kwargs)["pixel_values_videos"]
+            tensors.append(_to_tchw([image], kwargs.get("input_data_format"), prefer_channels_last=not is_tensor))
+        processed = self._transform(tensors, kwargs, device)
         shapes = {tuple(frame.shape) for frame in processed}
         if len(shapes) == 1:
             pixel_values = torch.cat(processed, dim=0)
         elif return_tensors is not None:
-            raise ValueError(
-                f"images have different sizes after processing ({sorted(shapes)}) and cannot be stacked"
-            )
+            raise ValueError(f"images have different sizes after processing ({sorted(shapes)}) and cannot be stacked")
         else:
             pixel_values = [frame[0] for frame in processed]
         return BatchFeature(data={"pixel_values": pixel_values}, tensor_type=return_tensors)

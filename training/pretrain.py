@@ -7,25 +7,19 @@
 Plain `python training/pretrain.py` runs the same on one process.
 """
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
 from videofirst.pretraining import pretrain
-from videofirst.recipe import load_recipe
+from videofirst.recipe import load_recipe, parse_recipe_args
 
 DEMO_RECIPE = Path(__file__).parent / "configs" / "demo.yaml"
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", type=Path, default=DEMO_RECIPE, help="recipe YAML (default: the demo)")
-    parser.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
-    parser.add_argument("overrides", nargs="*", help="recipe overrides such as optim.max_steps=10")
-    args = parser.parse_args(argv)
-    overrides = list(args.overrides) + (["checkpoint.resume=true"] if args.resume else [])
-    result = pretrain(load_recipe(args.config, overrides))
+    config, overrides = parse_recipe_args(argv, description=__doc__, default_config=DEMO_RECIPE)
+    result = pretrain(load_recipe(config, overrides))
     if result.export_dir is not None:
         print(f"Run folder:        {result.run_dir}")
         print(f"Metrics log:       {result.run_dir / 'metrics.jsonl'}")

@@ -8,24 +8,19 @@ Perceiver resampler and new gated cross-attention layers (the paper's second ste
 Plain `python training/train_video_to_text.py` runs the same on one process.
 """
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
+from videofirst.recipe import parse_recipe_args
 from videofirst.video_to_text import load_video_to_text_recipe, train_video_to_text
 
 DEMO_RECIPE = Path(__file__).parent / "configs" / "video_to_text_demo.yaml"
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", type=Path, default=DEMO_RECIPE, help="recipe YAML (default: the demo)")
-    parser.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
-    parser.add_argument("overrides", nargs="*", help="recipe overrides such as optim.max_steps=10")
-    args = parser.parse_args(argv)
-    overrides = list(args.overrides) + (["checkpoint.resume=true"] if args.resume else [])
-    result = train_video_to_text(load_video_to_text_recipe(args.config, overrides))
+    config, overrides = parse_recipe_args(argv, description=__doc__, default_config=DEMO_RECIPE)
+    result = train_video_to_text(load_video_to_text_recipe(config, overrides))
     if result.export_dir is not None:
         print(f"Run folder:        {result.run_dir}")
         print(f"Metrics log:       {result.run_dir / 'metrics.jsonl'}")

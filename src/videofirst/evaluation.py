@@ -76,6 +76,7 @@ __all__ = [
     "evaluate_classification",
     "evaluate_multiple_choice",
     "evaluate_retrieval",
+    "evaluation_mode",
     "first_relevant_ranks",
     "flatten_captions",
     "load_classification_manifest",
@@ -254,7 +255,7 @@ def _device_of(model: torch.nn.Module, device: torch.device | str | None) -> tor
 
 
 @contextmanager
-def _inference(model: torch.nn.Module) -> Iterator[None]:
+def evaluation_mode(model: torch.nn.Module) -> Iterator[None]:
     """Eval mode (no dropout, no default token masking) and no autograd; restores the caller's mode."""
     was_training = model.training
     model.eval()
@@ -297,7 +298,7 @@ def embed_videos(
     inner = _unwrap(model)
     device = _device_of(inner, device)
     embeddings = []
-    with _inference(inner):
+    with evaluation_mode(inner):
         for batch in batches:
             pixel_values_videos, video_frame_mask = _video_inputs(batch)
             if segment_frames is not None:
@@ -403,7 +404,7 @@ def embed_videos_by_segments(
     segment_valid = torch.arange(segment_frames)[None, :] < lengths_tensor[:, None]
     step = batch_size or len(segments)
     embeddings = []
-    with _inference(inner):
+    with evaluation_mode(inner):
         for start in range(0, len(segments), step):
             chunk = torch.stack(segments[start : start + step]).to(device)
             chunk_valid = segment_valid[start : start + step]
@@ -449,7 +450,7 @@ def embed_texts(
     if max_length is None:
         max_length = getattr(inner.config.text_config, "max_position_embeddings", None)
     embeddings = []
-    with _inference(inner):
+    with evaluation_mode(inner):
         for start in range(0, len(texts), batch_size):
             encoded = tokenizer(
                 text=texts[start : start + batch_size],

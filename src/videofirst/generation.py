@@ -20,14 +20,13 @@ import logging
 import re
 import string
 from collections.abc import Iterable, Mapping, Sequence
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from videofirst.evaluation import MultipleChoiceSet, multiple_choice_metrics
+from videofirst.evaluation import MultipleChoiceSet, evaluation_mode, multiple_choice_metrics
 from videofirst.modeling.modeling_videofirst_video_to_text import VideoFirstForConditionalGeneration
 from videofirst.modeling.video_processing_videofirst import pad_video_batch
 
@@ -216,17 +215,6 @@ def sequence_log_likelihoods(logits: torch.Tensor, labels: torch.Tensor, reducti
     return total / mask.sum(dim=1).clamp(min=1) if reduction == "mean" else total
 
 
-@contextmanager
-def _inference(model: torch.nn.Module):
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            yield
-    finally:
-        model.train(was_training)
-
-
 def _unwrap(model: torch.nn.Module) -> VideoFirstForConditionalGeneration:
     return getattr(model, "module", model)
 
@@ -248,7 +236,7 @@ def generate_captions(
     }
     generate_kwargs.setdefault("eos_token_id", tokenizer.eos_token_id)
     generate_kwargs.setdefault("pad_token_id", tokenizer.pad_token_id)
-    with _inference(model):
+    with evaluation_mode(model):
         sequences = model.generate(
             **inputs,
             pixel_values_videos=pixel_values_videos.to(device),
@@ -286,7 +274,7 @@ def answer_log_likelihoods(
     if any(len(choices) != num_options for choices in options):
         raise ValueError("Every question needs the same number of options.")
     device = _device_of(model)
-    with _inference(model):
+    with evaluation_mode(model):
         if visual_latents is None:
             if pixel_values_videos is None:
                 raise ValueError("Pass `pixel_values_videos` (or precomputed `visual_latents`).")

@@ -6,9 +6,11 @@ file) starts from another recipe and overrides it key by key. Overrides use dott
 `optim.max_steps=50 model.vision.mask_ratio=0.5`, and values are parsed as YAML scalars.
 
 `load_recipe` builds any recipe dataclass the same way: `PretrainRecipe` by default, or another `Recipe` made of
-these sections (e.g. `videofirst.video_to_text.VideoToTextRecipe`) with `recipe_class=`.
+these sections (e.g. `videofirst.video_to_text.VideoToTextRecipe`) with `recipe_class=`. `parse_recipe_args` is the
+command line the training scripts share (`--config`, `--resume` and overrides).
 """
 
+import argparse
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -233,3 +235,17 @@ def load_recipe(
         key, raw_value = override.split("=", 1)
         _set_dotted(tree, key.strip(), yaml.safe_load(raw_value))
     return _build(recipe_class, tree, "")
+
+
+def parse_recipe_args(
+    argv: list[str] | None, *, description: str | None, default_config: str | Path
+) -> tuple[Path, list[str]]:
+    """Parse a training script's command line, ``[--config FILE] [--resume] [section.key=value ...]`` (`argv`
+    None: ``sys.argv[1:]``), into the recipe path (`default_config` when not given) and the overrides for
+    `load_recipe`; ``--resume`` adds ``checkpoint.resume=true``. `description` is the ``--help`` text."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", type=Path, default=Path(default_config), help="recipe YAML (default: the demo)")
+    parser.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
+    parser.add_argument("overrides", nargs="*", help="recipe overrides such as optim.max_steps=10")
+    args = parser.parse_args(argv)
+    return args.config, list(args.overrides) + (["checkpoint.resume=true"] if args.resume else [])

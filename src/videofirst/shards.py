@@ -126,6 +126,17 @@ _METADATA_EXTENSIONS = ("txt", "json")
 _MAX_METADATA_BYTES = 16 * 2**20
 
 
+def _sample_members(archive: tarfile.TarFile) -> Iterator[tuple[str, str, tarfile.TarInfo]]:
+    """``(key, extension, member)`` for the regular files of `archive` that belong to a sample, in archive order
+    (see `split_member_name`)."""
+    for member in archive:
+        if not member.isfile():
+            continue
+        key, extension = split_member_name(member.name)
+        if key is not None:
+            yield key, extension, member
+
+
 def index_tar_shard(path: str | os.PathLike) -> tuple[list[dict], str | None]:
     """Rows (see `sample_row`) of a local shard, with the byte range of each media member, plus an error
     message when the shard is unreadable or truncated (the rows read before the damage are kept)."""
@@ -139,12 +150,7 @@ def index_tar_shard(path: str | os.PathLike) -> tuple[list[dict], str | None]:
 
     try:
         with tarfile.open(path, mode="r:") as archive:
-            for member in archive:
-                if not member.isfile():
-                    continue
-                key, extension = split_member_name(member.name)
-                if key is None:
-                    continue
+            for key, extension, member in _sample_members(archive):
                 if key != current_key:
                     flush()
                     current_key, metadata, media = key, {}, None
@@ -183,12 +189,7 @@ def iter_tar_samples(url: str, opener: Callable[[str], BinaryIO] | None = None) 
 
     try:
         with (opener or _open_url)(url) as handle, tarfile.open(fileobj=handle, mode="r|") as archive:
-            for member in archive:
-                if not member.isfile():
-                    continue
-                key, extension = split_member_name(member.name)
-                if key is None:
-                    continue
+            for key, extension, member in _sample_members(archive):
                 if key != current_key:
                     if current_key is not None:
                         yield row()

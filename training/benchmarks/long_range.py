@@ -56,9 +56,9 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _measure as M  # noqa: E402
+import _measure  # noqa: E402
 
-RECIPE = M.REPO / "training" / "configs" / "long_range.yaml"
+RECIPE = _measure.REPO / "training" / "configs" / "long_range.yaml"
 FPS = 1.0
 IMAGE_SIZE = 32
 MEMORY_FLAG = "--measure-step-memory"
@@ -253,7 +253,7 @@ def _memory_probe(overrides: list[str]) -> dict[str, Any]:
         return kept
 
     step(0)  # warm-up: optimizer state and lazily built kernels exist from here on
-    probe = M.MemoryProbe("cpu")
+    probe = _measure.MemoryProbe("cpu")
     measured = []
     for index in (1, 2):
         gc.collect()
@@ -495,8 +495,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-seed", type=int, default=0)
     parser.add_argument("--steps", type=int, help="override the budget's training steps")
     parser.add_argument("--variants", nargs="+", choices=[v.name for v in VARIANTS], help="default: all four")
-    parser.add_argument("--work", type=Path, default=M.REPO / "runs" / "long_range", help="data, runs and exports")
-    parser.add_argument("--out", type=Path, default=M.RESULTS, help="where long_range.{csv,md,png} go")
+    parser.add_argument(
+        "--work", type=Path, default=_measure.REPO / "runs" / "long_range", help="data, runs and exports"
+    )
+    parser.add_argument("--out", type=Path, default=_measure.RESULTS, help="where long_range.{csv,md,png} go")
     run(parser.parse_args(argv))
     return 0
 
