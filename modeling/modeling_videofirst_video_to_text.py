@@ -40,10 +40,9 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import initialization as init
 from transformers.activations import ACT2FN
-from transformers.cache_utils import Cache
 from transformers.generation import GenerationMixin
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.modeling_outputs import BaseModelOutputWithPooling
+from transformers.modeling_outputs import BaseModelOutputWithPooling, CausalLMOutputWithPast
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
 from transformers.models.auto.modeling_auto import AutoModelForCausalLM
 from transformers.utils import ModelOutput
@@ -59,25 +58,17 @@ from .modeling_videofirst import (
 
 
 @dataclass
-class VideoFirstVideoToTextOutput(ModelOutput):
+class VideoFirstVideoToTextOutput(CausalLMOutputWithPast):
     r"""
-    loss (`torch.FloatTensor` of shape `()`, *optional*, returned when `labels` are given):
-        Next-token cross-entropy of the language model on the labelled tokens.
-    logits (`torch.FloatTensor` of shape `(batch_size, sequence_length, vocab_size)`):
-        Next-token scores of the language model.
-    past_key_values (`Cache`, *optional*):
-        The language model's key/value cache.
-    hidden_states, attentions (`tuple(torch.FloatTensor)`, *optional*):
-        The language model's, when requested.
+    The language model's [`CausalLMOutputWithPast`] fields (`loss` when `labels` are given, `logits`, the key/value
+    cache, `hidden_states` and `attentions` when requested), plus:
+
     visual_latents (`torch.FloatTensor` of shape `(batch_size, resampler_num_latents, text_hidden_size)`, *optional*):
         The resampler's output the cross-attention attended to; generation passes it on to the next steps.
     """
 
-    loss: torch.FloatTensor | None = None
-    logits: torch.FloatTensor | None = None
-    past_key_values: Cache | None = None
-    hidden_states: tuple[torch.FloatTensor, ...] | None = None
-    attentions: tuple[torch.FloatTensor, ...] | None = None
+    # Inheriting the fields keeps the cache field's name that of the installed transformers (`past_key_values`
+    # before 5.24, `cache` from 5.24 on), which generation reads back.
     visual_latents: torch.FloatTensor | None = None
 
 
@@ -516,7 +507,6 @@ class VideoFirstForConditionalGeneration(VideoFirstVideoToTextPreTrainedModel, G
         video_frame_mask: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
@@ -537,7 +527,9 @@ class VideoFirstForConditionalGeneration(VideoFirstVideoToTextPreTrainedModel, G
             Precomputed [`get_video_features`] `pooler_output` (what generation passes to every step).
         mask_ratio (`float`, *optional*): video token drop ratio; defaults to `config.mask_ratio`.
 
-        Without videos or latents, this is the plain language model.
+        The language model's other arguments (its key/value cache among them, `past_key_values` or, from
+        transformers 5.24, `cache`) pass through `kwargs`. Without videos or latents, this is the plain language
+        model.
         """
         if visual_latents is None and pixel_values_videos is not None:
             visual_latents = self.get_video_features(
@@ -555,21 +547,16 @@ class VideoFirstForConditionalGeneration(VideoFirstVideoToTextPreTrainedModel, G
                 input_ids=input_ids,
                 attention_mask=attention_mask,
                 position_ids=position_ids,
-                past_key_values=past_key_values,
                 inputs_embeds=inputs_embeds,
                 labels=labels,
                 use_cache=use_cache,
                 logits_to_keep=logits_to_keep,
                 **kwargs,
             )
-        return VideoFirstVideoToTextOutput(
-            loss=outputs.loss,
-            logits=outputs.logits,
-            past_key_values=getattr(outputs, "past_key_values", None),
-            hidden_states=getattr(outputs, "hidden_states", None),
-            attentions=getattr(outputs, "attentions", None),
-            visual_latents=visual_latents,
-        )
+        fields = {
+            key: value for key, value in outputs.items() if key in VideoFirstVideoToTextOutput.__dataclass_fields__
+        }
+        return VideoFirstVideoToTextOutput(**fields, visual_latents=visual_latents)
 
     def _update_model_kwargs_for_generation(
         self, outputs: ModelOutput, model_kwargs: dict[str, Any], is_encoder_decoder: bool = False, **kwargs
