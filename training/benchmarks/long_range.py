@@ -377,6 +377,7 @@ def write_markdown(rows: list[dict], path: Path, budget: Budget, seeds: list[int
 
 
 def write_plot(rows: list[dict], path: Path, segment_frames: int) -> None:
+    """One panel per claim whose variants ran (the same rule as `claims`), so a subset run plots only what it tested."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -385,37 +386,46 @@ def write_plot(rows: list[dict], path: Path, segment_frames: int) -> None:
     groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
     for row in rows:
         groups[(row["variant"], row["eval"])].append(row)
-    figure, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+
+    def mean_r1(name: str) -> float:
+        return (_mean(groups[(name, "whole")], "t2v_r1") + _mean(groups[(name, "whole")], "v2t_r1")) / 2
 
     names = [name for name in ("joint_mask0", "joint_mask75", "frame_mask0", "frame_mask75") if groups[(name, "whole")]]
+    panels = ["order"]
+    if "joint_mask0" in names and "joint_mask75" in names:
+        panels.append("memory")
+    if len(names) == 4:
+        panels.append("masking")
+    figure, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.2), squeeze=False)
+    axes = dict(zip(panels, axes[0]))
+
     x = range(len(names))
     for offset, mode, label in ((-0.2, "whole", "whole clip"), (0.2, "segments", f"{segment_frames}-frame segments")):
-        axes[0].bar([i + offset for i in x], [_mean(groups[(n, mode)], "order_acc") for n in names], 0.4, label=label)
-    chance = float(rows[0]["chance_order"])
-    axes[0].axhline(chance, color="grey", linestyle="--", linewidth=1, label="chance")
-    axes[0].set(xticks=list(x), xticklabels=names, ylabel="order accuracy (within permutation group)", ylim=(0, 1))
-    axes[0].set_title("(a) whole long clip vs segments + averaging")
-    axes[0].legend(fontsize=8)
+        values = [_mean(groups[(n, mode)], "order_acc") for n in names]
+        axes["order"].bar([i + offset for i in x], values, 0.4, label=label)
+    axes["order"].axhline(float(rows[0]["chance_order"]), color="grey", linestyle="--", linewidth=1, label="chance")
+    axes["order"].set(xticks=list(x), xticklabels=names, ylim=(0, 1))
+    axes["order"].set_ylabel("order accuracy (within permutation group)")
+    axes["order"].set_title("(a) whole long clip vs segments + averaging")
+    axes["order"].legend(fontsize=8)
 
-    for name in names:
-        group = groups[(name, "whole")]
-        r1 = (_mean(group, "t2v_r1") + _mean(group, "v2t_r1")) / 2
-        marker = "o" if name.startswith("joint") else "s"
-        axes[1].scatter(_mean(group, "step_mem_mb"), r1, s=60, marker=marker, label=name)
-    axes[1].set(xlabel="training-step memory (MB, peak RSS - idle)", ylabel="mean R@1 (t2v, v2t)")
-    axes[1].set_title("(b) accuracy vs training memory")
-    axes[1].legend(fontsize=8)
+    if "memory" in axes:
+        for name in names:
+            marker = "o" if name.startswith("joint") else "s"
+            axes["memory"].scatter(
+                _mean(groups[(name, "whole")], "step_mem_mb"), mean_r1(name), s=60, marker=marker, label=name
+            )
+        axes["memory"].set(xlabel="training-step memory (MB, peak RSS - idle)", ylabel="mean R@1 (t2v, v2t)")
+        axes["memory"].set_title("(b) accuracy vs training memory")
+        axes["memory"].legend(fontsize=8)
 
-    for offset, mask, label in ((-0.2, "mask0", "no masking"), (0.2, "mask75", "75% masking")):
-        attentions = [a for a in ("joint", "frame") if groups[(f"{a}_{mask}", "whole")]]
-        values = [
-            (_mean(groups[(f"{a}_{mask}", "whole")], "t2v_r1") + _mean(groups[(f"{a}_{mask}", "whole")], "v2t_r1")) / 2
-            for a in attentions
-        ]
-        axes[2].bar([i + offset for i in range(len(attentions))], values, 0.4, label=label)
-    axes[2].set(xticks=[0, 1], xticklabels=["joint", "frame"], ylabel="mean R@1 (t2v, v2t)")
-    axes[2].set_title("(c) effect of masking by attention type")
-    axes[2].legend(fontsize=8)
+    if "masking" in axes:
+        for offset, mask, label in ((-0.2, "mask0", "no masking"), (0.2, "mask75", "75% masking")):
+            values = [mean_r1(f"{attention}_{mask}") for attention in ("joint", "frame")]
+            axes["masking"].bar([offset, 1 + offset], values, 0.4, label=label)
+        axes["masking"].set(xticks=[0, 1], xticklabels=["joint", "frame"], ylabel="mean R@1 (t2v, v2t)")
+        axes["masking"].set_title("(c) effect of masking by attention type")
+        axes["masking"].legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
