@@ -150,3 +150,12 @@ def test_masked_embedding_equals_the_tubelet_convolution_on_the_kept_tubelets():
     assert grid == (4, 4, 4)
     torch.testing.assert_close(full, reference, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(kept, reference.gather(1, indices[:, :, None].expand(-1, -1, full.shape[-1])))
+
+
+def test_limit_reports_a_probe_that_runs_past_its_timeout(tmp_path):
+    args = ["--quick", "--recipes", "long_stage", "--budget-gb", "16", "--probe-timeout", "0.01"]
+    # A failed probe is not a frame count that does not fit: the exit status says so.
+    assert limit.main([*args, "--out", str(tmp_path)]) == 1
+    probes = read_csv(tmp_path / "limit.csv")
+    assert probes and all(row["error"].startswith("timed out after") for row in probes)
+    assert "timed out after" in (tmp_path / "limit.md").read_text() and not (tmp_path / "limit.png").exists()

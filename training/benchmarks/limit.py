@@ -21,7 +21,9 @@ step fits, then bisects down to the tubelet-step granularity. Probes stop at `--
 limit, not memory): if the budget is not reached by then, the answer is EXTRAPOLATED from a least-squares line
 `memory = a + b * frames` through the probes, and says so. A line is the right model when attention memory is
 linear in the tokens: SDPA's flash / memory-efficient kernels (on CPU torch's flash kernel, used for training
-too: checked below by the fit's residuals and a leave-one-out prediction of the largest probe).
+too: checked below by the fit's residuals and a leave-one-out prediction of the largest probe). A probe that runs
+past `--probe-timeout` seconds (default 900) is a failed probe, reported as such; CPU probes of the long stage take
+about 10 min at 512 frames and 30 min at 1024, so raise it to probe that far.
 
 On a GPU the same search runs at the budget itself (`--max-frames` unlimited by default), with bf16 autocast as
 the recipes train.
@@ -167,16 +169,21 @@ def probe_range(recipe: str, args: argparse.Namespace, cuda: bool) -> tuple[int,
 
 
 def find_limits(
-    spec: _measure.Spec, budgets: list[float], probes: tuple[int, int | None], granularity: int, device: str
+    spec: _measure.Spec,
+    budgets: list[float],
+    probes: tuple[int, int | None],
+    granularity: int,
+    device: str,
+    probe_timeout: float,
 ) -> tuple[list[dict], list[dict], Fit | None]:
     """The limit of one recipe (`spec`) at each budget: its probes (a row each), its answers (one per budget)
-    and the line through the probes."""
+    and the line through the probes. A probe that runs past `probe_timeout` seconds counts as failed."""
     cache: dict[int, dict] = {}
 
     def measure(frames: int) -> dict:
         begin = time.perf_counter()
         result = _measure.measure_isolated(
-            dataclasses.replace(spec, name=f"{spec.name}_f{frames}", frames=frames), device
+            dataclasses.replace(spec, name=f"{spec.name}_f{frames}", frames=frames), device, probe_timeout
         )
         shown = result.get("error") or f"peak {result['peak_mb']:.0f} MB"
         print(f"  {spec.name:<20} {frames:>6} frames: {shown} ({time.perf_counter() - begin:.0f} s)", flush=True)
@@ -262,7 +269,7 @@ def plot(rows: list[dict], fits: dict[str, Fit | None], budgets: list[float], pa
             axis.plot(xs, [y / 1024 for y in ys], "--", color=color, alpha=0.6)
     for budget in budgets:
         axis.axhline(budget, color="k", lw=0.8)
-        axis.text(1, budget * 1.03, f"{budget:g} GB budget", fontsize=8)
+        axis.text(0.01, budget * 1.03, f"{budget:g} GB budget", fontsize=8, transform=axis.get_yaxis_transform())
     axis.set_yscale("log")
     _measure.frames_axis(axis, "peak training memory (GB)", xlabel="frames per clip", legend_size=8)
     axis.set_title(title.replace(" | ", "\n"), fontsize=8)
@@ -278,6 +285,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--recipes", nargs="*", default=list(RECIPES), choices=list(RECIPES))
     parser.add_argument("--batch-size", type=int, default=1, help="clips per training step")
     parser.add_argument("--max-frames", type=int, default=None, help="largest probe (default: CPU per recipe)")
+    parser.add_argument(
+        "--probe-timeout",
+        type=float,
+        default=900.0,
+        help="seconds one probe (a warm-up and a measured step) may take; raise it for CPU probes of 512+ frames",
+    )
     return parser.parse_args(argv)
 
 
@@ -295,9 +308,10 @@ def write_results(
     _measure.write_csv(out / "limit_answers.csv", answers)
     (out / "limit.md").write_text(
         f"{header}\n\n{_measure.markdown_table(ANSWER_COLUMNS, answers)}\n\n**Probes**\n\n"
-        f"{_measure.markdown_table(PROBE_COLUMNS, rows)}\n"
+        f"{_measure.markdown_table(PROBE_COLUMNS, rows)}\n{_measure.error_lines(rows)}"
     )
-    plot(rows, fits, budgets, out / "limit.png", title)
+    if any(row.get("peak_mb") for row in rows):  # nothing to draw when every probe failed
+        plot(rows, fits, budgets, out / "limit.png", title)
 
 
 def exit_code(rows: list[dict]) -> int:
@@ -319,7 +333,9 @@ def main(argv: list[str] | None = None) -> int:
     rows, answers, fits = [], [], {}
     for recipe in args.recipes:
         spec = dataclasses.replace(base, name=recipe, **RECIPES[recipe][0])
-        probes, found, fits[recipe] = find_limits(spec, budgets, probe_range(recipe, args, cuda), granularity, device)
+        probes, found, fits[recipe] = find_limits(
+            spec, budgets, probe_range(recipe, args, cuda), granularity, device, args.probe_timeout
+        )
         rows += probes
         answers += found
     model = (

@@ -32,8 +32,8 @@ Memory: each configuration's training step is measured in its own fresh process 
 the real `ContrastiveObjective` and optimizer step): after a warm-up step, the resident set size (RSS) is read,
 the peak-RSS counter is reset (`_measure.MemoryProbe`: `/proc/self/clear_refs` on Linux, elsewhere a 1 ms RSS
 sampler thread), one step runs, and the step's memory is the peak minus that idle baseline (the max over two
-steps). glibc's mmap threshold is pinned (`MALLOC_MMAP_THRESHOLD_`) so that freed tensors leave the RSS and cannot
-hide in the heap.
+steps). glibc's mmap threshold is pinned as in every other benchmark (`_measure.pin_malloc`), so that freed tensors
+leave the RSS and cannot hide in the heap.
 
 Outputs: `<out>/long_range.csv` (one row per configuration, seed and evaluation mode), `long_range.md` (table,
 claims, timings) and `long_range.png`.
@@ -203,7 +203,7 @@ def evaluate_export(export_dir: Path, test_manifest: Path, budget: Budget) -> di
 
 def measure_step_memory(overrides: list[str], work: Path) -> dict[str, Any]:
     """Run the memory probe of one configuration in a fresh process (see the module docstring)."""
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072", "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     command = [
         sys.executable,
         str(Path(__file__).resolve()),
@@ -232,6 +232,7 @@ def _memory_probe(overrides: list[str]) -> dict[str, Any]:
     from videofirst.recipe import load_recipe
     from videofirst.setup import build_model, build_processor, prepare_data
 
+    _measure.pin_malloc()
     recipe = load_recipe(RECIPE, overrides)
     torch.manual_seed(recipe.run.seed)
     run_dir = Path(recipe.run.output_dir)
