@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -60,12 +61,14 @@ __all__ = [
     "resolve_annotations",
 ]
 
+logger = logging.getLogger(__name__)
+
 # Files that sit beside videos in distributed folders and are never videos; anything else may be one (the decoder
 # says whether it is), so any container the decoder reads is found whatever its extension.
 _NOT_VIDEO = {".json", ".jsonl", ".csv", ".tsv", ".txt", ".md", ".pkl", ".npy", ".npz", ".zip", ".tar", ".gz"}
 _NOT_VIDEO |= {".part", ".tmp", ".yaml", ".yml", ".parquet", ".log", ".html", ".py", ".sh", ".safetensors"}
 # Preferred when one id has several files (ActivityNet downloads mix containers).
-_VIDEO_SUFFIXES = (".mp4", ".mkv", ".webm", ".mov", ".avi", ".m4v")
+_SUFFIX_RANK = {suffix: rank for rank, suffix in enumerate((".mp4", ".mkv", ".webm", ".mov", ".avi", ".m4v"))}
 # `<youtube_id>_<start>_<end>`: VATEX's `videoID` and Kinetics' trimmed-clip file names.
 _TRIMMED_ID = re.compile(r"^(?P<youtube_id>.+)_(?P<start>\d+)_(?P<end>\d+)$")
 
@@ -143,25 +146,15 @@ class VideoFolder:
                 continue
             self._files.setdefault(path.stem, []).append(path)
 
-    def find(self, *stems: str) -> Path | None:
-        """The file of the first stem that has one; known video extensions first when a stem has several."""
-        for stem in stems:
-            files = self._files.get(stem)
-            if files:
-                rank = {suffix: position for position, suffix in enumerate(_VIDEO_SUFFIXES)}
-                return min(files, key=lambda path: (rank.get(path.suffix.lower(), len(rank)), str(path)))
-        return None
-
-    def clip(self, video_id: str, *alternatives: tuple[str, float | None, float | None]) -> VideoClip | None:
-        """`video_id`'s whole file, or else the first `(stem, start, end)` alternative found (a window of it)."""
-        path = self.find(video_id)
-        if path is not None:
-            return VideoClip(str(path))
-        for stem, start, end in alternatives:
-            path = self.find(stem)
-            if path is not None:
-                return VideoClip(str(path), start, end)
-        return None
+    def find(self, stem: str) -> Path | None:
+        """The file named `stem` (any extension); known video extensions first when there are several."""
+        files = self._files.get(stem)
+        if not files:
+            return None
+        chosen = min(files, key=lambda path: (_SUFFIX_RANK.get(path.suffix.lower(), len(_SUFFIX_RANK)), str(path)))
+        if len(files) > 1:
+            logger.warning("Several files for video %r; using %s (others: %s)", stem, chosen, files)
+        return chosen
 
 
 class _Clips:
@@ -179,24 +172,27 @@ class _Clips:
         video_id: str,
         start: float | None = None,
         end: float | None = None,
-        stems: Sequence[str] = (),
-        whole_file_alternatives: Sequence[tuple[str, float | None, float | None]] = (),
+        alternatives: Sequence[tuple[str, float | None, float | None]] = (),
     ) -> int:
-        """Index of the clip of `video_id` cut at `[start, end)` (None: the whole file)."""
+        """Index of the clip of `video_id` cut at `[start, end)` (None: the whole file).
+
+        When no file is named `video_id`, the first `(stem, start, end)` of `alternatives` with a file is used:
+        another naming of the same video, or the full video a trimmed clip was cut from, with its bounds.
+        """
         key = (video_id, start, end)
         if key in self._index:
             return self._index[key]
-        found = self.folder.clip(video_id, *[(stem, None, None) for stem in stems], *whole_file_alternatives)
         index = len(self.clips)
+        found = None
+        for stem, window_start, window_end in [(video_id, start, end), *alternatives]:
+            path = self.folder.find(stem)
+            if path is not None:
+                found = VideoClip(str(path), window_start, window_end)
+                break
         if found is None:
-            names = ", ".join(f"{stem}.*" for stem in [video_id, *stems, *(a[0] for a in whole_file_alternatives)])
+            names = ", ".join(f"{stem}.*" for stem in [video_id, *(alternative[0] for alternative in alternatives)])
             self.missing[index] = f"video {video_id!r} not found under {self.folder.root} (looked for {names})"
             found = VideoClip(str(self.folder.root / f"{video_id}.mp4"), start, end)
-        elif start is not None or end is not None:
-            # A window of the file found (YouCook2 segments); a trimmed-clip alternative already carries its own.
-            found = VideoClip(
-                found.path, start if found.start is None else found.start, end if found.end is None else found.end
-            )
         self.clips.append(found)
         self.video_ids.append(video_id)
         self._index[key] = index
@@ -330,7 +326,7 @@ def _read_vatex(path: Path, folder: VideoFolder, split: str, options: Mapping[st
         video_id = _expect(entry.get("videoID"), str, path, where, "videoID")
         captions = _strings(entry.get("enCap"), path, f"{where} ({video_id})", "enCap")
         if keep(video_id):
-            index = clips.add(video_id, whole_file_alternatives=_trimmed_alternatives(video_id))
+            index = clips.add(video_id, alternatives=_trimmed_alternatives(video_id))
             texts += captions
             owners += [index] * len(captions)
     return _retrieval(clips, texts, owners, path), clips, {}
@@ -380,8 +376,8 @@ def _read_activitynet(path: Path, folder: VideoFolder, split: str, options: Mapp
             continue
         # Paragraph-to-video: the video's sentences in their order, one query for the whole video.
         texts.append(" ".join(sentences))
-        stems = [video_id[2:]] if video_id.startswith("v_") else [f"v_{video_id}"]
-        owners.append(clips.add(video_id, stems=stems))
+        other_name = video_id[2:] if video_id.startswith("v_") else f"v_{video_id}"  # files come named both ways
+        owners.append(clips.add(video_id, alternatives=[(other_name, None, None)]))
     return _retrieval(clips, texts, owners, path), clips, {}
 
 
@@ -451,7 +447,7 @@ def _read_kinetics(path: Path, folder: VideoFolder, split: str, options: Mapping
         start, end = (_seconds(row[name], path, where, name) for name in ("time_start", "time_end"))
         video_id = f"{youtube_id}_{int(start):06d}_{int(end):06d}"
         if keep(video_id):
-            index = clips.add(video_id, whole_file_alternatives=[(youtube_id, start, end)])
+            index = clips.add(video_id, alternatives=[(youtube_id, start, end)])
             samples.append((label, index))
     if not samples:
         raise AnnotationError(f"{path}: no row has `split` {split!r} (the file's splits: {sorted(splits)})")
