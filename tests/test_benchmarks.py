@@ -14,15 +14,25 @@ from pathlib import Path
 import av
 import pytest
 import torch
-from tiny_models import tiny_model
-from transformers import AutoModel, AutoProcessor
+from tiny_models import tiny_model, tiny_vision_config
+from transformers import AutoModel, AutoModelForImageTextToText, AutoProcessor
 from video_fixtures import write_video
+from videofirst.modeling.configuration_videofirst_video_to_text import VideoFirstVideoToTextConfig
+from videofirst.modeling.modeling_videofirst_video_to_text import VideoFirstForConditionalGeneration
 from videofirst.modeling.processing_videofirst import VideoFirstProcessor
 from videofirst.modeling.video_processing_videofirst import VideoFirstVideoProcessor
 
 from videofirst import export_checkpoint
 from videofirst.benchmarks import BENCHMARKS, AnnotationError, load_benchmark, resolve_annotations
 from videofirst.evaluation import VideoClip, evaluate_retrieval
+from videofirst.generation import (
+    caption_metrics,
+    evaluate_video_question_answering,
+    export_video_to_text,
+    generate_captions,
+    prepare_causal_tokenizer,
+    train_caption_tokenizer,
+)
 from videofirst.hub import render_model_card
 from videofirst.tokenization import train_sentencepiece_tokenizer
 
@@ -407,3 +417,64 @@ def test_all_benchmarks_as_a_script(checkpoint, loaded, root, tmp_path):
     card = render_model_card(model, processor, results=output)
     named = {entry.dataset_type for entry in card.data.eval_results}
     assert named == {BENCHMARKS[name].dataset_type for name in evaluated}
+
+
+# The video-to-text model: full-length summarisation and EgoSchema by answer likelihood ----------------------------
+
+
+@pytest.fixture(scope="module")
+def video_to_text_checkpoint(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("video_to_text")
+    tokenizer = train_caption_tokenizer([WORDS] * 4 + ["question: answer:"], folder / "tokenizer", vocab_size=64)
+    text_config = {"model_type": "gpt2", "n_embd": 32, "n_layer": 1, "n_head": 4, "n_positions": 64}
+    text_config.update(vocab_size=64, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    config = VideoFirstVideoToTextConfig(
+        vision_config=tiny_vision_config(), text_config=text_config, resampler_num_latents=4,
+        resampler_depth=1, resampler_num_attention_heads=4,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = VideoFirstForConditionalGeneration(config).eval()
+    video_processor = VideoFirstVideoProcessor(
+        size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}, num_frames=4, tubelet_frames=2
+    )
+    checkpoint = export_video_to_text(model, VideoFirstProcessor(video_processor, tokenizer), folder / "export")
+    loaded = AutoModelForImageTextToText.from_pretrained(checkpoint, trust_remote_code=True).eval()
+    processor = AutoProcessor.from_pretrained(checkpoint, trust_remote_code=True)
+    return checkpoint, loaded, processor
+
+
+def test_summarization_of_full_videos_and_egoschema_likelihood(video_to_text_checkpoint, root, tmp_path, spy):
+    checkpoint, model, processor = video_to_text_checkpoint
+    args = ["--task", "summarization", "--max-new-tokens", "3", "--num-frames", "4", "--batch-size", "1"]
+    code, results = run(checkpoint, tmp_path, "--benchmark", "youcook2", "--videos", str(root / "youcook2"), *args)
+    assert code == 0 and results["task"] == "summarization" and results["model"] == "video-to-text"
+    # One item per full-length video (no segment window), the reference its segments' sentences in order.
+    assert results["counts"] == {"videos": 2, "videos_evaluated": 2, "videos_missing": 0}
+    assert [(p["video_id"], p["reference"]) for p in results["predictions"]] == [
+        ("xHr8X2Wpmno", "cut the onion cook the onion in the pan"),
+        ("V53XmPeyjIU", "a woman cuts"),
+    ]
+    assert results["sampling"] == {"fps": 1.0, "num_frames": 4, "sampling": "fps", "segment_frames": None}
+    # The summaries are the model's greedy generations, scored by the library's Rouge-L.
+    raw = root / "youcook2" / "raw_videos" / "validation" / "101" / "xHr8X2Wpmno.mp4"
+    batch = processor.video_processor(videos=str(raw), sampling="fps", fps=1.0, num_frames=4, return_tensors="pt")
+    prepare_causal_tokenizer(processor.tokenizer)
+    [summary] = generate_captions(
+        model, processor.tokenizer, batch["pixel_values_videos"], batch["video_frame_mask"], max_new_tokens=3,
+        do_sample=False,
+    )  # fmt: skip
+    assert results["predictions"][0]["summary"] == summary
+    references = [p["reference"] for p in results["predictions"]]
+    expected = caption_metrics([p["summary"] for p in results["predictions"]], references)
+    assert results["metrics"] == pytest.approx(expected)
+
+    ego = ["--benchmark", "egoschema", "--videos", str(root / "egoschema"), "--task", "qa-likelihood"]
+    code, results = run(checkpoint, tmp_path, *ego, "--num-frames", "4")
+    assert code == 0 and results["task"] == "mcq" and results["counts"]["questions_evaluated"] == 2
+    data = load_benchmark("egoschema", root / "egoschema")
+    expected = evaluate_video_question_answering(
+        model, processor.tokenizer, processor.video_processor, data.dataset, fps=1.0, num_frames=4
+    )
+    assert results["metrics"]["accuracy"] == pytest.approx(expected["accuracy"])
+    with pytest.raises(SystemExit):  # summarisation is for the captioned benchmarks only
+        run(checkpoint, tmp_path, "--benchmark", "msrvtt", "--videos", str(root / "msrvtt"), "--task", "summarization")

@@ -46,15 +46,24 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModel, AutoProcessor
+from transformers import AutoModel, AutoModelForImageTextToText, AutoProcessor
 
 import videofirst
-from videofirst.benchmarks import BENCHMARKS, BenchmarkData, FrameProtocol, load_benchmark
+from videofirst.benchmarks import (
+    BENCHMARKS,
+    LONG_FRAMES,
+    BenchmarkData,
+    FrameProtocol,
+    load_benchmark,
+    summarization_set,
+)
 from videofirst.evaluation import (
     DEFAULT_CLASS_TEMPLATES,
     DEFAULT_QA_TEMPLATE,
     ClipEmbeddings,
     EmbeddingCache,
+    _ClipCollator,
+    _ClipDataset,
     checkpoint_fingerprint,
     classification_metrics,
     embed_answer_options,
@@ -67,14 +76,27 @@ from videofirst.evaluation import (
     multiple_choice_metrics,
     retrieval_metrics,
 )
+from videofirst.generation import DEFAULT_QA_PROMPT as DEFAULT_QA_PROMPT_V2T
+from videofirst.generation import (
+    answer_log_likelihoods,
+    caption_metrics,
+    generate_captions,
+    prepare_causal_tokenizer,
+)
 
 TASKS = ("retrieval", "mcq", "classification")
+# With --benchmark, the video-to-text model's tasks: full-length summarisation (YouCook2, ActivityNet Captions) and
+# EgoSchema scored by the language model's likelihood of each answer.
+VIDEO_TO_TEXT_TASKS = {"summarization": ("youcook2", "activitynet"), "qa-likelihood": ("egoschema",)}
 # What a results line leads with, per task.
 HEADLINE = {
     "retrieval": ("t2v_recall@1", "v2t_recall@1"),
     "mcq": ("accuracy",),
     "classification": ("top1_accuracy", "top5_accuracy"),
+    "summarization": ("rougeL", "cider"),
 }
+UNITS = {"retrieval": "texts", "mcq": "questions", "classification": "samples", "summarization": "videos"}
+logger = logging.getLogger("videofirst.evaluate")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -83,7 +105,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--benchmark", choices=[*BENCHMARKS, "all"], help="a paper benchmark (official files)")
     source.add_argument("--manifest", type=Path, help="JSONL or CSV manifest (with --task)")
-    parser.add_argument("--task", choices=TASKS, help="with --manifest: what the manifest holds")
+    parser.add_argument(
+        "--task",
+        choices=[*TASKS, *VIDEO_TO_TEXT_TASKS],
+        help="with --manifest: what the manifest holds; with --benchmark: summarization (youcook2, activitynet) or "
+        "qa-likelihood (egoschema) with a video-to-text checkpoint",
+    )
     parser.add_argument("--output", type=Path, help="results JSON (default: eval_<benchmark or task>_<name>.json)")
     parser.add_argument("--revision", help="Hub revision (branch, tag or commit)")
     bench = parser.add_argument_group("benchmarks")
@@ -116,6 +143,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--template", action="append", dest="templates", help="classification: prompt with {} (repeatable)"
     )
     task.add_argument("--top-k", type=int, nargs="+", default=[1, 5], help="classification: the K of top-K")
+    task.add_argument("--prompt", default="", help="summarization: text the summary follows (the training prompt)")
+    task.add_argument("--max-new-tokens", type=int, default=128, help="summarization: longest summary in tokens")
+    task.add_argument("--num-beams", type=int, default=1, help="summarization: beam search width")
+    task.add_argument(
+        "--qa-prompt", default=DEFAULT_QA_PROMPT_V2T, help="qa-likelihood: prompt with {question} the answers follow"
+    )
     args = parser.parse_args(argv)
     if args.segment_frames is not None and args.segment_frames <= 0:
         parser.error("--segment-frames must be positive")
@@ -125,10 +158,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("every --template needs a {} for the class name")
     if "{question}" not in args.qa_template or "{answer}" not in args.qa_template:
         parser.error("--qa-template needs {question} and {answer}")
-    if args.manifest is not None and args.task is None:
-        parser.error("--manifest needs --task")
+    if args.manifest is not None and args.task not in TASKS:
+        parser.error(f"--manifest needs --task, one of {', '.join(TASKS)}")
     if args.benchmark is not None and args.task is not None:
-        parser.error("--task comes from the benchmark; leave it out with --benchmark")
+        if args.task not in VIDEO_TO_TEXT_TASKS:
+            parser.error("--task with --benchmark is summarization or qa-likelihood (the others come from it)")
+        if args.benchmark not in (*VIDEO_TO_TEXT_TASKS[args.task], "all"):
+            parser.error(f"--task {args.task} runs on {', '.join(VIDEO_TO_TEXT_TASKS[args.task])}")
     benchmark_only = ("videos", "videos_root", "annotations", "split", "answers", "video_list")
     if args.manifest is not None and any(getattr(args, name) is not None for name in benchmark_only):
         parser.error("--videos, --videos-root, --annotations, --split, --answers, --video-list go with --benchmark")
@@ -184,9 +220,13 @@ def score(
 
 
 def load_model(args: argparse.Namespace) -> tuple[Any, Any]:
-    model = AutoModel.from_pretrained(args.checkpoint, trust_remote_code=True, revision=args.revision)
+    """The dual encoder, or for the video-to-text tasks the video-to-text model (and a causal-LM tokenizer)."""
+    auto = AutoModelForImageTextToText if args.task in VIDEO_TO_TEXT_TASKS else AutoModel
+    model = auto.from_pretrained(args.checkpoint, trust_remote_code=True, revision=args.revision)
     model = model.to(args.device).eval()
     processor = AutoProcessor.from_pretrained(args.checkpoint, trust_remote_code=True, revision=args.revision)
+    if args.task in VIDEO_TO_TEXT_TASKS:
+        prepare_causal_tokenizer(processor.tokenizer)
     return model, processor
 
 
@@ -293,44 +333,125 @@ def load_benchmark_data(args: argparse.Namespace, name: str, videos_dir: Path, s
     return data
 
 
+def run_video_to_text(
+    args: argparse.Namespace, model: Any, processor: Any, data: BenchmarkData, settings: dict
+) -> tuple[dict, dict[int, str], int]:
+    """Decode the clips (a failure is reported, never shifted onto another clip) and run the video-to-text model:
+    a summary of each video, or the likelihood of each EgoSchema answer. Returns the scored results, the failures
+    and the number of clips decoded."""
+    options = {key: settings[key] for key in ("fps", "num_frames", "sampling") if settings[key] is not None}
+    dataset, tokenizer = data.dataset, processor.tokenizer
+    loader = torch.utils.data.DataLoader(
+        _ClipDataset(dataset.clips, range(len(dataset.clips)), processor.video_processor, options),
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        collate_fn=_ClipCollator(int(getattr(processor.video_processor, "tubelet_frames", 1))),
+    )
+    summaries: dict[int, str] = {}
+    scores: dict[int, torch.Tensor] = {}  # question -> its options' log-likelihoods
+    failures: dict[int, str] = {}
+    for batch in loader:
+        failures.update(batch["failures"])
+        for index, error in batch["failures"].items():
+            logger.warning("Excluding %s from the evaluation: %s", dataset.clips[index].path, error)
+        if not batch["indices"]:
+            continue
+        pixels, frame_mask = batch["pixel_values_videos"], batch["video_frame_mask"]
+        if args.task == "summarization":
+            texts = generate_captions(
+                model, tokenizer, pixels, frame_mask, prompt=args.prompt or None,
+                max_new_tokens=args.max_new_tokens, num_beams=args.num_beams, do_sample=False,
+            )  # fmt: skip
+            summaries.update(zip(batch["indices"], texts, strict=True))
+            continue
+        # The videos are encoded once; each question is scored against its own video's latents.
+        with torch.no_grad():
+            latents = model.get_video_features(pixels.to(args.device), video_frame_mask=frame_mask.to(args.device))
+        row = {clip: position for position, clip in enumerate(batch["indices"])}
+        asked = [q for q, clip in enumerate(dataset.video_ids_of_questions) if clip in row]
+        question_scores = answer_log_likelihoods(
+            model,
+            tokenizer,
+            [dataset.questions[q] for q in asked],
+            [dataset.options[q] for q in asked],
+            visual_latents=latents.pooler_output[[row[dataset.video_ids_of_questions[q]] for q in asked]],
+            prompt_template=args.qa_prompt,
+        )
+        scores.update(zip(asked, question_scores, strict=True))
+    decoded = len(dataset.clips) - len(failures)
+    if not decoded:
+        raise RuntimeError(f"None of the {len(dataset.clips)} videos could be decoded; first: {failures[0]}")
+    if args.task == "summarization":
+        order = sorted(summaries)
+        predictions = [summaries[index] for index in order]
+        metrics = caption_metrics(predictions, [dataset.references[index] for index in order])
+        items = [
+            {"video_id": data.video_ids[index], "summary": summaries[index], "reference": dataset.references[index]}
+            for index in order
+        ]
+        scored = {"metrics": metrics, "counts": {}, "predictions": items}
+    else:
+        asked = sorted(scores)
+        metrics = multiple_choice_metrics(torch.stack([scores[q] for q in asked]), [dataset.answers[q] for q in asked])
+        counts = {"questions": len(dataset.questions), "questions_evaluated": len(asked)}
+        scored = {"metrics": metrics, "counts": counts}
+    return scored, failures, decoded
+
+
 def evaluate_benchmark(args: argparse.Namespace, data: BenchmarkData, model: Any, processor: Any) -> dict[str, Any]:
     """Score one benchmark; the record carries the Hub dataset id and split that the model card names."""
     started = time.perf_counter()
     benchmark = data.benchmark
-    settings = sampling_settings(args, processor.video_processor, benchmark.frames)
-    videos, cache_report = embed_clips(args, model, processor.video_processor, data.dataset.clips, settings)
+    video_to_text = args.task in VIDEO_TO_TEXT_TASKS
+    if args.task == "summarization":
+        data = summarization_set(data)
+    protocol = LONG_FRAMES if args.task == "summarization" else benchmark.frames
+    settings = sampling_settings(args, processor.video_processor, protocol)
+    cache_report = None
+    if video_to_text:
+        scored, failures, decoded = run_video_to_text(args, model, processor, data, settings)
+    else:
+        videos, cache_report = embed_clips(args, model, processor.video_processor, data.dataset.clips, settings)
+        failures, decoded = videos.failures, len(videos.indices)
     failed = []
-    for index, error in sorted(videos.failures.items()):
+    for index, error in sorted(failures.items()):
         entry = {"video_id": data.video_ids[index], "video": data.dataset.clips[index].path}
         failed.append({**entry, "error": data.missing.get(index, error), "missing": index in data.missing})
     if failed and args.strict:
         raise RuntimeError(f"{len(failed)} video(s) could not be decoded (--strict); first: {failed[0]}")
-    scored = score(args, benchmark.task, model, processor.tokenizer, data.dataset, videos)
+    if not video_to_text:
+        scored = score(args, benchmark.task, model, processor.tokenizer, data.dataset, videos)
     counts = {
         "videos": len(data.dataset.clips),
-        "videos_evaluated": len(videos.indices),
+        "videos_evaluated": decoded,
         "videos_missing": len(data.missing),
         **scored["counts"],
     }
     frames = FrameProtocol(settings["sampling"], settings["fps"], settings["num_frames"])
-    return {
+    queries = "the video's sentences joined are the reference summary" if args.task == "summarization" else None
+    record = {
         "benchmark": benchmark.name,
         "dataset": benchmark.title,
         "dataset_type": benchmark.dataset_type,
         "dataset_config": benchmark.hub_config,
         "split": data.split,
-        "task": benchmark.task,
+        # The card's task names: EgoSchema stays multiple choice whichever model scores it.
+        "task": {"qa-likelihood": "mcq"}.get(args.task, args.task or benchmark.task),
+        "model": "video-to-text" if video_to_text else "video-text",
         "checkpoint": str(args.checkpoint),
         "annotations": str(data.annotations),
         "videos": str(data.videos),
         "metrics": scored["metrics"],
         "counts": counts,
         "failed_videos": failed,
-        "protocol": {"queries": benchmark.queries, "frames": frames.describe(), **data.notes},
+        "protocol": {"queries": queries or benchmark.queries, "frames": frames.describe(), **data.notes},
         "sampling": settings,
         "embeddings_cache": cache_report,
         **common_fields(args, started),
     }
+    if "predictions" in scored:
+        record["predictions"] = scored["predictions"]
+    return record
 
 
 def evaluate_benchmarks(args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -340,8 +461,9 @@ def evaluate_benchmarks(args: argparse.Namespace) -> list[dict[str, Any]]:
     else:
         if not args.videos_root.is_dir():
             raise FileNotFoundError(f"--videos-root folder not found: {args.videos_root}")
-        jobs = [(name, args.videos_root / name) for name in BENCHMARKS if (args.videos_root / name).is_dir()]
-        absent = [name for name in BENCHMARKS if not (args.videos_root / name).is_dir()]
+        names = VIDEO_TO_TEXT_TASKS.get(args.task, BENCHMARKS)
+        jobs = [(name, args.videos_root / name) for name in names if (args.videos_root / name).is_dir()]
+        absent = [name for name in names if not (args.videos_root / name).is_dir()]
         if not jobs:
             raise FileNotFoundError(f"No benchmark folder under {args.videos_root}; expected some of {absent}")
         if absent:
@@ -357,11 +479,12 @@ def summary_line(record: dict[str, Any]) -> str:
     task = record["task"]
     metrics = ", ".join(f"{name} {record['metrics'][name]:.4f}" for name in HEADLINE[task] if name in record["metrics"])
     counts = record["counts"]
-    unit = {"retrieval": "texts", "mcq": "questions", "classification": "samples"}[task]
+    unit = UNITS[task]
     name = record.get("dataset", record.get("manifest"))
     split = f" [{record['split']}]" if record.get("split") else ""
     line = f"{name}{split}: {metrics} on {counts[f'{unit}_evaluated']}/{counts[unit]} {unit}"
-    line += f", {counts['videos_evaluated']}/{counts['videos']} videos"
+    if unit != "videos":
+        line += f", {counts['videos_evaluated']}/{counts['videos']} videos"
     if record["failed_videos"]:
         line += f" ({len(record['failed_videos'])} missing or undecodable, excluded: see failed_videos)"
     return line

@@ -56,9 +56,12 @@ __all__ = [
     "Benchmark",
     "BenchmarkData",
     "FrameProtocol",
+    "LONG_FRAMES",
+    "SummarySet",
     "VideoFolder",
     "load_benchmark",
     "resolve_annotations",
+    "summarization_set",
 ]
 
 logger = logging.getLogger(__name__)
@@ -95,6 +98,14 @@ class FrameProtocol:
 
 
 @dataclass
+class SummarySet:
+    """Full-length videos and the reference paragraph of each (the video-to-text model's summarisation)."""
+
+    clips: list[VideoClip]
+    references: list[str]
+
+
+@dataclass
 class BenchmarkData:
     """One benchmark split ready to score: the evaluation set, where it came from, and the videos not found."""
 
@@ -102,7 +113,7 @@ class BenchmarkData:
     split: str
     annotations: Path
     videos: Path
-    dataset: RetrievalSet | MultipleChoiceSet | ClassificationSet
+    dataset: RetrievalSet | MultipleChoiceSet | ClassificationSet | SummarySet
     video_ids: list[str]  # the benchmark's id of every clip of `dataset.clips`
     missing: dict[int, str] = field(default_factory=dict)  # clip index -> why no file was found
     notes: dict[str, Any] = field(default_factory=dict)  # reader facts worth recording (e.g. questions dropped)
@@ -126,6 +137,7 @@ class Benchmark:
     reader: Reader
     hub_id: str | None = None
     hub_config: str | None = None
+    summaries: bool = False  # full-length videos with reference paragraphs for the video-to-text model
 
     @property
     def dataset_type(self) -> str:
@@ -462,6 +474,8 @@ def _read_kinetics(path: Path, folder: VideoFolder, split: str, options: Mapping
 
 
 _SHORT = FrameProtocol(sampling="fps", fps=1.0, num_frames=16)
+#: Summarisation of full-length videos (and EgoSchema): LongViViT's 256 frames at 1 FPS from the start.
+LONG_FRAMES = FrameProtocol(sampling="fps", fps=1.0, num_frames=256)
 
 BENCHMARKS: dict[str, Benchmark] = {
     benchmark.name: benchmark
@@ -511,6 +525,7 @@ BENCHMARKS: dict[str, Benchmark] = {
             queries="clip level: each annotated segment is a clip (its [start, end) of the full video), one sentence",
             reader=_read_youcook2,
             hub_id="lmms-lab/YouCook2",
+            summaries=True,
         ),
         Benchmark(
             name="activitynet",
@@ -522,6 +537,7 @@ BENCHMARKS: dict[str, Benchmark] = {
             queries="paragraph to video: a video's sentences joined, against the whole video",
             reader=_read_activitynet,
             hub_id="friedrichor/ActivityNet_Captions",
+            summaries=True,
         ),
         Benchmark(
             name="egoschema",
@@ -529,7 +545,7 @@ BENCHMARKS: dict[str, Benchmark] = {
             task="mcq",
             splits={"subset": ("questions.json",)},
             default_split="subset",
-            frames=FrameProtocol(sampling="fps", fps=1.0, num_frames=256),
+            frames=LONG_FRAMES,
             queries="5-way choice: `question answer` for each option, scored against the 3-minute clip",
             reader=_read_egoschema,
             hub_id="lmms-lab/egoschema",
@@ -649,3 +665,25 @@ def load_benchmark(
     }
     dataset, clips, notes = benchmark.reader(path, folder, split, options)
     return BenchmarkData(benchmark, split, path, folder.root, dataset, clips.video_ids, clips.missing, notes)
+
+
+def summarization_set(data: BenchmarkData) -> BenchmarkData:
+    """The full-length summarisation task of a captioned benchmark (YouCook2, ActivityNet Captions): one item per
+    video, the whole file (no segment window), its reference the video's sentences joined in their order."""
+    if not data.benchmark.summaries:
+        raise ValueError(f"{data.benchmark.title} has no summarisation task (YouCook2 and ActivityNet Captions do)")
+    order: dict[str, int] = {}
+    clips, paragraphs, missing = [], [], {}
+    for text, clip_index in zip(data.dataset.texts, data.dataset.video_ids_of_texts, strict=True):
+        video_id = data.video_ids[clip_index]
+        if video_id not in order:
+            order[video_id] = len(clips)
+            clips.append(VideoClip(data.dataset.clips[clip_index].path))
+            paragraphs.append([])
+            if clip_index in data.missing:
+                missing[order[video_id]] = data.missing[clip_index]
+        paragraphs[order[video_id]].append(text)
+    dataset = SummarySet(clips, [" ".join(sentences) for sentences in paragraphs])
+    return BenchmarkData(
+        data.benchmark, data.split, data.annotations, data.videos, dataset, list(order), missing, data.notes
+    )
