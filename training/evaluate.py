@@ -15,7 +15,9 @@ activitynet, egoschema, kinetics400, kinetics600, read from their official annot
 published names in the videos folder or its parent, or `--annotations FILE` / `hf://datasets/OWNER/NAME/FILE` from
 the local Hub cache) with the paper's protocol; `--split`, `--fps`, `--num-frames`, `--sampling` change it. The
 results JSON names the benchmark's Hub dataset and split for the model card (`training/push.py --results`).
-`--benchmark all` evaluates every benchmark whose folder `<videos-root>/<name>` exists and writes a list.
+`--benchmark all` evaluates every benchmark whose folder `<videos-root>/<name>` exists and writes a list. With a
+video-to-text checkpoint, `--task summarization` (youcook2, activitynet: one summary per full-length video, Rouge-L
+against its sentences joined) and `--task qa-likelihood` (egoschema: answers scored by the language model).
 
 Manifests are JSONL or CSV with a `video` path (relative to the manifest's folder, or absolute) and optional
 `start` / `end` seconds, plus, per task:
@@ -173,7 +175,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             parser.error("--benchmark all reads <--videos-root>/<benchmark>/ (not --videos)")
         if any(getattr(args, name) is not None for name in ("annotations", "split", "answers", "video_list")):
             parser.error("--annotations, --split, --answers, --video-list name one benchmark's files, not all")
-    elif args.benchmark is not None and (args.videos is None or args.videos_root is not None):
+    if args.task in VIDEO_TO_TEXT_TASKS and (args.segment_frames is not None or args.embeddings_cache is not None):
+        parser.error("--segment-frames and --embeddings-cache are for the video-text encoder, not --task " + args.task)
+    if args.answers is not None and args.benchmark != "egoschema":
+        parser.error("--answers is EgoSchema's answers file (with --benchmark egoschema)")
+    if args.class_names is not None and args.benchmark is not None and not args.benchmark.startswith("kinetics"):
+        parser.error("--class-names goes with a classification manifest or a Kinetics benchmark")
+    if args.benchmark not in (None, "all") and (args.videos is None or args.videos_root is not None):
         parser.error(f"--benchmark {args.benchmark} needs --videos DIR (--videos-root goes with --benchmark all)")
     return args
 
