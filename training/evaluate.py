@@ -441,7 +441,7 @@ def evaluate_benchmark(args: argparse.Namespace, data: BenchmarkData, model: Any
         "benchmark": benchmark.name,
         "dataset": benchmark.title,
         "dataset_type": benchmark.dataset_type,
-        "dataset_config": benchmark.hub_config,
+        "dataset_config": benchmark.hub_config if data.split == benchmark.default_split else None,
         "split": data.split,
         # The card's task names: EgoSchema stays multiple choice whichever model scores it.
         "task": {"qa-likelihood": "mcq"}.get(args.task, args.task or benchmark.task),

@@ -35,6 +35,10 @@ Videos are found by the distributors' names anywhere under the folder the user n
 (`video7010.mp4`; `<youtube_id>_<start:06d>_<end:06d>.mp4`, or the full `<youtube_id>` video cut at those
 bounds; `<id>.mkv` for YouCook2's `raw_videos/validation/<recipe>/`; `v_<id>.webm` or `<id>.webm`;
 `<q_uid>.mp4`). A video that is not there is reported by its id and excluded with the queries that refer to it.
+
+For the video-to-text model, `summarization_set` turns YouCook2 or ActivityNet Captions into the paper's
+summarisation of full-length videos: one item per video (the whole file, `LONG_FRAMES`), its reference the video's
+sentences joined in their order.
 """
 
 from __future__ import annotations
