@@ -7,6 +7,7 @@ checked against PyAV's own timestamps.
 
 import importlib.util
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -379,6 +380,23 @@ def test_activitynet_reads_the_first_frames_at_1_fps(checkpoint, loaded, root, t
     assert code == 0 and uniform["sampling"]["sampling"] == "uniform" and uniform["sampling"]["fps"] is None
     times = frame_times(processor, first, spy[-1])
     assert len(times) == 4 and times[0] > 0.5 and times[-1] > 8.0  # spread over the whole video
+
+
+def test_undecodable_video_is_listed_and_video_list_restricts(checkpoint, root, tmp_path):
+    folder = tmp_path / "vatex"
+    shutil.copytree(root / "vatex", folder)
+    (folder / "val" / "aaaaaaaaaaa_000000_000003.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"garbage" * 50)
+    code, results = run(checkpoint, tmp_path, "--benchmark", "vatex", "--videos", str(folder))
+    assert code == 0
+    [failure] = results["failed_videos"]
+    assert failure["video_id"] == "aaaaaaaaaaa_000000_000003" and not failure["missing"]
+    assert results["counts"] == {
+        "videos": 2, "videos_evaluated": 1, "videos_missing": 0, "texts": 6, "texts_evaluated": 3
+    }  # fmt: skip
+    listed = write_lines(tmp_path / "ids.txt", ["bbbbbbbbbbb_000001_000004"])
+    code, only = run(checkpoint, tmp_path, "--benchmark", "vatex", "--videos", str(folder), "--video-list", str(listed))
+    assert code == 0 and only["failed_videos"] == [] and only["counts"]["texts"] == 3
+    assert only["metrics"] == pytest.approx(results["metrics"])  # the same single video and its three captions
 
 
 def test_youcook2_egoschema_kinetics_end_to_end(checkpoint, loaded, root, tmp_path, spy):
