@@ -117,7 +117,7 @@ def root(tmp_path_factory) -> Path:
     clip(activitynet / "v_QOlSCBRmfWY.mp4", 10, fps=4)
     clip(activitynet / "ehGHCYKzyZ8.mkv", 6)
     write_json(
-        activitynet / "val_1.json",
+        activitynet / "captions" / "val_1.json",  # as distributed: captions/ beside the videos
         {
             "v_QOlSCBRmfWY": {"duration": 10.0, "timestamps": [[0.5, 4.0], [4.0, 9.5]],
                               "sentences": ["A man plays guitar.", " Then the man runs. "]},
@@ -251,6 +251,7 @@ def test_youcook2_segments_of_the_validation_videos(root):
 
 def test_activitynet_paragraphs(root):
     data = load_benchmark("activitynet", root / "activitynet")
+    assert data.annotations == root / "activitynet" / "captions" / "val_1.json"  # found under the videos folder
     assert data.dataset.texts == ["A man plays guitar. Then the man runs.", "A dog runs."]
     assert data.dataset.video_ids_of_texts == [0, 1]
     assert data.dataset.clips == [
@@ -278,7 +279,7 @@ def test_hub_annotations_come_from_the_local_cache_only(root, tmp_path, monkeypa
     import huggingface_hub.constants
 
     snapshot = tmp_path / "datasets--someone--ActivityNet_Captions" / "snapshots" / ("a" * 40)
-    write_json(snapshot / "val_1.json", json.loads((root / "activitynet" / "val_1.json").read_text()))
+    write_json(snapshot / "val_1.json", json.loads((root / "activitynet" / "captions" / "val_1.json").read_text()))
     (tmp_path / "datasets--someone--ActivityNet_Captions" / "refs").mkdir()
     (tmp_path / "datasets--someone--ActivityNet_Captions" / "refs" / "main").write_text("a" * 40)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
@@ -366,7 +367,7 @@ def test_msrvtt_end_to_end_missing_video_and_card(checkpoint, loaded, root, tmp_
 
 def test_activitynet_reads_the_first_frames_at_1_fps(checkpoint, loaded, root, tmp_path, spy):
     _, processor = loaded
-    annotations = str(root / "activitynet" / "val_1.json")
+    annotations = str(root / "activitynet" / "captions" / "val_1.json")
     args = ["--benchmark", "activitynet", "--videos", str(root / "activitynet"), "--annotations", annotations]
     code, results = run(checkpoint, tmp_path, *args)
     assert code == 0 and results["counts"]["texts_evaluated"] == 2 and results["split"] == "val_1"

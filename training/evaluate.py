@@ -12,12 +12,13 @@
 
 Benchmarks (`--benchmark`, see `videofirst.benchmarks` and the README's table): msrvtt, vatex, youcook2,
 activitynet, egoschema, kinetics400, kinetics600, read from their official annotation files (found by their
-published names in the videos folder or its parent, or `--annotations FILE` / `hf://datasets/OWNER/NAME/FILE` from
-the local Hub cache) with the paper's protocol; `--split`, `--fps`, `--num-frames`, `--sampling` change it. The
-results JSON names the benchmark's Hub dataset and split for the model card (`training/push.py --results`).
-`--benchmark all` evaluates every benchmark whose folder `<videos-root>/<name>` exists and writes a list. With a
-video-to-text checkpoint, `--task summarization` (youcook2, activitynet: one summary per full-length video, Rouge-L
-against its sentences joined) and `--task qa-likelihood` (egoschema: answers scored by the language model).
+published names in the videos folder, its parent or below, or `--annotations FILE` /
+`hf://datasets/OWNER/NAME/FILE` from the local Hub cache) with the paper's protocol; `--split`, `--fps`,
+`--num-frames`, `--sampling` change it. The results JSON names the benchmark's Hub dataset and split for the model
+card (`training/push.py --results`). `--benchmark all` evaluates every benchmark whose folder
+`<videos-root>/<name>` exists and writes a list. With a video-to-text checkpoint, `--task summarization`
+(youcook2, activitynet: one summary per full-length video, Rouge-L against its sentences joined) and
+`--task qa-likelihood` (egoschema: answers scored by the language model).
 
 Manifests are JSONL or CSV with a `video` path (relative to the manifest's folder, or absolute) and optional
 `start` / `end` seconds, plus, per task:

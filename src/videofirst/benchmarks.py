@@ -617,14 +617,20 @@ def resolve_annotations(source: str | Path) -> Path:
 
 
 def _find_annotations(benchmark: Benchmark, split: str, videos: Path) -> Path:
-    places = [videos, videos.parent]
-    candidates = [place / name for name in benchmark.splits[split] for place in places]
-    for candidate in candidates:
+    """The split's official file: in the videos folder or its parent, else anywhere under the videos folder."""
+    names = benchmark.splits[split]
+    for candidate in [place / name for name in names for place in (videos, videos.parent)]:
         if candidate.is_file():
             return candidate
+    for name in names:
+        found = sorted(videos.rglob(name))
+        if len(found) > 1:
+            logger.warning("Several %s files under %s; using %s (others: %s)", name, videos, found[0], found[1:])
+        if found:
+            return found[0]
     raise FileNotFoundError(
-        f"No {benchmark.title} annotation file for split {split!r}: looked for "
-        f"{', '.join(str(c) for c in candidates)} (pass --annotations FILE)"
+        f"No {benchmark.title} annotation file for split {split!r}: looked for {', '.join(names)} in {videos.parent} "
+        f"and under {videos} (pass --annotations FILE)"
     )
 
 
@@ -644,7 +650,7 @@ def load_benchmark(
         name: a key of `BENCHMARKS`.
         videos: the folder holding the videos (searched recursively by the distributors' file names).
         annotations: the annotation file (or `hf://datasets/...`, see `resolve_annotations`); by default the
-            split's official file name in `videos` or its parent folder.
+            split's official file name in `videos`, its parent folder, or anywhere under `videos`.
         split: one of the benchmark's `splits` (default: the paper's).
         answers: EgoSchema's answers file (default: `subset_answers.json` beside the questions).
         video_list: evaluate only these video ids (e.g. another test split's list).
