@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from hub_server import HubStandIn
+from hub_server import EndpointServer, HubStandIn
 from huggingface_hub import HfApi, ModelCard, hf_hub_download
 from huggingface_hub.errors import RepositoryNotFoundError
 from PIL import Image
@@ -332,7 +332,7 @@ def test_round_trip_in_a_fresh_process_without_videofirst(hub, exported, model, 
         "HF_TOKEN": TOKEN,
         "HF_HUB_DISABLE_TELEMETRY": "1",
     }
-    with EndpointServer(handler) as endpoint_url:
+    with EndpointServer(handler, TOKEN) as endpoint_url:
         env["ENDPOINT_URL"] = endpoint_url
         result = subprocess.run(
             [sys.executable, str(script), "tester/videofirst-tiny", str(run_dir), json.dumps(LABELS)],
@@ -357,40 +357,6 @@ def test_round_trip_in_a_fresh_process_without_videofirst(hub, exported, model, 
     expected = classifier(str(video_file), candidate_labels=LABELS, hypothesis_template="a video of {}.")
     assert [row["label"] for row in remote["zero_shot"]] == [row["label"] for row in expected]
     assert np.allclose([row["score"] for row in remote["zero_shot"]], [row["score"] for row in expected], atol=1e-6)
-
-
-class EndpointServer:
-    """The handler behind a local HTTP endpoint, as Inference Endpoints would serve it (JSON in, JSON out)."""
-
-    def __init__(self, handler):
-        endpoint_handler = handler
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                if self.headers.get("Authorization") != f"Bearer {TOKEN}":
-                    self.send_response(401)
-                    self.end_headers()
-                    return
-                data = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                body = json.dumps(endpoint_handler(data)).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-
-    def __enter__(self) -> str:
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
-
-    def __exit__(self, *exc):
-        self.server.shutdown()
-        self.server.server_close()
 
 
 # ----------------------------------------------------------------------------------------------------------------
