@@ -75,7 +75,7 @@ def build(requirements_file: Path, target: Path) -> dict[str, str]:
         for entry in _top_level_entries(dist):
             owners[entry].add(_normalize(dist.metadata["Name"]))
     target.mkdir(parents=True, exist_ok=True)
-    for name, dist in closure.items():
+    for dist in closure.values():
         root = Path(dist.locate_file(""))
         for entry in _top_level_entries(dist):
             if not entry.exists():
