@@ -3,7 +3,8 @@
     python -S hub_round_trip_script.py REPO_ID WORK_DIR     (HF_ENDPOINT points at the stand-in Hub)
 
 `WORK_DIR` holds `video.mp4` (a real clip), `another_video.mp4`, `inputs.json` (labels, queries, a long caption)
-and `model_inputs.pt` (processed inputs from the test process). Every step of the Hub user's path runs on its own:
+and `model_inputs.pt` (processed inputs from the test process); `inputs.json` also names a second repo written by
+plain `save_pretrained` calls. Every step of the Hub user's path runs on its own:
 its result, or the traceback that stopped it, is saved under the step's name in `WORK_DIR/outputs.pt`, so the test
 reports each step separately. The last step runs every Python snippet of the repo's README as written.
 """
@@ -99,6 +100,17 @@ def step_vision_model(repo, work, spec):
             pixel_values_videos=inputs["pixel_values_videos"], video_frame_mask=inputs["video_frame_mask"]
         ).pooler_output
     return {"loading_info": {key: sorted(value) for key, value in info.items()}, "pooler_output": pooled}
+
+
+def step_plain_save_pretrained(repo, work, spec):
+    # A repo written by plain `model.save_pretrained` + `processor.save_pretrained`, not by export_checkpoint.
+    plain = spec["plain_repo"]
+    model = AutoModel.from_pretrained(plain, trust_remote_code=True).eval()
+    processor = AutoProcessor.from_pretrained(plain, trust_remote_code=True)
+    inputs = processor(videos=[os.path.join(work, "video.mp4")], text=spec["labels"], return_tensors="pt")
+    with torch.no_grad():
+        outputs = model(**inputs)
+    return {"module": type(model).__module__, "logits_per_video": outputs.logits_per_video}
 
 
 def step_readme_snippets(repo, work, spec):

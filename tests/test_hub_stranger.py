@@ -19,6 +19,7 @@ import huggingface_hub.constants
 import pytest
 import torch
 from hub_server import EndpointServer, HubStandIn
+from huggingface_hub import HfApi
 from tiny_models import tiny_model
 from transformers import BertTokenizerFast
 from video_fixtures import write_video
@@ -34,6 +35,7 @@ TESTS = Path(__file__).resolve().parent
 CLIP = TESTS / "data" / "cockatoo.mp4"
 TOKEN = "hf_test"
 REPO_ID = "tester/videofirst-stranger"
+PLAIN_REPO_ID = "tester/videofirst-plain-save"
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "bird", "cockatoo", "dog", "runs", "dancing", "of"]
 VOCAB += ["video", "person", "cooking", "cycling", "riding", "bike", "sings", "on", "the", "perch"]
 LABELS = ["a cockatoo dancing", "a dog runs", "a person cooking"]
@@ -72,7 +74,7 @@ def stranger(work, model, processor):
     shutil.copyfile(CLIP, run_dir / "video.mp4")
     write_video(run_dir / "another_video.mp4", 8, fps=4, height=48, width=64)
     (run_dir / "inputs.json").write_text(
-        json.dumps({"labels": LABELS, "queries": QUERIES, "long_caption": LONG_CAPTION})
+        json.dumps({"labels": LABELS, "queries": QUERIES, "long_caption": LONG_CAPTION, "plain_repo": PLAIN_REPO_ID})
     )
     inputs = processor(videos=[str(CLIP)], text=LABELS, return_tensors="pt")
     torch.save(dict(inputs), run_dir / "model_inputs.pt")
@@ -82,6 +84,11 @@ def stranger(work, model, processor):
         patch.setattr(huggingface_hub.constants, "HF_HUB_DISABLE_XET", True)
         with HubStandIn(tokens={TOKEN: "tester"}) as hub, EndpointServer(_handler(export), TOKEN) as endpoint:
             push_to_hub(export, REPO_ID, endpoint=hub.url, token=TOKEN)
+            model.save_pretrained(work / "plain")
+            processor.save_pretrained(work / "plain")
+            api = HfApi(endpoint=hub.url, token=TOKEN)
+            api.create_repo(PLAIN_REPO_ID)
+            api.upload_folder(repo_id=PLAIN_REPO_ID, folder_path=work / "plain")
             result = fresh_environment.run(
                 work / "site",
                 [str(TESTS / "hub_round_trip_script.py"), REPO_ID, str(run_dir)],
@@ -97,6 +104,7 @@ def stranger(work, model, processor):
                 timeout=600,
             )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    assert not hub.unhandled, f"the client called routes the stand-in does not implement: {hub.unhandled}"
     return {
         "environment": environment,
         "results": torch.load(run_dir / "outputs.pt", weights_only=False),
@@ -216,6 +224,14 @@ def test_vision_sub_model_loads_from_the_full_checkpoint(stranger, model):
             pixel_values_videos=inputs["pixel_values_videos"], video_frame_mask=inputs["video_frame_mask"]
         ).pooler_output
     torch.testing.assert_close(value["pooler_output"], expected, rtol=0, atol=1e-6)
+
+
+def test_plain_save_pretrained_loads_without_videofirst(stranger, model, processor):
+    value = step(stranger, "plain_save_pretrained")
+    assert value["module"].startswith("transformers_modules")
+    with torch.no_grad():
+        expected = model(**stranger["inputs"]).logits_per_video
+    torch.testing.assert_close(value["logits_per_video"], expected, rtol=0, atol=1e-5)
 
 
 def test_readme_snippets_run_as_written(stranger):
