@@ -17,7 +17,9 @@ Model cards are rendered with `huggingface_hub`'s card API from the `hub_cards/m
 built as `ModelCardData` and serialised by the YAML dumper, so user text cannot break the front matter; text that
 reaches the Markdown body is escaped (no HTML, code fences, table breaks or links), and repo ids that reach the usage
 snippets must be valid Hub repo ids. Evaluation results use `videofirst.evaluation`'s metric names and fractions
-(`t2v_recall@1`, `top1_accuracy`, `accuracy`, ...) in the card's `model-index`.
+(`t2v_recall@1`, `top1_accuracy`, `accuracy`, ...) in the card's `model-index`, under task types from the Hub's task
+list; the same evaluation given twice (a run's last held-out evaluation and `training/evaluate.py` on the same
+manifest) is listed once (`with_run_eval`).
 """
 
 from __future__ import annotations
