@@ -34,7 +34,7 @@ from videofirst.generation import (
     prepare_causal_tokenizer,
     train_caption_tokenizer,
 )
-from videofirst.hub import render_model_card
+from videofirst.hub import eval_results, load_results, render_model_card
 from videofirst.tokenization import train_sentencepiece_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -359,6 +359,7 @@ def test_msrvtt_end_to_end_missing_video_and_card(checkpoint, loaded, root, tmp_
     assert {entry.dataset_type for entry in entries} == {"friedrichor/MSR-VTT"}
     assert {entry.dataset_name for entry in entries} == {"MSR-VTT"}
     assert {entry.dataset_split for entry in entries} == {"test_1k"}
+    assert {entry.dataset_config for entry in entries} == {"test_1k"}
     assert any(entry.metric_type == "t2v_recall@1" for entry in entries)
 
     code, strict = run(checkpoint, tmp_path, "--benchmark", "msrvtt", "--videos", str(root / "msrvtt"), "--strict")
@@ -486,6 +487,10 @@ def test_summarization_of_full_videos_and_egoschema_likelihood(video_to_text_che
     references = [p["reference"] for p in results["predictions"]]
     expected = caption_metrics([p["summary"] for p in results["predictions"]], references)
     assert results["metrics"] == pytest.approx(expected)
+    # A summarisation record reaches the card's model-index as a Hub video-text-to-text task.
+    entries = eval_results(load_results(tmp_path / "results.json"), "tiny")
+    assert {entry.task_type for entry in entries} == {"video-text-to-text"}
+    assert "Rouge-L" in {entry.metric_name for entry in entries} <= {"Rouge-L", "CIDEr-D"}  # CIDEr-D if installed
 
     ego = ["--benchmark", "egoschema", "--videos", str(root / "egoschema"), "--task", "qa-likelihood"]
     code, results = run(checkpoint, tmp_path, *ego, "--num-frames", "4")

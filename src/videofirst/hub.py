@@ -86,6 +86,7 @@ TASKS = {
     "retrieval": ("text-retrieval", "Zero-shot text-video retrieval"),
     "classification": ("video-classification", "Zero-shot video classification"),
     "multiple_choice": ("multiple-choice", "Zero-shot multiple-choice video QA"),
+    "summarization": ("video-text-to-text", "Video summarization (video-to-text)"),
 }
 # The card's pipeline tag: a Hub task id that the checkpoint's own `custom_pipelines` also serve (`HUB_TASK` of
 # `pipeline_videofirst`), so `pipeline(<tag>, model=repo, trust_remote_code=True)` builds the shipped zero-shot
@@ -132,6 +133,7 @@ class BenchmarkResult:
     split: str | None = None
     task: str | None = None
     manifest: str | None = None
+    dataset_config: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.dataset, str) or not self.dataset.strip():
@@ -161,7 +163,12 @@ def _infer_task(metrics: Mapping[str, float]) -> str:
         return "classification"
     if "accuracy" in metrics:
         return "multiple_choice"
+    if "rougeL" in metrics or "cider" in metrics:
+        return "summarization"
     raise ValueError(f"cannot tell the task from the metric names {sorted(metrics)}; pass `task`")
+
+
+_CAPTION_METRIC_NAMES = {"rougeL": "Rouge-L", "cider": "CIDEr-D"}
 
 
 def _metric_name(key: str) -> str:
@@ -175,6 +182,8 @@ def _metric_name(key: str) -> str:
     match = re.fullmatch(r"top(\d+)_accuracy", key)
     if match:
         return f"Top-{match.group(1)} accuracy"
+    if key in _CAPTION_METRIC_NAMES:
+        return _CAPTION_METRIC_NAMES[key]
     return key.replace("_", " ").capitalize()
 
 
@@ -200,6 +209,7 @@ def _result_from_mapping(item: Mapping[str, Any], default_name: str) -> Benchmar
         split=item.get("split"),
         task=_TASK_ALIASES.get(task, task),
         manifest=str(manifest) if manifest else None,
+        dataset_config=item.get("dataset_config"),
     )
 
 
@@ -333,6 +343,7 @@ def eval_results(results: Iterable[BenchmarkResult], model_name: str) -> list[Ev
                     task_name=task_name,
                     dataset_type=result.dataset_type,
                     dataset_name=result.dataset,
+                    dataset_config=result.dataset_config,
                     dataset_split=result.split,
                     metric_type=key,
                     metric_name=_metric_name(key),
