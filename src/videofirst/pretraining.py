@@ -212,7 +212,7 @@ def pretrain(recipe: PretrainRecipe) -> PretrainResult:
         metrics = _evaluate(model, accelerator, recipe, eval_loader, processor, logger, state.step)
     # LoRA weights are folded in, so the export is an ordinary checkpoint.
     export_dir = run.finish(
-        lambda: export_checkpoint(merge_adaptation(accelerator.unwrap_model(model)), processor, run_dir / "export")
+        lambda folder: export_checkpoint(merge_adaptation(accelerator.unwrap_model(model)), processor, folder)
     )
     return PretrainResult(run_dir, export_dir, state.step, metrics, state.bad_samples)
 
