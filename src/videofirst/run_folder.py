@@ -239,7 +239,7 @@ class RunFolder:
             if traces:
                 raise RunFolderError(
                     f"The run folder {self.path} already holds a run ({'; '.join(traces)}). Continue it with "
-                    f"--resume, start it over with --overwrite (deletes {', '.join(RUN_OUTPUTS[:4])}), or set "
+                    f"--resume, start it over with --overwrite (deletes {', '.join(RUN_OUTPUTS)}), or set "
                     "another `run.output_dir`."
                 )
             self._record({**current, "started": now})
