@@ -42,6 +42,7 @@ RUN_OUTPUTS = (
     "metrics.jsonl",
     "export",
     "export.partial",
+    "export.old",
     "logs",
     "recipe.yaml",
     "tokenizer",
@@ -237,10 +238,10 @@ class RunFolder:
             return None, notes
         if not recipe.checkpoint.resume:
             if traces:
+                outputs = ", ".join(name for name in RUN_OUTPUTS if (self.path / name).exists())
                 raise RunFolderError(
                     f"The run folder {self.path} already holds a run ({'; '.join(traces)}). Continue it with "
-                    f"--resume, start it over with --overwrite (deletes {', '.join(RUN_OUTPUTS)}), or set "
-                    "another `run.output_dir`."
+                    f"--resume, start it over with --overwrite (deletes {outputs}), or set another `run.output_dir`."
                 )
             self._record({**current, "started": now})
             return None, notes

@@ -70,6 +70,8 @@ __all__ = [
     "reseed",
 ]
 
+logger = logging.getLogger(__name__)
+
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; the run stopped after saving the state from before that step."""
@@ -79,9 +81,6 @@ def reseed(seed: int, step: int, micro_batch: int, process: int) -> None:
     """Seed torch's global generator for one forward pass: one fixed stream per (step, micro-batch, process), so a
     resumed run needs no RNG state beyond the step."""
     torch.manual_seed(((seed * 1_000_003 + step) * 1_009 + micro_batch) * 257 + process)
-
-
-logger = logging.getLogger(__name__)
 
 
 def check_finite(loss: torch.Tensor, accelerator: Accelerator) -> None:
