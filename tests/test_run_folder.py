@@ -126,6 +126,19 @@ def test_resume_refuses_another_process_count(tiny_data, tmp_path):
         TrainingRun(tiny_recipe(tiny_data, tmp_path / "run", "checkpoint.resume=true"))
 
 
+def test_a_recipe_key_added_since_the_run_started_is_not_a_change_at_its_default(tiny_data, tmp_path):
+    folder_with_checkpoints(tiny_data, tmp_path / "run")
+    record = json.loads((tmp_path / "run" / "run.json").read_text())
+    del record["recipe"]["data"]["keyframe_snap"]  # as if the run predates the field
+    (tmp_path / "run" / "run.json").write_text(json.dumps(record))
+    TrainingRun(tiny_recipe(tiny_data, tmp_path / "run", "checkpoint.resume=true")).close()
+    record = json.loads((tmp_path / "run" / "run.json").read_text())
+    del record["recipe"]["data"]["keyframe_snap"]
+    (tmp_path / "run" / "run.json").write_text(json.dumps(record))
+    with pytest.raises(RunFolderError, match=r"`data.keyframe_snap`: '\(unset\)' -> 2.0"):
+        TrainingRun(tiny_recipe(tiny_data, tmp_path / "run", "checkpoint.resume=true", "data.keyframe_snap=2.0"))
+
+
 def test_resume_honours_a_longer_run_and_logs_it(tiny_data, tmp_path, caplog):
     folder_with_checkpoints(tiny_data, tmp_path / "run")
     with caplog.at_level(logging.WARNING):

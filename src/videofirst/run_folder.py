@@ -261,7 +261,7 @@ class RunFolder:
             notes.append(f"{self.path / RUN_FILE} is missing: the recipe cannot be compared with the run's.")
             recorded = {**current, "started": now}
         else:
-            changes = self._changes(recorded, current)
+            changes = self._changes(recorded, current, identity(type(recipe)(), num_processes))
             refused = [change for key, change in changes.items() if not _resumable(key)]
             if refused:
                 raise RunFolderError(
@@ -289,11 +289,15 @@ class RunFolder:
         return checkpoint, notes
 
     @staticmethod
-    def _changes(recorded: dict[str, Any], current: dict[str, Any]) -> dict[str, str]:
-        """Each difference between the recorded identity and this run's, keyed by recipe key, as a sentence."""
+    def _changes(recorded: dict[str, Any], current: dict[str, Any], default: dict[str, Any]) -> dict[str, str]:
+        """Each difference between the recorded identity and this run's, keyed by recipe key, as a sentence. A key
+        the recorded recipe lacks (added to the recipe since) counts as changed only when set off its default."""
         changes = {}
         before, after = flat_config(recorded.get("recipe", {})), flat_config(current["recipe"])
+        defaults = flat_config(default["recipe"])
         for key in sorted(set(before) | set(after)):
+            if key not in before and key in defaults and after.get(key) == defaults[key]:
+                continue
             if key not in _START_FLAGS and before.get(key) != after.get(key):
                 changes[key] = f"`{key}`: {before.get(key, '(unset)')!r} -> {after.get(key, '(unset)')!r}"
         if recorded.get("num_processes") != current["num_processes"]:
