@@ -213,8 +213,8 @@ def pretrain(recipe: PretrainRecipe) -> PretrainResult:
     # LoRA weights are folded in, so the export is an ordinary checkpoint; its card carries the run's record and
     # its last held-out evaluation.
     export_dir = run.finish(
-        lambda: export_checkpoint(
-            merge_adaptation(accelerator.unwrap_model(model)), processor, run_dir / "export", run_dir=run_dir
+        lambda folder: export_checkpoint(
+            merge_adaptation(accelerator.unwrap_model(model)), processor, folder, run_dir=run_dir
         )
     )
     return PretrainResult(run_dir, export_dir, state.step, metrics, state.bad_samples)
