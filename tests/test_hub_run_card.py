@@ -6,12 +6,11 @@ from pathlib import Path
 
 import pytest
 from huggingface_hub import ModelCard
-from test_pretraining import DEMO, tiny_overrides
+from test_pretraining import DEMO, tiny_overrides, write_tiny_data
 
 import videofirst.pretraining as pretraining
 from videofirst.hub import hub_model_id
 from videofirst.recipe import load_recipe
-from videofirst.synthetic import write_synthetic_dataset
 
 pytestmark = pytest.mark.slow  # a tiny pretraining run (about 25 s on 2 CPU cores)
 
@@ -22,7 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 def run(tmp_path_factory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("run_card")
     data = root / "data"
-    write_synthetic_dataset(data, num_videos=16, num_events=2, duration=4.0, fps=1.0, size=32, seed=0)
+    write_tiny_data(data)
     run_dir = root / "run"
     pretraining.pretrain(load_recipe(DEMO, tiny_overrides(data, run_dir, **{"optim.max_steps": 2})))
     return run_dir, data
