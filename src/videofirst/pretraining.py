@@ -227,8 +227,9 @@ def _evaluate(model, accelerator, recipe, eval_loader, processor, logger, step) 
             for index, batch in enumerate(eval_loader):
                 if recipe.eval.max_videos is not None and index * recipe.eval.batch_size >= recipe.eval.max_videos:
                     return
-                captions.extend(batch["captions"])
-                yield batch
+                if batch["captions"]:  # empty when every clip of the batch failed to decode
+                    captions.extend(batch["captions"])
+                    yield batch
 
         unwrapped = accelerator.unwrap_model(model)
         video_embeds = embed_videos(unwrapped, video_batches(), device=accelerator.device)

@@ -59,8 +59,10 @@ class DataSection:
     sampling: str = "fps"
     image_size: int = 224
     num_workers: int = 0
-    # The run stops once more than this fraction of the samples read so far failed to decode.
+    # The run stops once more than this fraction of the samples read so far failed to decode ...
     max_bad_fraction: float = 0.05
+    # ... checked once at least this many samples were read (one bad clip among the first few stops nothing).
+    bad_fraction_min_samples: int = 100
     # Training data as a weighted mix, e.g. [{source: data/clips_shards, weight: 3}, {source: img.jsonl, weight: 1}]:
     # each batch comes from one source, chosen by weight, deterministic by seed and epoch. Empty: `train_manifest`.
     # Any manifest field also takes a folder, tar shards or a Hub dataset id (see videofirst.data).

@@ -97,18 +97,24 @@ def sample_row(key: str, shard: str, metadata: dict[str, bytes], media: tuple[st
             info = parsed if isinstance(parsed, dict) else {}
         except (UnicodeDecodeError, json.JSONDecodeError) as err:
             error = f"invalid json member: {err}"
-    caption = info.get("caption") or info.get("text")
+    caption = info.get("caption") if info.get("caption") is not None else info.get("text")
     if caption is None and "txt" in metadata:
-        caption = metadata["txt"].decode("utf-8", errors="replace").strip()
+        try:
+            caption = metadata["txt"].decode("utf-8").strip()
+        except UnicodeDecodeError as err:
+            error = error or f"the txt member is not UTF-8 ({err})"
     extension, modality = _media_extension([media[0]] if media else [])
+    problem = caption_problem(caption)
     if media is None:
         error = error or "sample has no video or image member"
-    elif not caption:
+    elif caption is None or (isinstance(caption, str) and problem is not None):
         error = error or "sample has no caption (txt, or caption/text in json)"
+    elif problem is not None:
+        error = error or f"the caption is {problem}"
     return {
         "media": shard,
         "modality": modality or str(info.get("modality") or "video"),
-        "caption": str(caption or ""),
+        "caption": caption if isinstance(caption, str) else "",
         "start": _seconds(info.get("start")),
         "end": _seconds(info.get("end")),
         "offset": media[1] if media else None,
@@ -116,6 +122,19 @@ def sample_row(key: str, shard: str, metadata: dict[str, bytes], media: tuple[st
         "key": key,
         "error": error,
     }
+
+
+def caption_problem(caption: Any) -> str | None:
+    """What is wrong with a caption (None when it is a non-empty string): "missing", "empty", "a number: 5"..."""
+    if caption is None:
+        return "missing"
+    if isinstance(caption, (int, float)) and not isinstance(caption, bool):
+        return f"a number: {caption!r}"
+    if not isinstance(caption, str):
+        return f"not a string: {caption!r}"
+    if not caption.strip():
+        return "empty" if not caption else "empty (whitespace only)"
+    return None
 
 
 def _seconds(value) -> float | None:
