@@ -53,7 +53,7 @@ SHARD_NAME = "shard-{:06d}.tar"
 SETTINGS_FILE = "prepared.json"
 REPORT_FILE = "report.json"
 BAD_FILES = "bad_files.jsonl"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: no B-frames (really), bit-exact muxing, real member offsets
 _CHUNK_FRAMES = 512  # frames decoded at once while transcoding (bounds a worker's memory)
 
 
@@ -251,12 +251,17 @@ class TarShardWriter:
         self.samples: list[dict] = []
 
     def add(self, key: str, files: dict[str, bytes]) -> None:
+        """Adds one sample's members (``{extension: bytes}``, in that order) and records where each member's data
+        starts in the shard (``samples``, written to the shard's done-marker as its index)."""
         entry: dict[str, Any] = {"key": key}
         for extension, data in files.items():
             info = tarfile.TarInfo(f"{key}.{extension}")
-            info.size, info.mtime, info.mode = len(data), 0, 0o644
+            info.size, info.mtime, info.mode = len(data), 0, 0o644  # uid/gid 0 and empty owner names by default
             self.archive.addfile(info, io.BytesIO(data))
-            entry[extension] = {"offset": info.offset_data, "size": len(data)}
+            # The data ends at the archive's position, padded to a whole block (tarfile does not set offset_data
+            # when writing).
+            padded = -(-len(data) // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
+            entry[extension] = {"offset": self.archive.offset - padded, "size": len(data)}
         self.samples.append(entry)
 
     def close(self) -> int:
@@ -303,6 +308,31 @@ def _sampled_chunks(
             return
 
 
+def _check_frame_limit(source, fps, start, end, limit, decode_backend, decode_timeout) -> None:
+    """Refuse a clip with more than `limit` samples at `fps`: one probe for sample number `limit` (counted from
+    0), which exists exactly when there are more, costs one frame instead of the whole clip."""
+    from videofirst.modeling.video_processing_videofirst import VideoDecodingError, read_video_frames
+
+    probe = (start or 0.0) + limit / fps
+    if end is not None and probe >= end:
+        return
+    try:
+        read_video_frames(
+            source, fps=fps, num_frames=1, start=probe, end=end, size=16, max_frames=None,
+            backend=decode_backend, timeout=decode_timeout,
+        )  # fmt: skip
+    except ValueError as err:
+        if "at or after the end" in str(err):
+            return
+        raise
+    name = source if isinstance(source, str) else f"<{len(source)} bytes>"
+    raise VideoDecodingError(
+        name,
+        f"the clip would hold more than {limit} frames at {fps:g} FPS (its timestamps run past {probe:g} s: a very "
+        "long video or a timestamp gap); raise the bound (--max-clip-frames) or keep the first frames (--max-frames)",
+    )
+
+
 def transcode_video(
     source: str | bytes,
     *,
@@ -317,16 +347,23 @@ def transcode_video(
     decode_backend: str = "pyav",
     decode_timeout: float | None = 300.0,
     max_frames: int | None = None,
+    frame_limit: int | None = None,
 ) -> tuple[bytes, dict[str, Any]]:
     """Samples a video (or its clip ``[start, end)``) at `fps` with the rules of `read_video_frames`, shrinks it
     to shortest edge `size`, and encodes it as H.264 mp4 (yuv420p, no B-frames, a keyframe every
     `keyframe_interval` seconds; x264's ``tune=fastdecode`` by default: no CABAC nor deblocking, which about
     halves decoding time for some 10% more bytes at the same quality).
 
+    `max_frames` keeps the first frames of a longer clip; `frame_limit` refuses (before decoding it) a clip that
+    would hold more frames than that, e.g. a few frames with a huge timestamp gap.
+
     Returns the mp4 bytes and facts about the result (frames, frame size, and the source times of its first
     and last frame). Raises `VideoDecodingError` for a bad input.
     """
     import av
+
+    if frame_limit is not None and (max_frames is None or max_frames > frame_limit):
+        _check_frame_limit(source, fps, start, end, frame_limit, decode_backend, decode_timeout)
 
     rate = Fraction(fps).limit_denominator(1000)
     gop = max(1, round(keyframe_interval * fps))
@@ -338,17 +375,21 @@ def transcode_video(
     height, width = _even(frames.shape[1]), _even(frames.shape[2])  # yuv420p needs even sides
     facts = {"frames": 0, "fps": float(fps), "height": height, "width": width, "source_first_time": float(times[0])}
     buffer = io.BytesIO()
-    with av.open(buffer, mode="w", format="mp4") as container:
+    # Byte-reproducible output: no muxer or encoder version tags, no creation time, one encoder thread, one
+    # scaler thread (the pool parallelises over files).
+    with av.open(buffer, mode="w", format="mp4", container_options={"fflags": "+bitexact"}) as container:
         stream = container.add_stream("libx264", rate=rate)
         stream.height, stream.width, stream.pix_fmt = height, width, "yuv420p"
         stream.gop_size = gop
-        stream.codec_context.thread_count = 1  # the pool parallelises; one thread keeps the bytes reproducible
-        stream.options = {"crf": str(crf), "preset": preset, "bframes": "0", "keyint_min": str(gop)}
-        if tune:
-            stream.options = {**stream.options, "tune": tune}
+        codec = stream.codec_context
+        codec.thread_count = 1
+        codec.max_b_frames = 0  # x264 has no "bframes" option under that name: set the generic one
+        codec.flags |= av.codec.context.Flags.bitexact
+        stream.options = {"crf": str(crf), "preset": preset, "keyint_min": str(gop), **({"tune": tune} if tune else {})}
         while frames is not None:
             for array in frames:
                 frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(array[:height, :width]), format="rgb24")
+                frame = frame.reformat(format="yuv420p", threads=1)
                 frame.pts, frame.time_base = facts["frames"], 1 / rate
                 for packet in stream.encode(frame):
                     container.mux(packet)
@@ -391,7 +432,11 @@ class PrepareSettings:
     preset: str = "fast"
     tune: str | None = "fastdecode"
     samples_per_shard: int = 64
+    # Keep at most this many frames of each video (None: all) ...
     max_frames: int | None = None
+    # ... and refuse (as a bad file) a clip that would hold more than this many (a timestamp gap can make a
+    # 3-frame file last 100000 s). None: no bound.
+    max_clip_frames: int | None = 18_000
     format_version: int = FORMAT_VERSION
 
 
@@ -435,6 +480,7 @@ def prepare_one(row_index: int, row: dict[str, Any], settings: PrepareSettings, 
                 decode_backend=options.get("decode_backend", "pyav"),
                 decode_timeout=options.get("decode_timeout"),
                 max_frames=settings.max_frames,
+                frame_limit=settings.max_clip_frames,
             )
             media = {"mp4": data}
     except Exception as err:  # every failure is a bad file, reported, never fatal
