@@ -237,3 +237,12 @@ def test_bad_captions_in_shards_are_bad_samples(clips):
     rows = load_source(str(clips / "captions"))
     assert rows["error"][0] is None
     assert "a number" in rows["error"][1] and "no caption" in rows["error"][2] and "UTF-8" in rows["error"][3]
+
+
+def test_the_captioning_tokenizer_reads_captions_with_the_same_checks(clips):
+    from videofirst.tokenization import read_captions
+
+    path = clips / "latin1_captions.jsonl"
+    path.write_bytes(b'{"video": "clip0.mp4", "caption": "caf\xe9"}\n')
+    with pytest.raises(ValueError, match=rf"{path} is not UTF-8.*line 1"):
+        read_captions(path)

@@ -8,22 +8,25 @@ first dot of its file name, as in WebDataset). A sample has one media member (a 
 
 Reading: `index_tar_shard` lists the samples of a local shard with the byte range of their media member, so a
 map-style dataset reads any sample with one seek (`read_range`); `iter_tar_samples` reads a shard front to back
-(local or remote, e.g. ``hf://`` or ``https://`` through fsspec) for streaming. Unreadable or truncated shards
-and incomplete samples are reported as bad samples, never raised.
+(local or remote, e.g. ``hf://`` or ``https://`` through fsspec) for streaming. Unreadable or truncated shards,
+incomplete samples and samples whose caption is not a non-empty UTF-8 string are reported as bad samples,
+never raised.
 
 Preparing (`prepare_shards`, CLI ``training/prepare_data.py``): decoding dominates long-video training, so a
 collection is transcoded once. Each video is sampled at the training frame rate with the exact rules of
 `read_video_frames` (the frame on screen at every ``k / fps`` seconds of its clip), resized so its shortest
 edge is ``size``, and re-encoded as H.264 with a keyframe every ``keyframe_interval`` seconds, no B-frames, and
-x264's ``fastdecode`` tuning. Why transcoded mp4 rather than stored frames: the processor reads it unchanged
+x264's ``fastdecode`` tuning, byte-reproducibly (bit-exact muxing without version tags or creation time, one
+encoder and one scaler thread). Why transcoded mp4 rather than stored frames: the processor reads it unchanged
 (same sampling code, clip bounds, timestamps, checks), it is several times smaller than the same frames as
 JPEGs, and it keeps any lower sampling rate or sub-clip available; with short keyframe intervals a clip decodes
 from a nearby keyframe. Images are re-encoded as JPEG at the same size. Work is spread over a process pool (one
 task per file); shards are written in manifest order, each atomically, followed by a done-marker
-(``shard-000012.json``, which also lists the shard's bad files), so an interrupted run resumes at the first
-unfinished shard and rebuilds it byte for byte. A file that fails (bad input, decode error, or a worker stuck
-past the time limit, which is then killed) is skipped and listed in ``bad_files.jsonl``; ``report.json`` sums
-up the run.
+(``shard-000012.json``, which also lists the shard's bad files and the byte offset and size of every member),
+so an interrupted run resumes at the first unfinished shard and rebuilds it byte for byte. A file that fails
+(bad input, decode error, a clip longer than ``max_clip_frames`` frames, or a worker stuck past the time limit,
+which is then killed) is skipped and listed in ``bad_files.jsonl``; ``report.json`` sums up the run. The
+manifest is read with `videofirst.data.load_manifest`, which refuses rows without a proper caption up front.
 """
 
 from __future__ import annotations
