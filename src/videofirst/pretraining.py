@@ -184,8 +184,8 @@ def pretrain(recipe: PretrainRecipe) -> PretrainResult:
     for batch, slot in run.micro_batches(train_loader, desc="pretrain"):
         with run.accumulate(model):
             loss, kept = objective(batch, state.step, slot)
-            if images is not None:
-                image_batch = next(images)
+            image_batch = next(images) if images is not None else None
+            if image_batch is not None and image_batch["captions"]:  # empty: no image decoded on some process
                 image_loss, _ = objective(image_batch, state.step, slot + 500, recipe.data.image_loss_weight)
                 loss = loss + recipe.data.image_loss_weight * image_loss
             run.optimizer_step(model, optimizer)

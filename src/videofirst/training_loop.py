@@ -101,13 +101,12 @@ def batches_from(loader, accelerator: Accelerator, epoch: int, skip: int):
 
 def cycle_batches(loader, accelerator: Accelerator, start_batch: int) -> Iterator[Any]:
     """Endless batches, starting at global batch index `start_batch` (so resuming continues the stream), of one
-    size on every process (`equalize_batch`); batches left empty by bad samples are passed over."""
+    size on every process (`equalize_batch`; a batch left empty by bad samples is yielded empty on every process,
+    for the caller to pass over, so that positions stay aligned with the steps)."""
     epoch, skip = divmod(start_batch, len(loader))
     while True:
         for batch in batches_from(loader, accelerator, epoch, skip):
-            batch = equalize_batch(batch, accelerator)
-            if batch["captions"]:
-                yield batch
+            yield equalize_batch(batch, accelerator)
         epoch, skip = epoch + 1, 0
 
 
