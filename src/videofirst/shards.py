@@ -378,8 +378,9 @@ def transcode_video(
     height, width = _even(frames.shape[1]), _even(frames.shape[2])  # yuv420p needs even sides
     facts = {"frames": 0, "fps": float(fps), "height": height, "width": width, "source_first_time": float(times[0])}
     buffer = io.BytesIO()
-    # Byte-reproducible output: no muxer or encoder version tags, no creation time, one encoder thread, one
-    # scaler thread (the pool parallelises over files).
+    # Byte-reproducible output: no muxer or encoder version tags, no creation time, one encoder thread, and the
+    # RGB -> YUV conversion on one thread (PyAV's implicit one uses threaded swscale, whose bytes vary from call
+    # to call). The pool parallelises over files.
     with av.open(buffer, mode="w", format="mp4", container_options={"fflags": "+bitexact"}) as container:
         stream = container.add_stream("libx264", rate=rate)
         stream.height, stream.width, stream.pix_fmt = height, width, "yuv420p"
