@@ -86,18 +86,23 @@ from PIL import Image
 from transformers.image_processing_utils import BatchFeature
 from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, PILImageResampling, SizeDict
 from transformers.processing_utils import Unpack, VideosKwargs
+from transformers.utils import logging
 from transformers.video_processing_utils import BaseVideoProcessor
 from transformers.video_utils import VideoMetadata
+
+logger = logging.get_logger(__name__)
 
 __all__ = [
     "DECODE_BACKENDS",
     "DEFAULT_DECODE_TIMEOUT",
     "DEFAULT_MAX_FRAMES",
     "DEFAULT_MAX_PIXELS_PER_FRAME",
+    "DEFAULT_MAX_VIDEO_BYTES",
     "VideoDecodingError",
     "VideoFirstVideoProcessor",
     "pad_video_batch",
     "read_video_frames",
+    "resolve_sampling",
     "sample_frame_indices",
     "snap_to_keyframes",
 ]
@@ -105,15 +110,22 @@ __all__ = [
 DEFAULT_MAX_PIXELS_PER_FRAME = 7680 * 4320  # 8K UHD; larger frames are refused as decompression bombs
 DEFAULT_MAX_FRAMES = 4096  # most frames a single video may return
 DEFAULT_DECODE_TIMEOUT = 300.0  # seconds per video
-SAMPLING_MODES = ("fps", "uniform")
+SAMPLING_MODES = ("uniform", "fps", "window")
 DECODE_BACKENDS = ("decord", "pyav")
 
-# decord seeks exactly in these containers; others are decoded sequentially up to the last needed frame,
-# because its seeking returns wrong frames there (e.g. AVI with B-frames, MPEG-PS). MPEG-TS comes back
-# misplaced even when read sequentially, so it is refused.
+DEFAULT_MAX_VIDEO_BYTES = 4 * 2**30  # most memory one video's frames may take at the processor's output size
+
+# Both backends seek in these containers; in the others frames are decoded in order up to the last needed one,
+# because decord's seeking returns wrong frames there (e.g. AVI with B-frames).
 _RANDOM_ACCESS_CONTAINERS = ("mp4", "matroska", "flv")
+# decord is verified exact (frames and times compared with PyAV's) only in these containers; it returns MPEG-PS
+# frames 12 late and MPEG-TS frames misplaced, so other containers go to PyAV.
+_DECORD_CONTAINERS = ("mp4", "matroska", "flv", "avi")
+# decord fails to copy frames of these widths out ("DECORDArrayCopyFromTo: The size must exactly match").
+_DECORD_BAD_WIDTHS = frozenset({16, 24, 48, 72})
+# Without PyAV, decord is the only decoder: MPEG-TS is then refused.
 _REFUSED_CONTAINERS = {
-    "mpeg-ts": "MPEG-TS is not supported: decord returns misplaced frames for it; remux it to MP4 first "
+    "mpeg-ts": "MPEG-TS needs PyAV (`pip install av`): decord returns misplaced frames for it; or remux it to MP4 "
     "(e.g. `ffmpeg -i in.ts -c copy out.mp4`)",
 }
 _TIME_TOLERANCE = 1e-4  # seconds: a sample time this close before a frame's start selects that frame
@@ -279,6 +291,7 @@ class _ContainerInfo:
     height: int | None = None
     codec: str | None = None
     num_frames: int | None = None
+    rotation: int = 0  # display rotation, degrees counter-clockwise (MP4/MOV track matrix)
 
 
 def _iter_mp4_boxes(buffer: bytes, begin: int, end: int):
@@ -312,7 +325,12 @@ def _parse_mp4_track(moov: bytes, begin: int, end: int) -> dict | None:
         return None
     hdlr = _mp4_child(moov, *mdia, b"hdlr")
     handler = moov[hdlr[0] + 8 : hdlr[0] + 12] if hdlr and hdlr[1] - hdlr[0] >= 12 else b""
-    track = {"handler": handler, "codec": None, "width": None, "height": None, "num_frames": None}
+    track = {"handler": handler, "codec": None, "width": None, "height": None, "num_frames": None, "rotation": 0}
+    tkhd = _mp4_child(moov, begin, end, b"tkhd")
+    if tkhd is not None:
+        matrix_at = tkhd[0] + (52 if moov[tkhd[0]] == 1 else 40)
+        if matrix_at + 36 <= tkhd[1]:
+            track["rotation"] = _matrix_rotation(struct.unpack_from(">9i", moov, matrix_at))
     minf = _mp4_child(moov, *mdia, b"minf")
     stbl = _mp4_child(moov, *minf, b"stbl") if minf else None
     if stbl is None:
@@ -329,6 +347,15 @@ def _parse_mp4_track(moov: bytes, begin: int, end: int) -> dict | None:
             track["num_frames"] = struct.unpack_from(">I", moov, sizes[0] + 8)[0]
             break
     return track
+
+
+def _matrix_rotation(matrix: tuple[int, ...]) -> int:
+    """Display rotation (degrees counter-clockwise, a multiple of 90) of an MP4 track matrix, as FFmpeg reads it."""
+    a, b, c, d = (value / 65536 for value in (matrix[0], matrix[1], matrix[3], matrix[4]))
+    if math.hypot(a, c) == 0 or math.hypot(b, d) == 0:
+        return 0
+    angle = -math.degrees(math.atan2(b / math.hypot(b, d), a / math.hypot(a, c)))
+    return int(round(angle / 90)) * 90 % 360
 
 
 def _inspect_mp4(source: _Source) -> _ContainerInfo:
@@ -388,6 +415,7 @@ def _inspect_mp4(source: _Source) -> _ContainerInfo:
         height=track["height"] or None,
         codec=track["codec"],
         num_frames=None if fragmented else track["num_frames"],
+        rotation=track["rotation"],
     )
 
 
@@ -518,8 +546,6 @@ def _inspect_bytes(source: _Source) -> _ContainerInfo:
     container = _sniff_container(head)
     if container is None:
         raise VideoDecodingError(source.name, _describe_non_video(head))
-    if container in _REFUSED_CONTAINERS:
-        raise VideoDecodingError(source.name, _REFUSED_CONTAINERS[container])
     if container == "mp4":
         return _inspect_mp4(source)
     if container == "matroska":
@@ -558,13 +584,39 @@ def _as_time(value, name: str) -> float | None:
     return value
 
 
+def resolve_sampling(fps: float | None, num_frames: int | None, sampling: str | None) -> str:
+    """The sampling mode a request means (rules in this module's docstring); raises ValueError for ambiguous or
+    incomplete ones. ``num_frames`` alone is uniform over the clip, ``fps`` alone is that rate, both together
+    need the explicitly named ``sampling="window"``."""
+    if sampling is None:
+        if fps is not None and num_frames is not None:
+            raise ValueError(
+                f"fps={fps!r} and num_frames={num_frames!r} together are ambiguous: pass only num_frames (spread "
+                "uniformly over the clip), only fps (every 1 / fps seconds), or sampling='window' (the first "
+                "num_frames samples at fps from the clip start, the paper's training policy)"
+            )
+        return "uniform" if num_frames is not None else "fps"
+    if sampling not in SAMPLING_MODES:
+        raise ValueError(f"sampling must be one of {SAMPLING_MODES} or None, got {sampling!r}")
+    if sampling == "uniform" and (num_frames is None or fps is not None):
+        raise ValueError(f"sampling='uniform' takes num_frames and no fps, got fps={fps!r}, num_frames={num_frames!r}")
+    if sampling == "fps" and num_frames is not None:
+        raise ValueError(
+            f"sampling='fps' covers the whole clip and takes no num_frames (got {num_frames!r}); use "
+            "sampling='window' for the first num_frames samples at fps"
+        )
+    if sampling == "window" and (fps is None or num_frames is None):
+        raise ValueError(f"sampling='window' needs fps and num_frames, got fps={fps!r}, num_frames={num_frames!r}")
+    return sampling
+
+
 def sample_frame_indices(
     frame_times: Sequence[float] | np.ndarray,
     duration: float,
     *,
-    fps: float | None = 1.0,
+    fps: float | None = None,
     num_frames: int | None = None,
-    sampling: str = "fps",
+    sampling: str | None = None,
     start: float | None = None,
     end: float | None = None,
     offset: float | str | None = None,
@@ -576,12 +628,13 @@ def sample_frame_indices(
         frame_times: presentation time in seconds of every frame, non-decreasing
             (``arange(n) / video_fps`` for a constant-frame-rate video).
         duration: the video's duration in seconds (end of its last frame).
-        fps: sampling rate for ``sampling="fps"``; None takes every frame of the clip.
-        num_frames: most frames to return (required for ``sampling="uniform"``).
-        sampling: ``"fps"`` or ``"uniform"``.
+        fps: sampling rate (``"fps"`` and ``"window"``); None with no `num_frames` takes every frame of the clip.
+        num_frames: how many frames (``"uniform"``) or the most frames (``"window"``).
+        sampling: None (``"uniform"`` when only `num_frames` is given, else ``"fps"``), ``"uniform"``, ``"fps"``
+            or ``"window"``; see `resolve_sampling`.
         start, end: clip bounds in seconds (``[start, end)``), None for the video's start / end.
-        offset: ``"fps"`` mode: seconds after ``start`` of the first sample, or ``"random"``. ``"uniform"``
-            mode: None (segment middles) or ``"random"`` (a random frame per segment).
+        offset: ``"fps"`` / ``"window"``: seconds after ``start`` of the first sample, or ``"random"``.
+            ``"uniform"``: None (segment middles) or ``"random"`` (a random frame per segment).
         seed: seed or generator for ``offset="random"``.
 
     Returns:
@@ -597,14 +650,11 @@ def sample_frame_indices(
     duration = float(duration)
     if not math.isfinite(duration) or duration <= 0:
         raise ValueError(f"invalid video duration {duration}")
-    if sampling not in SAMPLING_MODES:
-        raise ValueError(f"sampling must be one of {SAMPLING_MODES}, got {sampling!r}")
     if num_frames is not None and (isinstance(num_frames, bool) or int(num_frames) != num_frames or num_frames < 1):
         raise ValueError(f"num_frames must be a positive integer or None, got {num_frames!r}")
-    if sampling == "fps" and fps is not None and not (math.isfinite(fps) and fps > 0):
+    if fps is not None and (isinstance(fps, bool) or not (math.isfinite(fps) and fps > 0)):
         raise ValueError(f"fps must be a positive number or None, got {fps!r}")
-    if sampling == "uniform" and num_frames is None:
-        raise ValueError("sampling='uniform' needs num_frames")
+    mode = resolve_sampling(fps, num_frames, sampling)
 
     clip_start = _as_time(start, "start") or 0.0
     clip_end = _as_time(end, "end")
@@ -630,13 +680,12 @@ def sample_frame_indices(
     last = max(first, int(np.searchsorted(times, clip_end - _TIME_TOLERANCE, side="left")) - 1)
     span = clip_end - clip_start
 
-    if sampling == "fps" and fps is None:
+    if mode == "fps" and fps is None:
         if offset is not None:
             raise ValueError("offset needs fps (there is no sampling period when fps=None)")
-        indices = np.arange(first, last + 1)
-        return indices[:num_frames] if num_frames is not None else indices
+        return np.arange(first, last + 1, dtype=np.int64)
 
-    if sampling == "fps":
+    if mode in ("fps", "window"):
         period = 1.0 / fps
         if offset is None:
             shift = 0.0
@@ -649,7 +698,7 @@ def sample_frame_indices(
             if shift >= span:
                 raise ValueError(f"offset={shift:g} s is not inside the clip (length {span:g} s)")
         n = int(math.floor((span - shift) / period - 1e-9)) + 1
-        if num_frames is not None:
+        if mode == "window":
             n = min(n, int(num_frames))
         sample_times = clip_start + shift + np.arange(n) * period
         return np.clip(frame_at(sample_times), first, last).astype(np.int64)
@@ -716,13 +765,13 @@ def snap_to_keyframes(
 
 @dataclass
 class _DecodedVideo:
-    frames: np.ndarray  # (T, H, W, 3) uint8
+    frames: np.ndarray  # (T, H, W, 3) uint8, as displayed (rotation applied)
     timestamps: np.ndarray  # (T,) float64 seconds
     indices: np.ndarray  # (T,) int64
     video_fps: float
     total_frames: int
     duration: float
-    width: int  # native frame size
+    width: int  # displayed frame size (native resolution, rotation applied)
     height: int
     backend: str = "decord"
 
@@ -744,68 +793,110 @@ def _decode_size(width: int, height: int, size) -> tuple[int, int] | None:
     return (shortest, new_long) if width <= height else (new_long, shortest)
 
 
-def _resize_frames(frames: np.ndarray, target: tuple[int, int]) -> np.ndarray:
-    """Resizes uint8 frames (T, H, W, 3) to `target` = (width, height), antialiased bicubic."""
-    tensor = torch.from_numpy(frames).permute(0, 3, 1, 2).float()
-    tensor = torch.nn.functional.interpolate(
-        tensor, size=(target[1], target[0]), mode="bicubic", antialias=True, align_corners=False
-    )
-    return tensor.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
+def _output_size(width: int, height: int, size) -> tuple[int, int]:
+    """(width, height) of a `width` x `height` frame after the processor's resize to `size` (an int shortest
+    edge or a ``(height, width)`` pair), which may enlarge it."""
+    if isinstance(size, (tuple, list)):
+        return int(size[1]), int(size[0])
+    short, long = min(width, height), max(width, height)
+    new_long = int(int(size) * long / short)
+    return (int(size), new_long) if width <= height else (new_long, int(size))
 
 
-def _times_from_stamps(stamps: np.ndarray | None, count: int, video_fps: float) -> tuple[np.ndarray, float]:
-    """Frame times and duration from (start, end) stamps per frame in presentation order, snapped to the
-    constant-frame-rate grid when every stamp lies within a quarter frame of it."""
-    fps_ok = isinstance(video_fps, (int, float)) and math.isfinite(video_fps) and video_fps > 0
-    grid = np.arange(count, dtype=np.float64) / video_fps if fps_ok else None
-    usable = (
-        stamps is not None
-        and np.isfinite(stamps).all()
-        and stamps[0, 0] > -_TIME_TOLERANCE
-        and (count == 1 or (np.diff(stamps[:, 0]) >= 0).all())
-        and (count == 1 or stamps[-1, 0] > stamps[0, 0])
-    )
-    if usable:
-        starts = stamps[:, 0] - min(stamps[0, 0], 0.0)
-        if grid is not None and np.abs(starts - grid).max() <= 0.25 / video_fps:
-            return grid, count / video_fps
-        mean_length = (starts[-1] - starts[0]) / max(count - 1, 1)
-        end = float(stamps[-1, 1])
-        return starts, end if end > starts[-1] else float(starts[-1] + mean_length)
-    if grid is not None:
-        return grid, count / video_fps
-    raise RuntimeError("cannot determine the frame rate or frame timestamps")
+def _check_output_memory(name: str, count: int, width: int, height: int, request: "_SamplingRequest") -> None:
+    """Refuses, before anything is allocated, a request whose frames would be too large once resized: thin or
+    tiny videos are enlarged by a shortest-edge resize, so native pixel counts do not bound the output."""
+    if request.output_size is not None:
+        width, height = _output_size(width, height, request.output_size)
+        bytes_per_value = 4  # the processor resizes and normalises in float32
+    else:
+        width, height = _decode_size(width, height, request.size) or (width, height)
+        bytes_per_value = 1
+    if request.max_pixels_per_frame is not None and width * height > request.max_pixels_per_frame:
+        raise VideoDecodingError(
+            name,
+            f"frames would be resized to {width}x{height} ({width * height} pixels), more than max_pixels_per_frame="
+            f"{request.max_pixels_per_frame} (extreme aspect ratio?); refusing before allocating",
+        )
+    needed = count * width * height * 3 * bytes_per_value
+    if request.max_video_bytes is not None and needed > request.max_video_bytes:
+        raise VideoDecodingError(
+            name,
+            f"{count} frames of {width}x{height} need {needed / 2**30:.2f} GiB, more than max_video_bytes="
+            f"{request.max_video_bytes / 2**30:.2f} GiB (extreme aspect ratio or too many frames); refusing before "
+            "allocating",
+        )
+
+
+def _rotate(frames: np.ndarray, rotation: int) -> np.ndarray:
+    """Frames ``(T, H, W, 3)`` turned by the container's display rotation (degrees counter-clockwise), as players
+    show them."""
+    turns = (rotation // 90) % 4
+    return np.ascontiguousarray(np.rot90(frames, k=turns, axes=(1, 2))) if turns else frames
+
+
+def _check_frames(name: str, frames: np.ndarray, count: int) -> np.ndarray:
+    """What a backend returned, checked before anything uses it."""
+    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[0] != count or frames.shape[-1] != 3:
+        raise VideoDecodingError(
+            name, f"decoder returned frames of unexpected shape {frames.shape} / dtype {frames.dtype}"
+        )
+    if frames.shape[1] == 0 or frames.shape[2] == 0:
+        raise VideoDecodingError(name, f"decoder returned empty {frames.shape[2]}x{frames.shape[1]} frames")
+    return frames
+
+
+@dataclass(frozen=True, eq=False)
+class _FrameIndex:
+    """Every frame of a video, in presentation order: the one truth about time that both backends decode from.
+
+    Built once per video from the demuxer's packet timestamps (no pixels decoded) or, where the container has
+    none, from one decoding pass; `_index_with_decord` is the fallback when PyAV is not installed.
+    """
+
+    times: np.ndarray  # (N,) presentation time in seconds, from the first frame, strictly increasing
+    duration: float
+    keyframes: np.ndarray  # presentation indices of the frames a decoder can start from
+    stamps: np.ndarray | None  # presentation timestamps in stream time base, for seeking; None: read in order
+    width: int  # coded frame size, from the decoder (not the container header)
+    height: int
+    rotation: int  # display rotation in degrees counter-clockwise (0, 90, 180, 270)
+    video_fps: float  # the container's frame rate (NaN when unknown)
+    origin: str  # where the times come from, for messages
+
+    @property
+    def display_size(self) -> tuple[int, int]:
+        """(width, height) of the frames as displayed."""
+        return (self.height, self.width) if self.rotation % 180 else (self.width, self.height)
 
 
 @dataclass(frozen=True, eq=False)
 class _Selection:
     """The frames a request selects from one video."""
 
-    times: np.ndarray  # (N,) presentation time in seconds of every frame of the video
-    duration: float
+    index: _FrameIndex
     indices: np.ndarray  # (T,) int64 frame indices in playback order, possibly repeated
     unique: np.ndarray  # the distinct indices, sorted: the frames a backend decodes
     inverse: np.ndarray  # positions in `unique` of each entry of `indices`
 
-    def result(
-        self, name: str, frames: np.ndarray, video_fps: float, width: int, height: int, backend: str
-    ) -> _DecodedVideo:
-        """The decoded video from the frames at `unique` (uint8 ``(len(unique), H, W, 3)``); `width` and
-        `height` are the native frame size, `video_fps` the container's frame rate (NaN or 0 when unknown)."""
-        if frames.ndim != 4 or frames.shape[0] != len(self.unique) or frames.shape[-1] != 3:
-            raise VideoDecodingError(name, f"decoder returned frames of unexpected shape {frames.shape}")
+    def result(self, name: str, frames: np.ndarray, backend: str) -> _DecodedVideo:
+        """The decoded video from the frames at `unique` (uint8 ``(len(unique), H, W, 3)``, as displayed)."""
+        frames = _check_frames(name, frames, len(self.unique))
         if len(self.unique) != len(self.indices):
             frames = frames[self.inverse]
-        total = len(self.times)
+        index = self.index
+        total = len(index.times)
+        video_fps = index.video_fps
         if not np.isfinite(video_fps) or video_fps <= 0:
-            video_fps = float(total / self.duration)
+            video_fps = float(total / index.duration)
+        width, height = index.display_size
         return _DecodedVideo(
             frames=frames,
-            timestamps=self.times[self.indices],
+            timestamps=index.times[self.indices],
             indices=self.indices,
             video_fps=video_fps,
             total_frames=total,
-            duration=float(self.duration),
+            duration=float(index.duration),
             width=width,
             height=height,
             backend=backend,
@@ -816,9 +907,9 @@ class _Selection:
 class _SamplingRequest:
     """What to read from one video, as given to `read_video_frames`: the same for every backend."""
 
-    fps: float | None = 1.0
+    fps: float | None = None
     num_frames: int | None = None
-    sampling: str = "fps"
+    sampling: str | None = None
     start: float | None = None
     end: float | None = None
     offset: float | str | None = None
@@ -828,6 +919,9 @@ class _SamplingRequest:
     max_frames: int | None = DEFAULT_MAX_FRAMES
     num_threads: int = 0
     keyframe_snap: float | None = None
+    # The processor's resize target (int shortest edge or (height, width)); None: frames stay at `size`.
+    output_size: int | tuple[int, int] | None = None
+    max_video_bytes: int | None = DEFAULT_MAX_VIDEO_BYTES
 
     def sample(self, name: str, times: np.ndarray, duration: float) -> np.ndarray:
         """`sample_frame_indices` for a video named `name` whose frames start at `times`; invalid requests raise
@@ -847,19 +941,17 @@ class _SamplingRequest:
         except ValueError as err:
             raise VideoDecodingError(name, str(err)) from None
 
-    def select(
-        self, name: str, times: np.ndarray, duration: float, keyframes: Callable[[], Sequence[int] | np.ndarray]
-    ) -> _Selection:
-        """The frames to decode: sampled, checked against `max_frames`, then snapped to `keyframes()` (called
-        only in the fast mode)."""
-        indices = self.sample(name, times, duration)
+    def select(self, name: str, index: _FrameIndex) -> _Selection:
+        """The frames to decode: sampled, checked against `max_frames` and the memory bound, then snapped to
+        keyframes in the fast mode."""
+        indices = self.sample(name, index.times, index.duration)
         _check_max_frames(name, len(indices), self.max_frames)
+        _check_output_memory(name, len(indices), *index.display_size, self)
         if self.keyframe_snap is not None:
-            keys = keyframes()
-            frame_range = _clip_frame_range(times, duration, self.start, self.end)
-            indices = snap_to_keyframes(indices, times, keys, self.keyframe_snap, frame_range)
+            frame_range = _clip_frame_range(index.times, index.duration, self.start, self.end)
+            indices = snap_to_keyframes(indices, index.times, index.keyframes, self.keyframe_snap, frame_range)
         unique, inverse = np.unique(indices, return_inverse=True)
-        return _Selection(times=times, duration=duration, indices=indices, unique=unique, inverse=inverse.reshape(-1))
+        return _Selection(index=index, indices=indices, unique=unique, inverse=inverse.reshape(-1))
 
 
 def _check_max_frames(name: str, count: int, max_frames: int | None) -> None:
@@ -885,6 +977,166 @@ def _decoder_error(
     if isinstance(err, MemoryError):
         return VideoDecodingError(source.name, f"out of memory while {stage}")
     return VideoDecodingError(source.name, reason(err, container))
+
+
+class _UseOtherBackend(Exception):
+    """decord is known or found wrong for this file; the message says why, and PyAV decodes it instead."""
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The frame index
+# ------------------------------------------------------------------------------------------------------------
+
+
+def _index_with_pyav(source: _Source, container: _ContainerInfo, request: _SamplingRequest) -> _FrameIndex:
+    """The frame index from PyAV: packet timestamps from one demux pass (nothing decoded) where every packet has
+    one, else the decoder's frame timestamps from one decoding pass (frames are not converted)."""
+    av = _import_av()
+    handle, stream = _open_pyav(av, source, container, request)
+    with handle:
+        width, height = int(stream.codec_context.width or 0), int(stream.codec_context.height or 0)
+        if width and height:
+            # The decoder's size, not the container header's: a header can lie (decompression bombs).
+            _check_frame_size(source.name, width, height, request.max_pixels_per_frame, "video stream")
+        try:
+            stamps, keyflags, durations = _pyav_packet_index(handle, stream)
+        except Exception as err:
+            raise _decoder_error(err, source, container, _pyav_failure_reason) from err
+        rate = stream.average_rate or stream.guessed_rate
+        time_base = float(stream.time_base) if stream.time_base else None
+    total = len(keyflags)
+    if total == 0:
+        raise VideoDecodingError(source.name, "the video stream has zero frames")
+    if not (width and height):
+        raise VideoDecodingError(source.name, "the video stream declares no frame size (corrupt stream header)")
+    video_fps = float(rate) if rate else float("nan")
+    origin = "the demuxer's packet timestamps"
+    order = np.argsort(stamps, kind="stable") if stamps is not None else None
+    if stamps is None or time_base is None or (total > 1 and not (np.diff(stamps[order]) > 0).all()):
+        # Some packets carry no timestamp or two share one: ask the decoder, which outputs frames in
+        # presentation order with their timestamps.
+        stamps, order, origin = _pyav_decoded_stamps(av, source, container, request, total), None, "decoded frames"
+        total = len(stamps)
+    ordered = stamps[order] if order is not None else stamps
+    if time_base is not None and (total == 1 or (np.diff(ordered) > 0).all()):
+        starts = (ordered - ordered[0]) * time_base
+        last = int(durations[order[-1]]) if order is not None else 0
+        mean_length = (starts[-1] / (total - 1)) if total > 1 else (1 / video_fps if video_fps > 0 else 0.0)
+        duration = float(starts[-1] + (last * time_base if last > 0 else mean_length))
+    elif video_fps > 0:
+        logger.warning(
+            "%s: the video's frame timestamps are missing or not increasing; assuming a constant rate of %g fps "
+            "(sample times may be off)",
+            source.name,
+            video_fps,
+        )
+        starts, duration, ordered, origin = np.arange(total) / video_fps, total / video_fps, None, "a constant rate"
+    else:
+        raise VideoDecodingError(source.name, "the video has neither usable frame timestamps nor a frame rate")
+    if duration <= 0:
+        duration = float(starts[-1]) + 1.0  # a single frame of unknown length: show it for one second
+    if order is not None:
+        position_of = np.empty(total, dtype=np.int64)
+        position_of[order] = np.arange(total)
+        keyframes = np.sort(position_of[keyflags])
+    else:
+        keyframes = np.zeros(1, dtype=np.int64)  # read in order from the start
+    # Random-access containers are indexed by presentation timestamp and seeked; the others (AVI, MPEG-PS, ...) are
+    # read in order, the k-th decoded frame being the k-th of the index.
+    seekable = order is not None and container.container in _RANDOM_ACCESS_CONTAINERS
+    return _FrameIndex(
+        times=np.asarray(starts, dtype=np.float64),
+        duration=duration,
+        keyframes=keyframes,
+        stamps=ordered if seekable else None,
+        width=width,
+        height=height,
+        rotation=container.rotation,
+        video_fps=video_fps,
+        origin=origin,
+    )
+
+
+def _open_pyav(av, source: _Source, container: _ContainerInfo, request: _SamplingRequest):
+    try:
+        handle = av.open(source.path if source.path is not None else io.BytesIO(source.data), mode="r")
+    except Exception as err:
+        raise _decoder_error(err, source, container, _pyav_failure_reason) from err
+    if not handle.streams.video:
+        handle.close()
+        raise VideoDecodingError(source.name, "the file contains no video stream")
+    stream = handle.streams.video[0]
+    if stream.codec_context is None:
+        handle.close()
+        raise VideoDecodingError(source.name, _pyav_failure_reason(RuntimeError("decoder not found"), container))
+    stream.codec_context.thread_type = "AUTO"
+    stream.codec_context.thread_count = int(request.num_threads or 0)
+    return handle, stream
+
+
+def _pyav_decoded_stamps(av, source, container, request, expected: int) -> np.ndarray:
+    """Presentation timestamps of every decoded frame, in output order (the fallback index: one decoding pass)."""
+    handle, stream = _open_pyav(av, source, container, request)
+    stamps = []
+    try:
+        with handle:
+            for frame in handle.decode(stream):
+                stamps.append(frame.pts)
+    except Exception as err:
+        raise _decoder_error(err, source, container, _pyav_failure_reason) from err
+    if not stamps or any(stamp is None for stamp in stamps):
+        return np.full(len(stamps) or expected, -1, dtype=np.int64)  # no timestamps: not increasing, a grid follows
+    return np.asarray(stamps, dtype=np.int64)
+
+
+def _index_with_decord(reader, name: str, container: _ContainerInfo, max_pixels_per_frame: int | None) -> _FrameIndex:
+    """The frame index from decord alone (PyAV not installed): its per-frame timestamps, checked."""
+    count = len(reader)
+    if count <= 0:
+        raise VideoDecodingError(name, "the video stream has zero frames")
+    video_fps = float(reader.get_avg_fps())
+    try:
+        stamps = np.asarray(reader.get_frame_timestamp(np.arange(count)), dtype=np.float64).reshape(count, 2)
+    except Exception:
+        stamps = None
+    usable = (
+        stamps is not None
+        and np.isfinite(stamps).all()
+        and stamps[0, 0] > -_TIME_TOLERANCE
+        and (count == 1 or (np.diff(stamps[:, 0]) > 0).all())
+    )
+    if usable:
+        starts = stamps[:, 0] - stamps[0, 0]
+        end = float(stamps[-1, 1] - stamps[0, 0])
+        duration = end if end > starts[-1] else float(starts[-1] + starts[-1] / max(count - 1, 1) or 1.0)
+        origin = "decord's frame timestamps"
+    elif math.isfinite(video_fps) and video_fps > 0:
+        logger.warning(
+            "%s: decord gives no usable frame timestamps and PyAV (`pip install av`) is not installed to read them; "
+            "assuming a constant rate of %g fps (sample times may be off)",
+            name,
+            video_fps,
+        )
+        starts, duration, origin = np.arange(count) / video_fps, count / video_fps, "a constant rate"
+    else:
+        raise VideoDecodingError(name, "cannot determine the frame rate or frame timestamps")
+    try:
+        keyframes = np.asarray(reader.get_key_indices(), dtype=np.int64)
+    except Exception:
+        keyframes = np.zeros(1, dtype=np.int64)
+    shape = reader[0].shape  # decord's output is rotated already
+    _check_frame_size(name, int(shape[1]), int(shape[0]), max_pixels_per_frame, "first decoded frame")
+    return _FrameIndex(
+        times=np.asarray(starts, dtype=np.float64),
+        duration=float(duration),
+        keyframes=keyframes,
+        stamps=None,
+        width=int(shape[0] if container.rotation % 180 else shape[1]),
+        height=int(shape[1] if container.rotation % 180 else shape[0]),
+        rotation=container.rotation,
+        video_fps=video_fps,
+        origin=origin,
+    )
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -935,16 +1187,27 @@ def _decord_failure_reason(err: BaseException, container: _ContainerInfo) -> str
     return f"decoder error: {first_line[:300]}"
 
 
-def _frame_times(reader, count: int, video_fps: float) -> tuple[np.ndarray, float]:
-    """Presentation times of all frames and the duration (decord). Constant-frame-rate files get the exact grid."""
-    try:
-        stamps = np.asarray(reader.get_frame_timestamp(np.arange(count)), dtype=np.float64).reshape(count, 2)
-    except Exception:
-        stamps = None
-    return _times_from_stamps(stamps, count, video_fps)
+def _decord_known_wrong(container: _ContainerInfo, index: _FrameIndex, target: tuple[int, int] | None) -> str | None:
+    """Why decord must not decode this file, when that is known before trying it."""
+    if container.container not in _DECORD_CONTAINERS:
+        return f"decord is not verified on {container.container} files (it returns misplaced frames for MPEG-PS/TS)"
+    if container.width and container.height and (container.width, container.height) != (index.width, index.height):
+        return (
+            f"the container header says {container.width}x{container.height} but the stream is "
+            f"{index.width}x{index.height} (decord trusts the header)"
+        )
+    width = (target or index.display_size)[0]
+    if width in _DECORD_BAD_WIDTHS:
+        return f"decord cannot copy frames {width} px wide"
+    return None
 
 
-def _decode_with_decord(source: _Source, container: _ContainerInfo, request: _SamplingRequest) -> _DecodedVideo:
+def _decode_with_decord(
+    source: _Source, container: _ContainerInfo, request: _SamplingRequest, index: _FrameIndex | None
+) -> _DecodedVideo:
+    """decord decodes the frames of `index` (PyAV's) the request selects, after checking that it sees the same
+    frames; `index` None (PyAV missing) uses decord's own timestamps. Raises `_UseOtherBackend` when decord is known
+    or found wrong for the file."""
     decord = _import_decord()
 
     def fail(err: BaseException, stage: str) -> VideoDecodingError:
@@ -958,64 +1221,74 @@ def _decode_with_decord(source: _Source, container: _ContainerInfo, request: _Sa
         except Exception as err:
             raise fail(err, "opening the file") from err
 
-    def read_frames(reader, indices, total):
-        """Frames at sorted unique `indices`: exact seeks where decord supports them, else read in order."""
-        position = 0
-        try:
-            if container.container in _RANDOM_ACCESS_CONTAINERS:
-                return reader.get_batch(list(map(int, indices))).asnumpy()
-            frames = []
-            for index in indices:
-                while position < index:
-                    reader.next()
-                    position += 1
-                frames.append(reader.next().asnumpy())
-                position += 1
-            return np.stack(frames)
-        except StopIteration:
-            raise VideoDecodingError(
-                source.name,
-                f"the stream ended after {position} frames although the container declares {total} "
-                "(truncated or corrupt file)",
-            ) from None
-        except Exception as err:
-            raise fail(err, "decoding frames") from err
-
-    width, height = container.width, container.height
-    if width is None or height is None:
-        first = read_frames(open_reader(), [0], "some")
-        height, width = int(first.shape[1]), int(first.shape[2])
-        _check_frame_size(source.name, width, height, request.max_pixels_per_frame, "first decoded frame")
-    target = _decode_size(width, height, request.size)
-    reader = open_reader(*target) if target is not None else open_reader()
-
+    target = None
+    if index is not None:
+        target = _decode_size(*index.display_size, request.size)
+        reason = _decord_known_wrong(container, index, target)
+        if reason is not None:
+            raise _UseOtherBackend(reason)
     try:
+        if index is None:
+            index = _index_with_decord(open_reader(), source.name, container, request.max_pixels_per_frame)
+            target = _decode_size(*index.display_size, request.size)
+        reader = open_reader(*target) if target is not None else open_reader()
         total = len(reader)
-        video_fps = float(reader.get_avg_fps())
-        times, duration = _frame_times(reader, total, video_fps)
-    except VideoDecodingError:
+        _check_decord_agrees(reader, index, total)
+    except (VideoDecodingError, _UseOtherBackend):
         raise
     except Exception as err:
         raise fail(err, "reading the frame index") from err
-    if total <= 0:
-        raise VideoDecodingError(source.name, "the video stream has zero frames")
-
-    def keyframes():  # read only in the fast mode
-        try:
-            return reader.get_key_indices()
-        except Exception as err:
-            raise fail(err, "reading the keyframe index") from err
-
-    selection = request.select(source.name, times, duration, keyframes)
+    selection = request.select(source.name, index)
+    position = 0
     try:
-        frames = read_frames(reader, selection.unique, total)
-    except VideoDecodingError as err:
-        # decord cannot scale to some widths (e.g. 16, 24, 48, 72: "The size must exactly match"); decode at
-        # the native size and resize here instead.
-        if target is None or "must exactly match" not in str(err.__cause__):
-            raise
-        frames = _resize_frames(read_frames(open_reader(), selection.unique, total), target)
-    return selection.result(source.name, frames, video_fps, width, height, "decord")
+        if container.container in _RANDOM_ACCESS_CONTAINERS:
+            frames = reader.get_batch(list(map(int, selection.unique))).asnumpy()
+        else:  # decord's seeking is wrong in the other containers: read in order
+            decoded = []
+            for wanted in selection.unique:
+                while position < wanted:
+                    reader.next()
+                    position += 1
+                decoded.append(reader.next().asnumpy())
+                position += 1
+            frames = np.stack(decoded)
+    except StopIteration:
+        raise VideoDecodingError(
+            source.name,
+            f"the stream ended after {position} frames although the index lists {total} (truncated or corrupt file)",
+        ) from None
+    except Exception as err:
+        if "must exactly match" in str(err):
+            raise _UseOtherBackend(f"decord cannot copy frames of this width ({err})") from err
+        raise fail(err, "decoding frames") from err
+    expected = target or index.display_size
+    if frames.ndim == 4 and (frames.shape[2], frames.shape[1]) != expected:
+        raise _UseOtherBackend(
+            f"decord returned {frames.shape[2]}x{frames.shape[1]} frames where {expected[0]}x{expected[1]} were "
+            "expected (rotation or frame size handled differently)"
+        )
+    return selection.result(source.name, frames, "decord")
+
+
+def _check_decord_agrees(reader, index: _FrameIndex, total: int) -> None:
+    """Raises `_UseOtherBackend` when decord counts other frames than the index, or gives timestamps that
+    contradict it (decord's frame k is then not the index's frame k)."""
+    count = len(index.times)
+    if total != count:
+        raise _UseOtherBackend(f"decord counts {total} frames where the demuxer lists {count}")
+    try:
+        stamps = np.asarray(reader.get_frame_timestamp(np.arange(total)), dtype=np.float64).reshape(total, 2)[:, 0]
+    except Exception:
+        return  # no timestamps to compare: decord reads frames in order, as the index counts them
+    if not (np.isfinite(stamps).all() and stamps.min() > -_TIME_TOLERANCE):
+        return  # placeholder timestamps (e.g. AVI): nothing to compare
+    gaps = np.diff(index.times)
+    tolerance = max(0.5 * float(gaps.min()) if len(gaps) else 0.0, 2e-3)
+    error = np.abs((stamps - stamps[0]) - index.times).max()
+    if error > tolerance:
+        raise _UseOtherBackend(
+            f"decord's frame timestamps differ from the demuxer's by up to {error:.3g} s (e.g. a huge timestamp gap)"
+        )
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -1026,6 +1299,7 @@ def _decode_with_decord(source: _Source, container: _ContainerInfo, request: _Sa
 def _import_av():
     try:
         import av
+        from av.video.reformatter import VideoReformatter  # noqa: F401
     except ImportError as err:
         raise ImportError(
             "decode_backend='pyav' needs PyAV (`pip install av`); the default backend is decord."
@@ -1051,69 +1325,19 @@ class _SeekFailed(Exception):
     """Seeking landed somewhere unexpected; the caller falls back to one sequential pass."""
 
 
-def _decode_with_pyav(source: _Source, container: _ContainerInfo, request: _SamplingRequest) -> _DecodedVideo:
-    """Exact sampling with PyAV: one demux pass (no decoding) builds the frame index, then frames are decoded
-    in order, seeking to a keyframe only when that skips frames, and only the sampled frames are converted to
-    RGB (decord converts every frame it decodes). Dense sampling therefore costs one sequential decode of the
-    span.
+def _decode_with_pyav(
+    source: _Source, container: _ContainerInfo, request: _SamplingRequest, index: _FrameIndex
+) -> _DecodedVideo:
+    """Exact sampling with PyAV from the frame `index`: frames are decoded in order, seeking to a keyframe only
+    when that skips frames, and only the sampled frames are converted to RGB (decord converts every frame it
+    decodes). Dense sampling therefore costs one sequential decode of the span.
     """
     av = _import_av()
-
-    def fail(err: BaseException) -> VideoDecodingError:
-        return _decoder_error(err, source, container, _pyav_failure_reason)
-
-    def open_stream():
-        try:
-            handle = av.open(source.path if source.path is not None else io.BytesIO(source.data), mode="r")
-        except Exception as err:
-            raise fail(err) from err
-        if not handle.streams.video:
-            handle.close()
-            raise VideoDecodingError(source.name, "the file contains no video stream")
-        stream = handle.streams.video[0]
-        if stream.codec_context is None:
-            handle.close()
-            raise VideoDecodingError(source.name, _pyav_failure_reason(RuntimeError("decoder not found"), container))
-        stream.codec_context.thread_type = "AUTO"
-        stream.codec_context.thread_count = int(request.num_threads or 0)
-        return handle, stream
-
-    handle, stream = open_stream()
-    with handle:
-        width, height = int(stream.codec_context.width or 0), int(stream.codec_context.height or 0)
-        if width and height:
-            _check_frame_size(source.name, width, height, request.max_pixels_per_frame, "stream header")
-        try:
-            stamps, keyflags, durations = _pyav_packet_index(handle, stream)
-        except Exception as err:
-            raise fail(err) from err
-        rate = stream.average_rate or stream.guessed_rate
-        time_base = float(stream.time_base) if stream.time_base else None
-    total = len(keyflags)
-    if total == 0:
-        raise VideoDecodingError(source.name, "the video stream has zero frames")
-    video_fps = float(rate) if rate else float("nan")
-    # Random-access containers are indexed by presentation timestamp; the others (AVI, MPEG-PS, ...) and streams
-    # without timestamps are read sequentially, frames counted in output order, as with decord.
-    seekable = container.container in _RANDOM_ACCESS_CONTAINERS and stamps is not None and time_base is not None
-    order = np.argsort(stamps, kind="stable") if seekable else np.arange(total)
-    ordered = stamps[order] if seekable else None
-    frame_stamps = None
-    if seekable and (total == 1 or (np.diff(ordered) > 0).all()):
-        starts = (ordered - ordered[0]) * time_base
-        last_length = durations[order[-1]] * time_base
-        frame_stamps = np.stack([starts, np.append(starts[1:], starts[-1] + last_length)], axis=1)
-    else:
-        seekable, ordered = False, None
-    try:
-        times, duration = _times_from_stamps(frame_stamps, total, video_fps)
-    except (RuntimeError, ValueError) as err:
-        raise VideoDecodingError(source.name, str(err)) from None
-    position_of = np.empty(total, dtype=np.int64)
-    position_of[order] = np.arange(total)
-    keyframes = np.sort(position_of[keyflags])  # presentation indices of the keyframes
-    selection = request.select(source.name, times, duration, lambda: keyframes)
-    reader = _PyAVFrameReader(open_stream, ordered, keyframes, request.size, request.max_pixels_per_frame, source.name)
+    selection = request.select(source.name, index)
+    reader = _PyAVFrameReader(
+        lambda: _open_pyav(av, source, container, request), index, request.size, request.max_pixels_per_frame, source
+    )
+    seekable = index.stamps is not None
     try:
         try:
             frames = reader.read(selection.unique, seek=seekable)
@@ -1122,10 +1346,10 @@ def _decode_with_pyav(source: _Source, container: _ContainerInfo, request: _Samp
     except (VideoDecodingError, ImportError):
         raise
     except Exception as err:
-        raise fail(err) from err
+        raise _decoder_error(err, source, container, _pyav_failure_reason) from err
     finally:
         reader.close()
-    return selection.result(source.name, frames, video_fps, reader.width or width, reader.height or height, "pyav")
+    return selection.result(source.name, frames, "pyav")
 
 
 def _pyav_packet_index(handle, stream) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
@@ -1138,7 +1362,7 @@ def _pyav_packet_index(handle, stream) -> tuple[np.ndarray | None, np.ndarray, n
     """
     stamps, dts, keyflags, durations = [], [], [], []
     for packet in handle.demux(stream):
-        if packet.size == 0:  # the empty packet that flushes the decoder at the end
+        if packet.size == 0:  # the empty packet that flushes the decoder at the end, or an AVI "drop" chunk
             continue
         stamps.append(packet.pts if packet.pts is not None else packet.dts)
         dts.append(packet.dts)
@@ -1157,24 +1381,24 @@ def _pyav_packet_index(handle, stream) -> tuple[np.ndarray | None, np.ndarray, n
 class _PyAVFrameReader:
     """Decodes the frames at sorted unique presentation indices, converting only those to RGB."""
 
-    def __init__(self, open_stream, ordered_stamps, keyframes, size, max_pixels_per_frame, name):
+    def __init__(self, open_stream, index: _FrameIndex, size, max_pixels_per_frame, source: _Source):
         from av.video.reformatter import VideoReformatter
 
         self.open_stream = open_stream
         self.handle = self.stream = None
-        self.ordered = ordered_stamps
+        self.ordered = index.stamps
         self.index_of = (
-            {int(stamp): position for position, stamp in enumerate(ordered_stamps)}
-            if ordered_stamps is not None
-            else {}
+            {int(stamp): position for position, stamp in enumerate(index.stamps)} if index.stamps is not None else {}
         )
-        self.keyframes = keyframes
-        self.size = size
+        self.keyframes = index.keyframes
+        self.rotation = index.rotation
+        display_width, display_height = index.display_size
+        target = _decode_size(display_width, display_height, size) or (display_width, display_height)
+        # Decoded (coded) frames are turned after the resize, so the resize target is in coded orientation.
+        self.target = (target[1], target[0]) if index.rotation % 180 else target
         self.max_pixels_per_frame = max_pixels_per_frame
-        self.name = name
+        self.name = source.name
         self.reformatter = VideoReformatter()
-        self.target = None
-        self.width = self.height = None
 
     def close(self) -> None:
         if self.handle is not None:
@@ -1182,16 +1406,11 @@ class _PyAVFrameReader:
             self.handle = None
 
     def _convert(self, frame) -> np.ndarray:
-        if self.width is None:
-            self.width, self.height = int(frame.width), int(frame.height)
-            _check_frame_size(self.name, self.width, self.height, self.max_pixels_per_frame, "first decoded frame")
-            self.target = _decode_size(self.width, self.height, self.size)
-        if self.target is None:
-            rgb = self.reformatter.reformat(frame, format="rgb24")
-        else:
-            rgb = self.reformatter.reformat(
-                frame, width=self.target[0], height=self.target[1], format="rgb24", interpolation="BICUBIC"
-            )
+        # Checked on every frame before conversion: a stream can change its frame size midway.
+        _check_frame_size(self.name, frame.width, frame.height, self.max_pixels_per_frame, "decoded frame")
+        rgb = self.reformatter.reformat(
+            frame, width=self.target[0], height=self.target[1], format="rgb24", interpolation="BICUBIC"
+        )
         return rgb.to_ndarray()
 
     def _frames(self, stamp: int | None):
@@ -1236,7 +1455,7 @@ class _PyAVFrameReader:
                     f"the stream ended after {ordinal + 1} frames although the index lists more "
                     "(truncated or corrupt file)",
                 )
-        return np.stack(out)
+        return _rotate(np.stack(out), self.rotation)
 
 
 def _run_with_timeout(function: Callable[[], Any], timeout: float | None, name: str):
@@ -1264,9 +1483,19 @@ def _run_with_timeout(function: Callable[[], Any], timeout: float | None, name: 
     return outcome["value"]
 
 
+def _has_av() -> bool:
+    try:
+        _import_av()
+    except ImportError:
+        return False
+    return True
+
+
 def _decode_video(
     source, request: _SamplingRequest, *, timeout: float | None = DEFAULT_DECODE_TIMEOUT, backend: str = "decord"
 ) -> _DecodedVideo:
+    """Indexes the video once (PyAV's demuxer when installed) and decodes the selected frames with `backend`,
+    routing decord's known failures to PyAV with a logged reason."""
     if backend not in DECODE_BACKENDS:
         raise ValueError(f"backend must be one of {DECODE_BACKENDS}, got {backend!r}")
     request = replace(request, keyframe_snap=_check_keyframe_snap(request.keyframe_snap))
@@ -1276,12 +1505,29 @@ def _decode_video(
         _check_frame_size(
             loaded.name, container.width, container.height, request.max_pixels_per_frame, "container header"
         )
-    decode = _decode_with_pyav if backend == "pyav" else _decode_with_decord
     if backend == "pyav":
         _import_av()  # a missing optional dependency is an ImportError, not a bad video
     else:
         _import_decord()
-    return _run_with_timeout(lambda: decode(loaded, container, request), timeout, loaded.name)
+    with_av = _has_av()
+    if container.container in _REFUSED_CONTAINERS and not with_av:
+        raise VideoDecodingError(loaded.name, _REFUSED_CONTAINERS[container.container])
+
+    def decode() -> _DecodedVideo:
+        index = _index_with_pyav(loaded, container, request) if with_av else None
+        if backend == "pyav":
+            return _decode_with_pyav(loaded, container, request, index)
+        try:
+            return _decode_with_decord(loaded, container, request, index)
+        except _UseOtherBackend as reason:
+            if index is None:
+                raise VideoDecodingError(
+                    loaded.name, f"{reason}; install PyAV (`pip install av`) to decode it"
+                ) from None
+            logger.warning("%s: %s; decoding it with PyAV instead", loaded.name, reason)
+            return _decode_with_pyav(loaded, container, request, index)
+
+    return _run_with_timeout(decode, timeout, loaded.name)
 
 
 def _check_keyframe_snap(value) -> float | None:
@@ -1295,9 +1541,9 @@ def _check_keyframe_snap(value) -> float | None:
 def read_video_frames(
     source,
     *,
-    fps: float | None = 1.0,
+    fps: float | None = None,
     num_frames: int | None = None,
-    sampling: str = "fps",
+    sampling: str | None = None,
     start: float | None = None,
     end: float | None = None,
     offset: float | str | None = None,
@@ -1309,21 +1555,24 @@ def read_video_frames(
     timeout: float | None = DEFAULT_DECODE_TIMEOUT,
     backend: str = "decord",
     keyframe_snap: float | None = None,
+    max_video_bytes: int | None = DEFAULT_MAX_VIDEO_BYTES,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Decodes sampled frames of a video with decord (default) or PyAV.
 
     Args:
         source: a path (`str` / `os.PathLike`), raw bytes, or a binary file object (read from its position).
         fps, num_frames, sampling, start, end, offset, seed: which frames; see `sample_frame_indices` and
-            this module's docstring.
+            this module's docstring (neither `fps` nor `num_frames`: every frame of the clip).
         size: decode-time resize, never enlarging: an int resizes the shortest edge to it (aspect kept, long
             edge ``int(size * long / short)``), a ``(height, width)`` pair resizes to exactly that. None
             keeps the native size.
         max_pixels_per_frame: refuse videos with larger frames (None: no limit).
         max_frames: refuse requests selecting more frames (None: no limit).
+        max_video_bytes: refuse requests whose returned frames would take more memory (None: no limit).
         num_threads: decoding threads (0: automatic).
         timeout: seconds before giving up on a stuck decoder (None: wait forever).
-        backend: ``"decord"`` or ``"pyav"`` (faster for dense sampling of long videos; needs ``av``).
+        backend: ``"decord"`` or ``"pyav"`` (faster for dense sampling of long videos; needs ``av``). Files
+            decord is known or found wrong on are decoded with PyAV (logged).
         keyframe_snap: opt-in fast mode: move each sample to the nearest keyframe at most this many seconds away
             (``math.inf``: always); see `snap_to_keyframes`. None samples exactly.
 
@@ -1348,6 +1597,7 @@ def read_video_frames(
         max_frames=max_frames,
         num_threads=num_threads,
         keyframe_snap=keyframe_snap,
+        max_video_bytes=max_video_bytes,
     )
     decoded = _decode_video(source, request, timeout=timeout, backend=backend)
     return decoded.frames, decoded.timestamps
