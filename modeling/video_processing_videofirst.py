@@ -206,7 +206,10 @@ def _load_source(source) -> _Source:
     if hasattr(source, "read"):
         name = getattr(source, "name", None)
         name = name if isinstance(name, str) else "<file object>"
-        data = source.read()
+        try:
+            data = source.read()
+        except UnicodeDecodeError:
+            raise VideoDecodingError(name, "file object is in text mode; open it in binary mode ('rb')") from None
         if isinstance(data, str):
             raise VideoDecodingError(name, "file object is in text mode; open it in binary mode ('rb')")
         if not isinstance(data, (bytes, bytearray, memoryview)):
@@ -1668,9 +1671,11 @@ _Offset = float | int | str | None
 
 class VideoFirstVideoProcessorKwargs(VideosKwargs, total=False):
     r"""
-    sampling (`str`, *optional*, defaults to `"fps"`):
-        `"fps"`: frames every `1 / fps` seconds, at most `num_frames`; `"uniform"`: `num_frames` frames
-        spread uniformly over the clip.
+    sampling (`str`, *optional*):
+        None: `"uniform"` when only `num_frames` is set, `"fps"` when only `fps` is. `"uniform"`: `num_frames`
+        frames spread uniformly over the clip; `"fps"`: a frame every `1 / fps` seconds over the whole clip;
+        `"window"`: the first `num_frames` samples at `fps` from the clip start (the paper's training policy).
+        A call that sets `fps` or `num_frames` replaces both defaults (and the default `sampling`).
     start (`float` or `list`, *optional*):
         Clip start in seconds; one value for all videos or one per video (None: video start).
     end (`float` or `list`, *optional*):
@@ -1687,6 +1692,9 @@ class VideoFirstVideoProcessorKwargs(VideosKwargs, total=False):
         Refuse videos with larger frames.
     max_frames (`int`, *optional*, defaults to 4096):
         Refuse videos that would return more frames.
+    max_video_bytes (`int`, *optional*, defaults to 4 GiB):
+        Refuse videos whose frames, resized to `size` as float32, would take more memory (thin videos are
+        enlarged by a shortest-edge resize); checked before decoding.
     decode_timeout (`float`, *optional*, defaults to 300):
         Seconds before a stuck decoder is given up on (None: no limit).
     decode_num_threads (`int`, *optional*, defaults to 0):
@@ -1707,6 +1715,7 @@ class VideoFirstVideoProcessorKwargs(VideosKwargs, total=False):
     decode_resize: bool | None
     max_pixels_per_frame: int | None
     max_frames: int | None
+    max_video_bytes: int | None
     decode_timeout: float | int | None
     decode_num_threads: int | None
     decode_backend: Annotated[str | None, _check_backend]
@@ -1764,6 +1773,33 @@ def _frame_to_array(frame) -> np.ndarray | torch.Tensor:
     if isinstance(frame, Image.Image):
         return np.asarray(frame if frame.mode in ("RGB", "L") else frame.convert("RGB"))
     return frame
+
+
+def _check_pixels(video: torch.Tensor, name: str, do_rescale: bool) -> torch.Tensor:
+    """Refuses decoded pixels the processor would silently mangle: frames without pixels, booleans, integers
+    outside 0-255 (e.g. 16-bit), NaN or infinity, and floats already in [0, 1] when `do_rescale` divides by 255."""
+    if video.shape[-1] == 0 or video.shape[-2] == 0:
+        raise ValueError(f"{name} has empty {video.shape[-1]}x{video.shape[-2]} frames")
+    if video.dtype == torch.bool:
+        raise ValueError(f"{name} has boolean pixels; pass uint8 values in 0-255")
+    if video.dtype == torch.uint8:
+        return video
+    if video.is_floating_point() and not torch.isfinite(video).all():
+        raise ValueError(f"{name} contains NaN or infinite pixel values")
+    if video.is_complex():
+        raise ValueError(f"{name} has pixels of unsupported dtype {video.dtype}")
+    low, high = float(video.min()), float(video.max())
+    if do_rescale and (low < 0 or high > 255):
+        raise ValueError(
+            f"{name} has {video.dtype} pixels in [{low:g}, {high:g}], outside 0-255 (16-bit or unscaled data?); "
+            "convert to uint8 0-255, or pass do_rescale=False with values ready for normalisation"
+        )
+    if do_rescale and video.is_floating_point() and 0 < high <= 1:
+        raise ValueError(
+            f"{name} has float pixels already in [0, 1] but do_rescale=True would divide them by 255 again; pass "
+            "do_rescale=False or uint8 values in 0-255"
+        )
+    return video
 
 
 def _to_tchw(video, input_data_format=None, prefer_channels_last: bool = True) -> torch.Tensor:
@@ -1840,9 +1876,9 @@ class VideoFirstVideoProcessor(BaseVideoProcessor):
     do_normalize = True
     do_convert_rgb = True
     do_sample_frames = True
-    fps = 1.0
+    fps = None
     num_frames = 16
-    sampling = "fps"
+    sampling = None
     start = None
     end = None
     offset = None
@@ -1851,6 +1887,7 @@ class VideoFirstVideoProcessor(BaseVideoProcessor):
     decode_resize = True
     max_pixels_per_frame = DEFAULT_MAX_PIXELS_PER_FRAME
     max_frames = DEFAULT_MAX_FRAMES
+    max_video_bytes = DEFAULT_MAX_VIDEO_BYTES
     decode_timeout = DEFAULT_DECODE_TIMEOUT
     decode_num_threads = 0
     decode_backend = "decord"
@@ -1888,13 +1925,13 @@ class VideoFirstVideoProcessor(BaseVideoProcessor):
         if decode_backend not in DECODE_BACKENDS:
             raise ValueError(f"decode_backend must be one of {DECODE_BACKENDS}, got {decode_backend!r}")
         _check_keyframe_snap(keyframe_snap)
-        if sampling not in SAMPLING_MODES:
-            raise ValueError(f"sampling must be one of {SAMPLING_MODES}, got {sampling!r}")
         if fps is not None and (isinstance(fps, bool) or not isinstance(fps, (int, float)) or not fps > 0):
             raise ValueError(f"fps must be a positive number or None, got {fps!r}")
         for name, value in (("num_frames", num_frames), ("max_frames", max_frames)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise ValueError(f"{name} must be a positive integer or None, got {value!r}")
+        if fps is not None or num_frames is not None or sampling is not None:
+            resolve_sampling(fps, num_frames, sampling)
         if isinstance(tubelet_frames, bool) or not isinstance(tubelet_frames, int) or tubelet_frames < 1:
             raise ValueError(f"tubelet_frames must be a positive integer, got {tubelet_frames!r}")
         if decode_timeout is not None and (
@@ -1921,6 +1958,10 @@ class VideoFirstVideoProcessor(BaseVideoProcessor):
             validate_typed_dict(self.valid_kwargs, kwargs)
         except StrictDataclassError as err:  # surface as the usual Python exception types
             raise (TypeError if isinstance(err.__cause__, TypeError) else ValueError)(str(err)) from err
+        if kwargs.get("fps") is not None or kwargs.get("num_frames") is not None:
+            # A call that names a rate or a frame count means that alone: the other default does not mix in.
+            for name in ("fps", "num_frames", "sampling"):
+                kwargs.setdefault(name, None)
         for name in self.valid_kwargs.__annotations__:
             kwargs.setdefault(name, getattr(self, name, None))
         return kwargs
@@ -1950,12 +1991,13 @@ class VideoFirstVideoProcessor(BaseVideoProcessor):
         sample = bool(kwargs["do_sample_frames"])
         fps = kwargs["fps"] if sample else None
         num_frames = kwargs["num_frames"] if sample else None
-        sampling = kwargs["sampling"] if sample else "fps"
+        sampling = kwargs["sampling"] if sample else None
         rng = np.random.default_rng(kwargs["seed"])
         size = kwargs["size"]
         if size is not None and not isinstance(size, SizeDict):
             size = self._standardize_kwargs(size=size, default_to_square=kwargs["default_to_square"])["size"]
         decode_size = self._decode_target(kwargs["do_resize"], size, kwargs["decode_resize"])
+        output_size = self._decode_target(kwargs["do_resize"], size, True)
         tensors, metadata = [], []
         for index, item in enumerate(items):
             request = _SamplingRequest(
@@ -1971,6 +2013,8 @@ class VideoFirstVideoProcessor(BaseVideoProcessor):
                 max_frames=kwargs["max_frames"],
                 num_threads=kwargs["decode_num_threads"] or 0,
                 keyframe_snap=kwargs["keyframe_snap"],
+                output_size=output_size,
+                max_video_bytes=kwargs["max_video_bytes"],
             )
             if _is_source(item):
                 decoded = _decode_video(
@@ -1989,13 +2033,14 @@ class VideoFirstVideoProcessor(BaseVideoProcessor):
                     )
                 )
                 continue
-            tensor = _to_tchw(item, kwargs.get("input_data_format"))
+            name = f"<decoded video {index}>"
+            tensor = _check_pixels(_to_tchw(item, kwargs.get("input_data_format")), name, kwargs["do_rescale"])
             total = tensor.shape[0]
             given = metadata_in[index] if metadata_in is not None else None
             video_fps = given.get("fps") if isinstance(given, (dict, VideoMetadata)) else None
             indices = np.arange(total)
             if sample and video_fps:
-                indices = request.sample(f"<decoded video {index}>", np.arange(total) / video_fps, total / video_fps)
+                indices = request.sample(name, np.arange(total) / video_fps, total / video_fps)
                 tensor = tensor[torch.from_numpy(indices)]
             max_frames = kwargs["max_frames"]
             if max_frames is not None and tensor.shape[0] > max_frames:
@@ -2003,6 +2048,7 @@ class VideoFirstVideoProcessor(BaseVideoProcessor):
                     f"video {index} has {tensor.shape[0]} frames, more than max_frames={max_frames}; sample "
                     "it first or pass video_metadata={'fps': ...} so the processor can"
                 )
+            _check_output_memory(name, tensor.shape[0], int(tensor.shape[-1]), int(tensor.shape[-2]), request)
             tensors.append(tensor)
             metadata.append(
                 VideoMetadata(
@@ -2102,7 +2148,8 @@ class VideoFirstVideoProcessor(BaseVideoProcessor):
             if not _is_frame(image):
                 raise TypeError(f"images[{index}] has unsupported type {type(image).__name__}")
             is_tensor = isinstance(image, torch.Tensor)
-            tensors.append(_to_tchw([image], kwargs.get("input_data_format"), prefer_channels_last=not is_tensor))
+            tensor = _to_tchw([image], kwargs.get("input_data_format"), prefer_channels_last=not is_tensor)
+            tensors.append(_check_pixels(tensor, f"images[{index}]", kwargs["do_rescale"]))
         processed = self._transform(tensors, kwargs, device)
         shapes = {tuple(frame.shape) for frame in processed}
         if len(shapes) == 1:
