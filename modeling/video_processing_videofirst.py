@@ -1941,6 +1941,15 @@ class VideoFirstVideoProcessor(BaseVideoProcessor):
         if max_pixels_per_frame is not None and (not isinstance(max_pixels_per_frame, int) or max_pixels_per_frame < 1):
             raise ValueError(f"max_pixels_per_frame must be a positive integer or None, got {max_pixels_per_frame!r}")
 
+    def describe_sampling(self) -> str:
+        """The default frame sampling in words (model cards say which policy a checkpoint uses)."""
+        mode = resolve_sampling(self.fps, self.num_frames, self.sampling)
+        if mode == "uniform":
+            return f"{self.num_frames} frames spread uniformly over the whole video"
+        if mode == "window":
+            return f"the first {self.num_frames} frames at {self.fps:g} fps from the clip start"
+        return f"one frame every {1 / self.fps:g} s over the whole video" if self.fps else "every frame"
+
     def resize(self, image: torch.Tensor, size: SizeDict, resample=None, **kwargs) -> torch.Tensor:
         # Frames already shrunk by the decoder are at the target size: skip the (identity) interpolation.
         height, width = image.shape[-2:]

@@ -22,8 +22,8 @@ from video_fixtures import (
     write_empty_video,
     write_video,
 )
-from videofirst.modeling.processing_videofirst import VideoFirstProcessor
 from videofirst.modeling import video_processing_videofirst as vp
+from videofirst.modeling.processing_videofirst import VideoFirstProcessor
 from videofirst.modeling.video_processing_videofirst import (
     VideoDecodingError,
     VideoFirstVideoProcessor,
@@ -60,7 +60,12 @@ def tokenizer(tmp_path) -> BertTokenizerFast:
 def raw_processor(**overrides) -> VideoFirstVideoProcessor:
     """A processor that keeps raw 0-255 pixels at 32x64 so frame indices can be read back."""
     options = dict(
-        do_normalize=False, do_rescale=False, do_center_crop=False, size={"height": 32, "width": 64}, fps=1.0, num_frames=None
+        do_normalize=False,
+        do_rescale=False,
+        do_center_crop=False,
+        size={"height": 32, "width": 64},
+        fps=1.0,
+        num_frames=None,
     )
     return VideoFirstVideoProcessor(**{**options, **overrides})
 
@@ -528,7 +533,9 @@ def test_mixed_length_batch_padding_and_mask(videos):
 
 
 def test_equal_lengths_still_return_a_mask(videos):
-    batch = VideoFirstVideoProcessor(size=32, crop_size=32, fps=1.0, num_frames=None)([videos["v25"], videos["v25"]], return_tensors="pt")
+    batch = VideoFirstVideoProcessor(size=32, crop_size=32, fps=1.0, num_frames=None)(
+        [videos["v25"], videos["v25"]], return_tensors="pt"
+    )
     assert batch["video_frame_mask"].tolist() == [[1, 1, 1, 1], [1, 1, 1, 1]]
 
 
@@ -568,7 +575,9 @@ def test_every_frame_and_unstackable_outputs(videos):
     assert mixed["video_frame_mask"].tolist() == [[1, 0, 0], [1, 1, 1]]
     with pytest.raises(ValueError, match="cannot be stacked"):
         processor([videos["v8"], videos["v25"]], return_tensors="pt")
-    as_numpy = VideoFirstVideoProcessor(size=32, crop_size=32, fps=1.0, num_frames=None)(videos["v25"], return_tensors="np")
+    as_numpy = VideoFirstVideoProcessor(size=32, crop_size=32, fps=1.0, num_frames=None)(
+        videos["v25"], return_tensors="np"
+    )
     assert isinstance(as_numpy["pixel_values_videos"], np.ndarray) and as_numpy["video_frame_mask"].shape == (
         1,
         4,
@@ -668,7 +677,8 @@ def test_video_processor_save_load_round_trip(tmp_path, videos):
 
 def test_processor_with_bert_tokenizer(tmp_path, videos):
     processor = VideoFirstProcessor(
-        video_processor=VideoFirstVideoProcessor(size=32, crop_size=32, fps=1.0, num_frames=None), tokenizer=tokenizer(tmp_path)
+        video_processor=VideoFirstVideoProcessor(size=32, crop_size=32, fps=1.0, num_frames=None),
+        tokenizer=tokenizer(tmp_path),
     )
     batch = processor(
         videos=[videos["v25"], videos["v45"]],

@@ -69,7 +69,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     sampling = parser.add_argument_group("frame sampling (default: the checkpoint's processor settings)")
     sampling.add_argument("--fps", type=float)
     sampling.add_argument("--num-frames", type=int)
-    sampling.add_argument("--sampling", choices=("fps", "uniform"))
+    sampling.add_argument("--sampling", choices=("uniform", "fps", "window"))
     sampling.add_argument(
         "--segment-frames", type=int, help="segment-aggregation baseline: embed N-frame segments and average them"
     )
@@ -154,10 +154,11 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     model = model.to(args.device).eval()
     processor = AutoProcessor.from_pretrained(args.checkpoint, trust_remote_code=True, revision=args.revision)
     video_processor = processor.video_processor
+    named = args.fps is not None or args.num_frames is not None  # a rate or a count replaces both defaults
     settings = {
-        "fps": args.fps if args.fps is not None else video_processor.fps,
-        "num_frames": args.num_frames if args.num_frames is not None else video_processor.num_frames,
-        "sampling": args.sampling or video_processor.sampling,
+        "fps": args.fps if named else video_processor.fps,
+        "num_frames": args.num_frames if named else video_processor.num_frames,
+        "sampling": args.sampling or (None if named else video_processor.sampling),
         "segment_frames": args.segment_frames,
     }
     cache = None

@@ -69,9 +69,11 @@ def build_methods(video: str, frames: int, fps: float, size: int, work: Path) ->
     """The timed callables (each returns frames) and facts gathered while setting them up."""
     processor = VideoFirstVideoProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
     span = frames / fps
-    exact_times = read_video_frames(video, fps=fps, num_frames=frames, size=16, backend="pyav")[1]
+    exact_times = read_video_frames(video, fps=fps, num_frames=frames, sampling="window", size=16, backend="pyav")[1]
     # The same indices for transformers' loader: our sampler's choice (frame on screen at k / fps).
-    video_fps = float(processor(video, fps=fps, num_frames=1, return_metadata=True)["video_metadata"][0].fps)
+    video_fps = float(
+        processor(video, fps=fps, num_frames=1, sampling="window", return_metadata=True)["video_metadata"][0].fps
+    )
     indices = np.floor(np.arange(len(exact_times)) / fps * video_fps + 1e-6).astype(np.int64)
 
     manifest = work / "clip.jsonl"
@@ -90,7 +92,9 @@ def build_methods(video: str, frames: int, fps: float, size: int, work: Path) ->
         return processor(decoded, return_tensors="pt")["pixel_values_videos"]
 
     def processed(**kwargs):
-        return processor(video, fps=fps, num_frames=frames, return_tensors="pt", **kwargs)["pixel_values_videos"]
+        return processor(video, fps=fps, num_frames=frames, sampling="window", return_tensors="pt", **kwargs)[
+            "pixel_values_videos"
+        ]
 
     methods = {
         "processor_decord": lambda: processed(),
@@ -98,9 +102,11 @@ def build_methods(video: str, frames: int, fps: float, size: int, work: Path) ->
         "hf_load_video_decord": lambda: pixels(_hf_load_video(video, "decord", indices)),
         "hf_load_video_pyav": lambda: pixels(_hf_load_video(video, "pyav", indices)),
         "sequential_decode": lambda: _sequential_decode(video, span),
-        "shard_read": lambda: read_video_frames(shard_bytes(), fps=fps, num_frames=frames, backend="pyav")[0],
+        "shard_read": lambda: read_video_frames(
+            shard_bytes(), fps=fps, num_frames=frames, sampling="window", backend="pyav"
+        )[0],
         "shard_processor": lambda: processor(
-            shard_bytes(), fps=fps, num_frames=frames, decode_backend="pyav", return_tensors="pt"
+            shard_bytes(), fps=fps, num_frames=frames, sampling="window", decode_backend="pyav", return_tensors="pt"
         )["pixel_values_videos"],
         "fast_snap_inf": lambda: processed(decode_backend="pyav", keyframe_snap=math.inf),
         "fast_snap_1s": lambda: processed(decode_backend="pyav", keyframe_snap=1.0),
@@ -113,7 +119,9 @@ def build_methods(video: str, frames: int, fps: float, size: int, work: Path) ->
         "video_fps": video_fps,
     }
     for name, snap in (("fast_snap_inf", math.inf), ("fast_snap_1s", 1.0)):
-        snapped = read_video_frames(video, fps=fps, num_frames=frames, size=16, backend="pyav", keyframe_snap=snap)[1]
+        snapped = read_video_frames(
+            video, fps=fps, num_frames=frames, sampling="window", size=16, backend="pyav", keyframe_snap=snap
+        )[1]
         error = np.abs(snapped - exact_times)
         facts[name] = {
             "mean_error_s": float(error.mean()),
