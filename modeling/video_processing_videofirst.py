@@ -1788,7 +1788,8 @@ def _check_pixels(video: torch.Tensor, name: str, do_rescale: bool) -> torch.Ten
         raise ValueError(f"{name} contains NaN or infinite pixel values")
     if video.is_complex():
         raise ValueError(f"{name} has pixels of unsupported dtype {video.dtype}")
-    low, high = float(video.min()), float(video.max())
+    values = video if video.is_floating_point() or video.dtype.is_signed else video.to(torch.int64)  # e.g. uint16
+    low, high = float(values.min()), float(values.max())
     if do_rescale and (low < 0 or high > 255):
         raise ValueError(
             f"{name} has {video.dtype} pixels in [{low:g}, {high:g}], outside 0-255 (16-bit or unscaled data?); "
