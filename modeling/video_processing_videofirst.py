@@ -13,17 +13,20 @@ end of the video, ``end`` more than one frame past the end, or ``end <= start`` 
   is ``<= t`` (0.1 ms tolerance). For a constant-frame-rate file that is ``floor(t * video_fps)``, e.g.
   ``t = 1.0`` in a 29.97 fps file is frame 29. Variable-frame-rate files use the real presentation
   timestamps.
-* ``sampling="fps"`` (default): sample times ``start + offset + k / fps`` for ``k = 0, 1, ...`` while the
-  time is ``< end``, keeping at most ``num_frames`` of them. ``offset`` is 0 by default, a number of seconds
-  in ``[0, end - start)``, or ``"random"`` (uniform in ``[0, min(1 / fps, end - start))``, drawn from
-  ``seed``). A video shorter than ``num_frames / fps`` seconds yields fewer frames (the batch padding below
-  fills up); when ``fps`` exceeds the video's frame rate a frame can be selected more than once.
-  ``fps=None`` takes every frame.
-* ``sampling="uniform"``: the ``count`` frames inside the clip are split into ``num_frames`` contiguous
-  segments with boundaries ``b_k = first + floor(k * count / num_frames)``; the middle frame
-  ``(b_k + b_{k+1} - 1) // 2`` of each segment is taken (a random frame of each segment with
-  ``offset="random"``). A clip with no more than ``num_frames`` frames returns all its frames. Indices are
-  strictly increasing.
+* The names mean what they mean in transformers (`resolve_sampling`): ``num_frames`` alone is
+  ``sampling="uniform"``, ``fps`` alone is ``sampling="fps"``, both together need ``sampling="window"`` (anything
+  else is a ValueError), neither takes every frame of the clip.
+* ``"uniform"``: the ``count`` frames inside the clip are split into ``num_frames`` contiguous segments with
+  boundaries ``b_k = first + floor(k * count / num_frames)``; the middle frame ``(b_k + b_{k+1} - 1) // 2`` of
+  each segment is taken (a random frame of each segment with ``offset="random"``). A clip with no more than
+  ``num_frames`` frames returns all its frames. Indices are strictly increasing.
+* ``"fps"``: sample times ``start + offset + k / fps`` for ``k = 0, 1, ...`` while the time is ``< end``, over the
+  whole clip (``max_frames`` bounds the count). ``offset`` is 0 by default, a number of seconds in
+  ``[0, end - start)``, or ``"random"`` (uniform in ``[0, min(1 / fps, end - start))``, drawn from ``seed``).
+  When ``fps`` exceeds the video's frame rate a frame can be selected more than once.
+* ``"window"`` (the paper's training policy, "the first N seconds at 1 FPS"): the ``"fps"`` samples, at most the
+  first ``num_frames`` of them; with ``offset="random"`` or a random ``start`` it gives random training windows.
+  A video shorter than ``num_frames / fps`` seconds yields fewer frames (the batch padding below fills up).
 
 Padding rules (`pad_video_batch`, used by `VideoFirstVideoProcessor`)
 --------------------------------------------------------------------
@@ -33,33 +36,40 @@ Each video's real frames are first edge-padded (its last frame repeated) up to a
 ``video_frame_mask`` (shape ``(B, T)``, int64). A video therefore has identical real frames whether it is
 processed alone or in a batch. The mask is returned even when every video has the same length (all ones).
 
+One frame index, two decoders
+-----------------------------
+When PyAV is installed, every video is indexed once by `_index_with_pyav`: the presentation timestamp of every
+frame from one demux pass (no pixels decoded), or, where packets carry none, from one decoding pass; the frame
+size comes from the decoder, not the container header. Both backends decode exactly the frames of that index that
+the request selects. PyAV seeks to the keyframe before a needed frame in MP4/MOV, Matroska/WebM and FLV and reads
+every other container in order, converting only the sampled frames to RGB (dense sampling costs about one
+sequential decode of the span). decord seeks in those containers and reads AVI in order; it is handed to PyAV,
+with a logged reason, where it is known or found wrong: containers it is not verified on (MPEG-PS, where it
+returns every frame 12 frames late, MPEG-TS, raw streams, Ogg, ...), a container header whose frame size differs
+from the stream's, output widths it cannot copy (16, 24, 48, 72), a frame count or timestamps that disagree with
+the index, or frames of an unexpected size. Without PyAV, decord's own timestamps are the index (MPEG-TS is then
+refused). Timestamps that are missing or not increasing fall back to a constant rate with a warning, never
+silently. Both backends show frames as a player does: a display rotation (the MP4 track matrix) is applied, and
+``size`` applies to the displayed frame.
+
 Decoding and safety
 -------------------
-Files are decoded with decord (an optional dependency, imported on first use) using exact frame indices, and
-resized at decode time when the processor will shrink them anyway (``size``). Before decord sees a file,
-cheap checks run without decoding: it must exist, be a regular non-empty file, start with a known video
-container signature (MP4/MOV, Matroska/WebM, AVI, MPEG-TS/PS, FLV, Ogg, ASF, ...), and for MP4/MOV,
-Matroska/WebM and AVI the container header is read to catch truncated files, files without a video track,
-zero-frame tracks and absurd frame sizes (``max_pixels_per_frame``) before any frame is decoded. For other
-containers the frame size is checked on the first decoded frame. ``max_frames`` bounds the number of frames
-one video may return. decord's seeking is exact for MP4/MOV, Matroska/WebM and FLV; other containers (AVI,
-MPEG-PS, ...) are decoded sequentially up to the last needed frame (correct but slower for long files), and
-MPEG-TS is refused because decord returns misplaced frames for it (remux to MP4). Garbage files fail fast in
-decord, but decord can hang on a few *valid-looking* files (upstream issues dmlc/decord#269, #373, #375);
-decoding therefore runs in a worker thread with a timeout (``decode_timeout``, default 300 s) after which
-`VideoDecodingError` is raised. A stuck native decoder cannot be killed from Python: its thread is abandoned
-and keeps running in the background.
+Before a decoder sees a file, cheap checks run without decoding: it must exist, be a regular non-empty file,
+start with a known video container signature (MP4/MOV, Matroska/WebM, AVI, MPEG-TS/PS, FLV, Ogg, ASF, ...), and
+for MP4/MOV, Matroska/WebM and AVI the container header is read to catch truncated files, files without a video
+track, zero-frame tracks and absurd frame sizes (``max_pixels_per_frame``). The decoder's frame size is checked
+again before any frame is decoded (a header can lie: decompression bombs), and every decoded frame before it is
+converted. ``max_frames`` bounds the number of frames one video may return, and ``max_video_bytes`` the memory
+its frames take at the output size (a shortest-edge resize enlarges thin videos: 16x8192 becomes 224x114688), so
+extreme aspect ratios are refused before anything is allocated. Decoded arrays given to the processor are
+checked too (no empty frames, booleans, integers outside 0-255, NaN/Inf, or floats already in [0, 1] when they
+would be rescaled). Garbage files fail fast, but decord can hang on a few *valid-looking* files (upstream issues
+dmlc/decord#269, #373, #375); decoding therefore runs in a worker thread with a timeout (``decode_timeout``,
+default 300 s) after which `VideoDecodingError` is raised. A stuck native decoder cannot be killed from Python:
+its thread is abandoned and keeps running in the background.
 
-Backends and the fast mode
---------------------------
-``backend="pyav"`` (processor option ``decode_backend``, needs ``pip install av``) selects the same frames with
-PyAV: one demux pass without decoding indexes the frames, then frames are decoded in order, jumping to a
-keyframe only when that skips frames, and only the sampled frames are converted to RGB (and resized). decord
-converts every frame it decodes, so for dense sampling of long videos (1 FPS over minutes) PyAV runs close to a
-single sequential decode of the span while decord is slower; for sparse sampling both seek. Frames match
-decord's (same indices and timestamps, both resize with swscale's bicubic filter). The same checks, errors and
-timeout apply.
-
+Fast mode
+---------
 ``keyframe_snap`` (seconds, default None) is an opt-in fast mode: each sampled frame moves to the nearest
 keyframe (as listed by the container's index) at most that far away, ties to the earlier one (`snap_to_keyframes`;
 ``math.inf`` snaps every sample). A keyframe decodes on its own, so a fully snapped clip decodes one frame per

@@ -275,3 +275,16 @@ def test_extreme_aspect_ratio_is_refused_before_allocating(peaks, case):
     outcome = peaks[case]
     assert outcome["error"] and "max_video_bytes" in outcome["error"] and "224x114688" in outcome["error"]
     assert outcome["growth_mib"] < 48, outcome
+
+
+def test_missing_timestamps_use_the_decoder_then_a_loud_constant_rate(corpus, monkeypatch):
+    media = corpus["vfr.mp4"]
+    logged = []
+    monkeypatch.setattr(vp.logger, "warning", lambda message, *args: logged.append(message % args))
+    packet_index = vp._pyav_packet_index
+    monkeypatch.setattr(vp, "_pyav_packet_index", lambda *args: (None, *packet_index(*args)[1:]))
+    frames, _ = read_video_frames(media.path, backend="pyav", fps=7.0)  # the decoder's timestamps: still exact
+    assert band_ids(frames) == [media.on_screen(k / 7) for k in range(len(frames))] and not logged
+    monkeypatch.setattr(vp, "_pyav_decoded_stamps", lambda *args: np.full(len(media.times), -1))
+    read_video_frames(media.path, backend="pyav", fps=7.0)
+    assert len(logged) == 1 and "timestamps are missing or not increasing; assuming a constant rate" in logged[0]
