@@ -133,11 +133,7 @@ _RANDOM_ACCESS_CONTAINERS = ("mp4", "matroska", "flv")
 _DECORD_CONTAINERS = ("mp4", "matroska", "flv", "avi")
 # decord fails to copy frames of these widths out ("DECORDArrayCopyFromTo: The size must exactly match").
 _DECORD_BAD_WIDTHS = frozenset({16, 24, 48, 72})
-# Without PyAV, decord is the only decoder: MPEG-TS is then refused.
-_REFUSED_CONTAINERS = {
-    "mpeg-ts": "MPEG-TS needs PyAV (`pip install av`): decord returns misplaced frames for it; or remux it to MP4 "
-    "(e.g. `ffmpeg -i in.ts -c copy out.mp4`)",
-}
+
 _TIME_TOLERANCE = 1e-4  # seconds: a sample time this close before a frame's start selects that frame
 _MIN_VIDEO_BYTES = 64
 _HEAD_BYTES = 64 * 1024
@@ -1200,10 +1196,14 @@ def _decord_failure_reason(err: BaseException, container: _ContainerInfo) -> str
     return f"decoder error: {first_line[:300]}"
 
 
-def _decord_known_wrong(container: _ContainerInfo, index: _FrameIndex, target: tuple[int, int] | None) -> str | None:
-    """Why decord must not decode this file, when that is known before trying it."""
+def _decord_known_wrong(
+    container: _ContainerInfo, index: _FrameIndex | None, target: tuple[int, int] | None
+) -> str | None:
+    """Why decord must not decode this file, when that is known before trying it (`index` None: without PyAV)."""
     if container.container not in _DECORD_CONTAINERS:
         return f"decord is not verified on {container.container} files (it returns misplaced frames for MPEG-PS/TS)"
+    if index is None:
+        return None
     if container.width and container.height and (container.width, container.height) != (index.width, index.height):
         return (
             f"the container header says {container.width}x{container.height} but the stream is "
@@ -1234,12 +1234,10 @@ def _decode_with_decord(
         except Exception as err:
             raise fail(err, "opening the file") from err
 
-    target = None
-    if index is not None:
-        target = _decode_size(*index.display_size, request.size)
-        reason = _decord_known_wrong(container, index, target)
-        if reason is not None:
-            raise _UseOtherBackend(reason)
+    target = _decode_size(*index.display_size, request.size) if index is not None else None
+    reason = _decord_known_wrong(container, index, target)
+    if reason is not None:
+        raise _UseOtherBackend(reason)
     try:
         if index is None:
             index = _index_with_decord(open_reader(), source.name, container, request.max_pixels_per_frame)
@@ -1523,8 +1521,6 @@ def _decode_video(
     else:
         _import_decord()
     with_av = _has_av()
-    if container.container in _REFUSED_CONTAINERS and not with_av:
-        raise VideoDecodingError(loaded.name, _REFUSED_CONTAINERS[container.container])
 
     def decode() -> _DecodedVideo:
         index = _index_with_pyav(loaded, container, request) if with_av else None
