@@ -121,7 +121,7 @@ DEFAULT_MAX_PIXELS_PER_FRAME = 7680 * 4320  # 8K UHD; larger frames are refused 
 DEFAULT_MAX_FRAMES = 4096  # most frames a single video may return
 DEFAULT_DECODE_TIMEOUT = 300.0  # seconds per video
 SAMPLING_MODES = ("uniform", "fps", "window")
-DECODE_BACKENDS = ("decord", "pyav")
+DECODE_BACKENDS = ("auto", "decord", "pyav")  # "auto": PyAV when installed, else decord
 
 DEFAULT_MAX_VIDEO_BYTES = 4 * 2**30  # most memory one video's frames may take at the processor's output size
 
@@ -1509,6 +1509,8 @@ def _decode_video(
     routing decord's known failures to PyAV with a logged reason."""
     if backend not in DECODE_BACKENDS:
         raise ValueError(f"backend must be one of {DECODE_BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        backend = "pyav" if _has_av() else "decord"
     request = replace(request, keyframe_snap=_check_keyframe_snap(request.keyframe_snap))
     loaded = _load_source(source)
     container = _inspect_container(loaded)
@@ -1580,8 +1582,9 @@ def read_video_frames(
         max_video_bytes: refuse requests whose returned frames would take more memory (None: no limit).
         num_threads: decoding threads (0: automatic).
         timeout: seconds before giving up on a stuck decoder (None: wait forever).
-        backend: ``"decord"`` or ``"pyav"`` (faster for dense sampling of long videos; needs ``av``). Files
-            decord is known or found wrong on are decoded with PyAV (logged).
+        backend: ``"decord"``, ``"pyav"`` (faster for dense sampling of long videos; needs ``av``) or ``"auto"``
+            (PyAV when installed, the processor's default). Files decord is known or found wrong on are decoded
+            with PyAV (logged).
         keyframe_snap: opt-in fast mode: move each sample to the nearest keyframe at most this many seconds away
             (``math.inf``: always); see `snap_to_keyframes`. None samples exactly.
 
@@ -1705,8 +1708,9 @@ class VideoFirstVideoProcessorKwargs(VideosKwargs, total=False):
         Seconds before a stuck decoder is given up on (None: no limit).
     decode_num_threads (`int`, *optional*, defaults to 0):
         Decoding threads (0: automatic).
-    decode_backend (`str`, *optional*, defaults to `"decord"`):
-        `"decord"` or `"pyav"` (PyAV converts only the sampled frames: faster for dense sampling of long videos).
+    decode_backend (`str`, *optional*, defaults to `"auto"`):
+        `"auto"` (PyAV when installed, else decord), `"decord"` or `"pyav"`. PyAV converts only the sampled frames
+        (faster for dense sampling of long videos); decord hands the files it is known or found wrong on to PyAV.
     keyframe_snap (`float`, *optional*):
         Opt-in fast mode: move each sample to the nearest keyframe at most this many seconds away (`inf`:
         always). Exact sampling when None.
@@ -1857,11 +1861,11 @@ def _to_tchw(video, input_data_format=None, prefer_channels_last: bool = True) -
 class VideoFirstVideoProcessor(BaseVideoProcessor):
     r"""Samples, decodes, resizes, crops and normalises videos for VideoFirst models.
 
-    Inputs: a path / bytes / binary file object (decoded with decord, see `read_video_frames`), a decoded
-    video (uint8 array `(T, H, W, C)`, tensor `(T, C, H, W)` or `(T, H, W, C)`, list of PIL images or
-    arrays), or a list of those. Decoded inputs are used as given, unless `video_metadata` with an `fps` is
-    passed for them, in which case the same sampling rules apply. Frames are resized so their shortest edge
-    is `size["shortest_edge"]` (224), centre-cropped to `crop_size` (224 x 224), rescaled to [0, 1] and
+    Inputs: a path / bytes / binary file object (decoded with PyAV when installed, else decord; see
+    `read_video_frames`), a decoded video (uint8 array `(T, H, W, C)`, tensor `(T, C, H, W)` or `(T, H, W, C)`,
+    list of PIL images or arrays), or a list of those. Decoded inputs are used as given, unless `video_metadata`
+    with an `fps` is passed for them, in which case the same sampling rules apply. Frames are resized so their
+    shortest edge is `size["shortest_edge"]` (224), centre-cropped to `crop_size` (224 x 224), rescaled to [0, 1] and
     normalised with CLIP's mean and standard deviation (the usual choice for a video-first encoder
     initialised from CLIP-style image models).
 
@@ -1897,7 +1901,7 @@ class VideoFirstVideoProcessor(BaseVideoProcessor):
     max_video_bytes = DEFAULT_MAX_VIDEO_BYTES
     decode_timeout = DEFAULT_DECODE_TIMEOUT
     decode_num_threads = 0
-    decode_backend = "decord"
+    decode_backend = "auto"
     keyframe_snap = None
     valid_kwargs = VideoFirstVideoProcessorKwargs
     model_input_names = ["pixel_values_videos", "video_frame_mask"]
@@ -1925,7 +1929,7 @@ class VideoFirstVideoProcessor(BaseVideoProcessor):
         max_frames,
         max_pixels_per_frame,
         decode_timeout,
-        decode_backend="decord",
+        decode_backend="auto",
         keyframe_snap=None,
         **_,
     ):
@@ -2034,7 +2038,7 @@ class VideoFirstVideoProcessor(BaseVideoProcessor):
             )
             if _is_source(item):
                 decoded = _decode_video(
-                    item, request, timeout=kwargs["decode_timeout"], backend=kwargs["decode_backend"] or "decord"
+                    item, request, timeout=kwargs["decode_timeout"], backend=kwargs["decode_backend"] or "auto"
                 )
                 tensors.append(torch.from_numpy(decoded.frames).permute(0, 3, 1, 2))
                 metadata.append(

@@ -5,8 +5,9 @@
 
 Methods (all on the clip [0, frames / fps) of `--video`, frames resized so the shortest edge is 224):
 
-* ``processor_decord`` / ``processor_pyav``: (a) ``VideoFirstVideoProcessor`` with ``decode_backend`` decord (its
-  default) or pyav: sampling, decode-time resize, centre crop, normalisation (the full training input);
+* ``processor_decord`` / ``processor_pyav``: (a) ``VideoFirstVideoProcessor`` with ``decode_backend`` decord or
+  pyav (the default, ``"auto"``, where av is installed): sampling, decode-time resize, centre crop, normalisation
+  (the full training input);
 * ``hf_load_video_decord`` / ``hf_load_video_pyav``: (b) transformers' ``load_video`` with the same frame indices,
   then the same resize / crop / normalisation (our processor on the decoded frames);
 * ``sequential_decode``: (c) one sequential PyAV decode of every frame of the clip, nothing converted: the floor
@@ -97,7 +98,7 @@ def build_methods(video: str, frames: int, fps: float, size: int, work: Path) ->
         ]
 
     methods = {
-        "processor_decord": lambda: processed(),
+        "processor_decord": lambda: processed(decode_backend="decord"),
         "processor_pyav": lambda: processed(decode_backend="pyav"),
         "hf_load_video_decord": lambda: pixels(_hf_load_video(video, "decord", indices)),
         "hf_load_video_pyav": lambda: pixels(_hf_load_video(video, "pyav", indices)),
@@ -172,8 +173,8 @@ def summarise(rows: list[dict], facts: dict, args) -> str:
         "|---|---|---:|---:|",
     ]
     labels = {
-        "processor_decord": "(a) our processor, decord (default backend)",
-        "processor_pyav": '(a) our processor, `decode_backend="pyav"`',
+        "processor_decord": '(a) our processor, `decode_backend="decord"`',
+        "processor_pyav": '(a) our processor, PyAV (the default backend, `"auto"`, when av is installed)',
         "hf_load_video_decord": "(b) transformers `load_video`, decord",
         "hf_load_video_pyav": "(b) transformers `load_video`, pyav",
         "sequential_decode": "(c) one sequential decode of the span (floor)",
@@ -184,11 +185,15 @@ def summarise(rows: list[dict], facts: dict, args) -> str:
     }
     for name, label in labels.items():
         lines.append(f"| `{name}` | {label} | {median[name]:.2f} | {ratio(name, floor):.3f} |")
-    best_ours = min(("processor_decord", "processor_pyav"), key=lambda name: median[name])
+    best_ours = "processor_pyav"  # the processor's default backend ("auto") where av is installed
     fastest_hf = min(median["hf_load_video_decord"], median["hf_load_video_pyav"])
     read_speedup = 1 / ratio("shard_read", floor)
     goals = [
-        ("(a) within 1.2x of (c)", f"{best_ours}: {ratio(best_ours, floor):.2f}x", ratio(best_ours, floor) <= 1.2),
+        (
+            "(a) default backend within 1.2x of (c)",
+            f"{best_ours}: {ratio(best_ours, floor):.2f}x",
+            ratio(best_ours, floor) <= 1.2,
+        ),
         (
             "(a) faster than every (b)",
             f"{median[best_ours]:.2f} s vs {fastest_hf:.2f} s",
