@@ -25,7 +25,9 @@ Request (JSON):
   as one video. `inputs` may be omitted to embed texts only.
 * `parameters` (all optional): `candidate_labels` (texts scored against every video; alias `texts`),
   `hypothesis_template` (`{}` is replaced by each label; default `"{}"`), `return_embeddings` (default: true when
-  there are no texts), `fps` and `num_frames` (frame sampling; default: the processor's).
+  there are no texts), `fps` and `num_frames` (frame sampling; default: the processor's, `num_frames`
+  spread over the whole video; `fps` alone samples the whole video at that rate, both take the first `num_frames`
+  frames at `fps`).
 
 Response: `{"results": [{"num_frames": T, "scores": [{"score", "label", "similarity"}, ...], "embedding": [...]}]}`
 with one entry per video, scores sorted by decreasing score (`VideoFirstModel.score_candidates`, as the pipelines:
@@ -211,8 +213,10 @@ class EndpointHandler:
             if not 1 <= num_frames <= self.limits.max_frames:
                 raise RequestError(f"'num_frames' must be an integer in [1, {self.limits.max_frames}]")
             kwargs["num_frames"] = num_frames
+        if fps is not None and num_frames is not None:
+            kwargs["sampling"] = "window"  # both named: the first num_frames frames at fps
         default_frames = getattr(self.processor.video_processor, "num_frames", None)
-        if num_frames is None and (default_frames is None or default_frames > self.limits.max_frames):
+        if fps is None and num_frames is None and (default_frames is None or default_frames > self.limits.max_frames):
             kwargs["num_frames"] = self.limits.max_frames
         return kwargs
 

@@ -13,17 +13,20 @@ end of the video, ``end`` more than one frame past the end, or ``end <= start`` 
   is ``<= t`` (0.1 ms tolerance). For a constant-frame-rate file that is ``floor(t * video_fps)``, e.g.
   ``t = 1.0`` in a 29.97 fps file is frame 29. Variable-frame-rate files use the real presentation
   timestamps.
-* ``sampling="fps"`` (default): sample times ``start + offset + k / fps`` for ``k = 0, 1, ...`` while the
-  time is ``< end``, keeping at most ``num_frames`` of them. ``offset`` is 0 by default, a number of seconds
-  in ``[0, end - start)``, or ``"random"`` (uniform in ``[0, min(1 / fps, end - start))``, drawn from
-  ``seed``). A video shorter than ``num_frames / fps`` seconds yields fewer frames (the batch padding below
-  fills up); when ``fps`` exceeds the video's frame rate a frame can be selected more than once.
-  ``fps=None`` takes every frame.
-* ``sampling="uniform"``: the ``count`` frames inside the clip are split into ``num_frames`` contiguous
-  segments with boundaries ``b_k = first + floor(k * count / num_frames)``; the middle frame
-  ``(b_k + b_{k+1} - 1) // 2`` of each segment is taken (a random frame of each segment with
-  ``offset="random"``). A clip with no more than ``num_frames`` frames returns all its frames. Indices are
-  strictly increasing.
+* The names mean what they mean in transformers (`resolve_sampling`): ``num_frames`` alone is
+  ``sampling="uniform"``, ``fps`` alone is ``sampling="fps"``, both together need ``sampling="window"`` (anything
+  else is a ValueError), neither takes every frame of the clip.
+* ``"uniform"``: the ``count`` frames inside the clip are split into ``num_frames`` contiguous segments with
+  boundaries ``b_k = first + floor(k * count / num_frames)``; the middle frame ``(b_k + b_{k+1} - 1) // 2`` of
+  each segment is taken (a random frame of each segment with ``offset="random"``). A clip with no more than
+  ``num_frames`` frames returns all its frames. Indices are strictly increasing.
+* ``"fps"``: sample times ``start + offset + k / fps`` for ``k = 0, 1, ...`` while the time is ``< end``, over the
+  whole clip (``max_frames`` bounds the count). ``offset`` is 0 by default, a number of seconds in
+  ``[0, end - start)``, or ``"random"`` (uniform in ``[0, min(1 / fps, end - start))``, drawn from ``seed``).
+  When ``fps`` exceeds the video's frame rate a frame can be selected more than once.
+* ``"window"`` (the paper's training policy, "the first N seconds at 1 FPS"): the ``"fps"`` samples, at most the
+  first ``num_frames`` of them; with ``offset="random"`` or a random ``start`` it gives random training windows.
+  A video shorter than ``num_frames / fps`` seconds yields fewer frames (the batch padding below fills up).
 
 Padding rules (`pad_video_batch`, used by `VideoFirstVideoProcessor`)
 --------------------------------------------------------------------
@@ -33,33 +36,40 @@ Each video's real frames are first edge-padded (its last frame repeated) up to a
 ``video_frame_mask`` (shape ``(B, T)``, int64). A video therefore has identical real frames whether it is
 processed alone or in a batch. The mask is returned even when every video has the same length (all ones).
 
+One frame index, two decoders
+-----------------------------
+When PyAV is installed, every video is indexed once by `_index_with_pyav`: the presentation timestamp of every
+frame from one demux pass (no pixels decoded), or, where packets carry none, from one decoding pass; the frame
+size comes from the decoder, not the container header. Both backends decode exactly the frames of that index that
+the request selects. PyAV seeks to the keyframe before a needed frame in MP4/MOV, Matroska/WebM and FLV and reads
+every other container in order, converting only the sampled frames to RGB (dense sampling costs about one
+sequential decode of the span). decord seeks in those containers and reads AVI in order; it is handed to PyAV,
+with a logged reason, where it is known or found wrong: containers it is not verified on (MPEG-PS, where it
+returns every frame 12 frames late, MPEG-TS, raw streams, Ogg, ...), a container header whose frame size differs
+from the stream's, output widths it cannot copy (16, 24, 48, 72), a frame count or timestamps that disagree with
+the index, or frames of an unexpected size. Without PyAV, decord's own timestamps are the index (MPEG-TS is then
+refused). Timestamps that are missing or not increasing fall back to a constant rate with a warning, never
+silently. Both backends show frames as a player does: a display rotation (the MP4 track matrix) is applied, and
+``size`` applies to the displayed frame.
+
 Decoding and safety
 -------------------
-Files are decoded with decord (an optional dependency, imported on first use) using exact frame indices, and
-resized at decode time when the processor will shrink them anyway (``size``). Before decord sees a file,
-cheap checks run without decoding: it must exist, be a regular non-empty file, start with a known video
-container signature (MP4/MOV, Matroska/WebM, AVI, MPEG-TS/PS, FLV, Ogg, ASF, ...), and for MP4/MOV,
-Matroska/WebM and AVI the container header is read to catch truncated files, files without a video track,
-zero-frame tracks and absurd frame sizes (``max_pixels_per_frame``) before any frame is decoded. For other
-containers the frame size is checked on the first decoded frame. ``max_frames`` bounds the number of frames
-one video may return. decord's seeking is exact for MP4/MOV, Matroska/WebM and FLV; other containers (AVI,
-MPEG-PS, ...) are decoded sequentially up to the last needed frame (correct but slower for long files), and
-MPEG-TS is refused because decord returns misplaced frames for it (remux to MP4). Garbage files fail fast in
-decord, but decord can hang on a few *valid-looking* files (upstream issues dmlc/decord#269, #373, #375);
-decoding therefore runs in a worker thread with a timeout (``decode_timeout``, default 300 s) after which
-`VideoDecodingError` is raised. A stuck native decoder cannot be killed from Python: its thread is abandoned
-and keeps running in the background.
+Before a decoder sees a file, cheap checks run without decoding: it must exist, be a regular non-empty file,
+start with a known video container signature (MP4/MOV, Matroska/WebM, AVI, MPEG-TS/PS, FLV, Ogg, ASF, ...), and
+for MP4/MOV, Matroska/WebM and AVI the container header is read to catch truncated files, files without a video
+track, zero-frame tracks and absurd frame sizes (``max_pixels_per_frame``). The decoder's frame size is checked
+again before any frame is decoded (a header can lie: decompression bombs), and every decoded frame before it is
+converted. ``max_frames`` bounds the number of frames one video may return, and ``max_video_bytes`` the memory
+its frames take at the output size (a shortest-edge resize enlarges thin videos: 16x8192 becomes 224x114688), so
+extreme aspect ratios are refused before anything is allocated. Decoded arrays given to the processor are
+checked too (no empty frames, booleans, integers outside 0-255, NaN/Inf, or floats already in [0, 1] when they
+would be rescaled). Garbage files fail fast, but decord can hang on a few *valid-looking* files (upstream issues
+dmlc/decord#269, #373, #375); decoding therefore runs in a worker thread with a timeout (``decode_timeout``,
+default 300 s) after which `VideoDecodingError` is raised. A stuck native decoder cannot be killed from Python:
+its thread is abandoned and keeps running in the background.
 
-Backends and the fast mode
---------------------------
-``backend="pyav"`` (processor option ``decode_backend``, needs ``pip install av``) selects the same frames with
-PyAV: one demux pass without decoding indexes the frames, then frames are decoded in order, jumping to a
-keyframe only when that skips frames, and only the sampled frames are converted to RGB (and resized). decord
-converts every frame it decodes, so for dense sampling of long videos (1 FPS over minutes) PyAV runs close to a
-single sequential decode of the span while decord is slower; for sparse sampling both seek. Frames match
-decord's (same indices and timestamps, both resize with swscale's bicubic filter). The same checks, errors and
-timeout apply.
-
+Fast mode
+---------
 ``keyframe_snap`` (seconds, default None) is an opt-in fast mode: each sampled frame moves to the nearest
 keyframe (as listed by the container's index) at most that far away, ties to the earlier one (`snap_to_keyframes`;
 ``math.inf`` snaps every sample). A keyframe decodes on its own, so a fully snapped clip decodes one frame per
@@ -86,18 +96,23 @@ from PIL import Image
 from transformers.image_processing_utils import BatchFeature
 from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, PILImageResampling, SizeDict
 from transformers.processing_utils import Unpack, VideosKwargs
+from transformers.utils import logging
 from transformers.video_processing_utils import BaseVideoProcessor
 from transformers.video_utils import VideoMetadata
+
+logger = logging.get_logger(__name__)
 
 __all__ = [
     "DECODE_BACKENDS",
     "DEFAULT_DECODE_TIMEOUT",
     "DEFAULT_MAX_FRAMES",
     "DEFAULT_MAX_PIXELS_PER_FRAME",
+    "DEFAULT_MAX_VIDEO_BYTES",
     "VideoDecodingError",
     "VideoFirstVideoProcessor",
     "pad_video_batch",
     "read_video_frames",
+    "resolve_sampling",
     "sample_frame_indices",
     "snap_to_keyframes",
 ]
@@ -105,17 +120,20 @@ __all__ = [
 DEFAULT_MAX_PIXELS_PER_FRAME = 7680 * 4320  # 8K UHD; larger frames are refused as decompression bombs
 DEFAULT_MAX_FRAMES = 4096  # most frames a single video may return
 DEFAULT_DECODE_TIMEOUT = 300.0  # seconds per video
-SAMPLING_MODES = ("fps", "uniform")
-DECODE_BACKENDS = ("decord", "pyav")
+SAMPLING_MODES = ("uniform", "fps", "window")
+DECODE_BACKENDS = ("auto", "decord", "pyav")  # "auto": PyAV when installed, else decord
 
-# decord seeks exactly in these containers; others are decoded sequentially up to the last needed frame,
-# because its seeking returns wrong frames there (e.g. AVI with B-frames, MPEG-PS). MPEG-TS comes back
-# misplaced even when read sequentially, so it is refused.
+DEFAULT_MAX_VIDEO_BYTES = 4 * 2**30  # most memory one video's frames may take at the processor's output size
+
+# Both backends seek in these containers; in the others frames are decoded in order up to the last needed one,
+# because decord's seeking returns wrong frames there (e.g. AVI with B-frames).
 _RANDOM_ACCESS_CONTAINERS = ("mp4", "matroska", "flv")
-_REFUSED_CONTAINERS = {
-    "mpeg-ts": "MPEG-TS is not supported: decord returns misplaced frames for it; remux it to MP4 first "
-    "(e.g. `ffmpeg -i in.ts -c copy out.mp4`)",
-}
+# decord is verified exact (frames and times compared with PyAV's) only in these containers; it returns MPEG-PS
+# frames 12 late and MPEG-TS frames misplaced, so other containers go to PyAV.
+_DECORD_CONTAINERS = ("mp4", "matroska", "flv", "avi")
+# decord fails to copy frames of these widths out ("DECORDArrayCopyFromTo: The size must exactly match").
+_DECORD_BAD_WIDTHS = frozenset({16, 24, 48, 72})
+
 _TIME_TOLERANCE = 1e-4  # seconds: a sample time this close before a frame's start selects that frame
 _MIN_VIDEO_BYTES = 64
 _HEAD_BYTES = 64 * 1024
@@ -194,7 +212,10 @@ def _load_source(source) -> _Source:
     if hasattr(source, "read"):
         name = getattr(source, "name", None)
         name = name if isinstance(name, str) else "<file object>"
-        data = source.read()
+        try:
+            data = source.read()
+        except UnicodeDecodeError:
+            raise VideoDecodingError(name, "file object is in text mode; open it in binary mode ('rb')") from None
         if isinstance(data, str):
             raise VideoDecodingError(name, "file object is in text mode; open it in binary mode ('rb')")
         if not isinstance(data, (bytes, bytearray, memoryview)):
@@ -279,6 +300,7 @@ class _ContainerInfo:
     height: int | None = None
     codec: str | None = None
     num_frames: int | None = None
+    rotation: int = 0  # display rotation, degrees counter-clockwise (MP4/MOV track matrix)
 
 
 def _iter_mp4_boxes(buffer: bytes, begin: int, end: int):
@@ -312,7 +334,12 @@ def _parse_mp4_track(moov: bytes, begin: int, end: int) -> dict | None:
         return None
     hdlr = _mp4_child(moov, *mdia, b"hdlr")
     handler = moov[hdlr[0] + 8 : hdlr[0] + 12] if hdlr and hdlr[1] - hdlr[0] >= 12 else b""
-    track = {"handler": handler, "codec": None, "width": None, "height": None, "num_frames": None}
+    track = {"handler": handler, "codec": None, "width": None, "height": None, "num_frames": None, "rotation": 0}
+    tkhd = _mp4_child(moov, begin, end, b"tkhd")
+    if tkhd is not None:
+        matrix_at = tkhd[0] + (52 if moov[tkhd[0]] == 1 else 40)
+        if matrix_at + 36 <= tkhd[1]:
+            track["rotation"] = _matrix_rotation(struct.unpack_from(">9i", moov, matrix_at))
     minf = _mp4_child(moov, *mdia, b"minf")
     stbl = _mp4_child(moov, *minf, b"stbl") if minf else None
     if stbl is None:
@@ -329,6 +356,15 @@ def _parse_mp4_track(moov: bytes, begin: int, end: int) -> dict | None:
             track["num_frames"] = struct.unpack_from(">I", moov, sizes[0] + 8)[0]
             break
     return track
+
+
+def _matrix_rotation(matrix: tuple[int, ...]) -> int:
+    """Display rotation (degrees counter-clockwise, a multiple of 90) of an MP4 track matrix, as FFmpeg reads it."""
+    a, b, c, d = (value / 65536 for value in (matrix[0], matrix[1], matrix[3], matrix[4]))
+    if math.hypot(a, c) == 0 or math.hypot(b, d) == 0:
+        return 0
+    angle = -math.degrees(math.atan2(b / math.hypot(b, d), a / math.hypot(a, c)))
+    return int(round(angle / 90)) * 90 % 360
 
 
 def _inspect_mp4(source: _Source) -> _ContainerInfo:
@@ -388,6 +424,7 @@ def _inspect_mp4(source: _Source) -> _ContainerInfo:
         height=track["height"] or None,
         codec=track["codec"],
         num_frames=None if fragmented else track["num_frames"],
+        rotation=track["rotation"],
     )
 
 
@@ -518,8 +555,6 @@ def _inspect_bytes(source: _Source) -> _ContainerInfo:
     container = _sniff_container(head)
     if container is None:
         raise VideoDecodingError(source.name, _describe_non_video(head))
-    if container in _REFUSED_CONTAINERS:
-        raise VideoDecodingError(source.name, _REFUSED_CONTAINERS[container])
     if container == "mp4":
         return _inspect_mp4(source)
     if container == "matroska":
@@ -558,13 +593,39 @@ def _as_time(value, name: str) -> float | None:
     return value
 
 
+def resolve_sampling(fps: float | None, num_frames: int | None, sampling: str | None) -> str:
+    """The sampling mode a request means (rules in this module's docstring); raises ValueError for ambiguous or
+    incomplete ones. ``num_frames`` alone is uniform over the clip, ``fps`` alone is that rate, both together
+    need the explicitly named ``sampling="window"``."""
+    if sampling is None:
+        if fps is not None and num_frames is not None:
+            raise ValueError(
+                f"fps={fps!r} and num_frames={num_frames!r} together are ambiguous: pass only num_frames (spread "
+                "uniformly over the clip), only fps (every 1 / fps seconds), or sampling='window' (the first "
+                "num_frames samples at fps from the clip start, the paper's training policy)"
+            )
+        return "uniform" if num_frames is not None else "fps"
+    if sampling not in SAMPLING_MODES:
+        raise ValueError(f"sampling must be one of {SAMPLING_MODES} or None, got {sampling!r}")
+    if sampling == "uniform" and (num_frames is None or fps is not None):
+        raise ValueError(f"sampling='uniform' takes num_frames and no fps, got fps={fps!r}, num_frames={num_frames!r}")
+    if sampling == "fps" and num_frames is not None:
+        raise ValueError(
+            f"sampling='fps' covers the whole clip and takes no num_frames (got {num_frames!r}); use "
+            "sampling='window' for the first num_frames samples at fps"
+        )
+    if sampling == "window" and (fps is None or num_frames is None):
+        raise ValueError(f"sampling='window' needs fps and num_frames, got fps={fps!r}, num_frames={num_frames!r}")
+    return sampling
+
+
 def sample_frame_indices(
     frame_times: Sequence[float] | np.ndarray,
     duration: float,
     *,
-    fps: float | None = 1.0,
+    fps: float | None = None,
     num_frames: int | None = None,
-    sampling: str = "fps",
+    sampling: str | None = None,
     start: float | None = None,
     end: float | None = None,
     offset: float | str | None = None,
@@ -576,12 +637,13 @@ def sample_frame_indices(
         frame_times: presentation time in seconds of every frame, non-decreasing
             (``arange(n) / video_fps`` for a constant-frame-rate video).
         duration: the video's duration in seconds (end of its last frame).
-        fps: sampling rate for ``sampling="fps"``; None takes every frame of the clip.
-        num_frames: most frames to return (required for ``sampling="uniform"``).
-        sampling: ``"fps"`` or ``"uniform"``.
+        fps: sampling rate (``"fps"`` and ``"window"``); None with no `num_frames` takes every frame of the clip.
+        num_frames: how many frames (``"uniform"``) or the most frames (``"window"``).
+        sampling: None (``"uniform"`` when only `num_frames` is given, else ``"fps"``), ``"uniform"``, ``"fps"``
+            or ``"window"``; see `resolve_sampling`.
         start, end: clip bounds in seconds (``[start, end)``), None for the video's start / end.
-        offset: ``"fps"`` mode: seconds after ``start`` of the first sample, or ``"random"``. ``"uniform"``
-            mode: None (segment middles) or ``"random"`` (a random frame per segment).
+        offset: ``"fps"`` / ``"window"``: seconds after ``start`` of the first sample, or ``"random"``.
+            ``"uniform"``: None (segment middles) or ``"random"`` (a random frame per segment).
         seed: seed or generator for ``offset="random"``.
 
     Returns:
@@ -597,14 +659,11 @@ def sample_frame_indices(
     duration = float(duration)
     if not math.isfinite(duration) or duration <= 0:
         raise ValueError(f"invalid video duration {duration}")
-    if sampling not in SAMPLING_MODES:
-        raise ValueError(f"sampling must be one of {SAMPLING_MODES}, got {sampling!r}")
     if num_frames is not None and (isinstance(num_frames, bool) or int(num_frames) != num_frames or num_frames < 1):
         raise ValueError(f"num_frames must be a positive integer or None, got {num_frames!r}")
-    if sampling == "fps" and fps is not None and not (math.isfinite(fps) and fps > 0):
+    if fps is not None and (isinstance(fps, bool) or not (math.isfinite(fps) and fps > 0)):
         raise ValueError(f"fps must be a positive number or None, got {fps!r}")
-    if sampling == "uniform" and num_frames is None:
-        raise ValueError("sampling='uniform' needs num_frames")
+    mode = resolve_sampling(fps, num_frames, sampling)
 
     clip_start = _as_time(start, "start") or 0.0
     clip_end = _as_time(end, "end")
@@ -630,13 +689,12 @@ def sample_frame_indices(
     last = max(first, int(np.searchsorted(times, clip_end - _TIME_TOLERANCE, side="left")) - 1)
     span = clip_end - clip_start
 
-    if sampling == "fps" and fps is None:
+    if mode == "fps" and fps is None:
         if offset is not None:
             raise ValueError("offset needs fps (there is no sampling period when fps=None)")
-        indices = np.arange(first, last + 1)
-        return indices[:num_frames] if num_frames is not None else indices
+        return np.arange(first, last + 1, dtype=np.int64)
 
-    if sampling == "fps":
+    if mode in ("fps", "window"):
         period = 1.0 / fps
         if offset is None:
             shift = 0.0
@@ -649,7 +707,7 @@ def sample_frame_indices(
             if shift >= span:
                 raise ValueError(f"offset={shift:g} s is not inside the clip (length {span:g} s)")
         n = int(math.floor((span - shift) / period - 1e-9)) + 1
-        if num_frames is not None:
+        if mode == "window":
             n = min(n, int(num_frames))
         sample_times = clip_start + shift + np.arange(n) * period
         return np.clip(frame_at(sample_times), first, last).astype(np.int64)
@@ -716,13 +774,13 @@ def snap_to_keyframes(
 
 @dataclass
 class _DecodedVideo:
-    frames: np.ndarray  # (T, H, W, 3) uint8
+    frames: np.ndarray  # (T, H, W, 3) uint8, as displayed (rotation applied)
     timestamps: np.ndarray  # (T,) float64 seconds
     indices: np.ndarray  # (T,) int64
     video_fps: float
     total_frames: int
     duration: float
-    width: int  # native frame size
+    width: int  # displayed frame size (native resolution, rotation applied)
     height: int
     backend: str = "decord"
 
@@ -744,68 +802,110 @@ def _decode_size(width: int, height: int, size) -> tuple[int, int] | None:
     return (shortest, new_long) if width <= height else (new_long, shortest)
 
 
-def _resize_frames(frames: np.ndarray, target: tuple[int, int]) -> np.ndarray:
-    """Resizes uint8 frames (T, H, W, 3) to `target` = (width, height), antialiased bicubic."""
-    tensor = torch.from_numpy(frames).permute(0, 3, 1, 2).float()
-    tensor = torch.nn.functional.interpolate(
-        tensor, size=(target[1], target[0]), mode="bicubic", antialias=True, align_corners=False
-    )
-    return tensor.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
+def _output_size(width: int, height: int, size) -> tuple[int, int]:
+    """(width, height) of a `width` x `height` frame after the processor's resize to `size` (an int shortest
+    edge or a ``(height, width)`` pair), which may enlarge it."""
+    if isinstance(size, (tuple, list)):
+        return int(size[1]), int(size[0])
+    short, long = min(width, height), max(width, height)
+    new_long = int(int(size) * long / short)
+    return (int(size), new_long) if width <= height else (new_long, int(size))
 
 
-def _times_from_stamps(stamps: np.ndarray | None, count: int, video_fps: float) -> tuple[np.ndarray, float]:
-    """Frame times and duration from (start, end) stamps per frame in presentation order, snapped to the
-    constant-frame-rate grid when every stamp lies within a quarter frame of it."""
-    fps_ok = isinstance(video_fps, (int, float)) and math.isfinite(video_fps) and video_fps > 0
-    grid = np.arange(count, dtype=np.float64) / video_fps if fps_ok else None
-    usable = (
-        stamps is not None
-        and np.isfinite(stamps).all()
-        and stamps[0, 0] > -_TIME_TOLERANCE
-        and (count == 1 or (np.diff(stamps[:, 0]) >= 0).all())
-        and (count == 1 or stamps[-1, 0] > stamps[0, 0])
-    )
-    if usable:
-        starts = stamps[:, 0] - min(stamps[0, 0], 0.0)
-        if grid is not None and np.abs(starts - grid).max() <= 0.25 / video_fps:
-            return grid, count / video_fps
-        mean_length = (starts[-1] - starts[0]) / max(count - 1, 1)
-        end = float(stamps[-1, 1])
-        return starts, end if end > starts[-1] else float(starts[-1] + mean_length)
-    if grid is not None:
-        return grid, count / video_fps
-    raise RuntimeError("cannot determine the frame rate or frame timestamps")
+def _check_output_memory(name: str, count: int, width: int, height: int, request: "_SamplingRequest") -> None:
+    """Refuses, before anything is allocated, a request whose frames would be too large once resized: thin or
+    tiny videos are enlarged by a shortest-edge resize, so native pixel counts do not bound the output."""
+    if request.output_size is not None:
+        width, height = _output_size(width, height, request.output_size)
+        bytes_per_value = 4  # the processor resizes and normalises in float32
+    else:
+        width, height = _decode_size(width, height, request.size) or (width, height)
+        bytes_per_value = 1
+    if request.max_pixels_per_frame is not None and width * height > request.max_pixels_per_frame:
+        raise VideoDecodingError(
+            name,
+            f"frames would be resized to {width}x{height} ({width * height} pixels), more than max_pixels_per_frame="
+            f"{request.max_pixels_per_frame} (extreme aspect ratio?); refusing before allocating",
+        )
+    needed = count * width * height * 3 * bytes_per_value
+    if request.max_video_bytes is not None and needed > request.max_video_bytes:
+        raise VideoDecodingError(
+            name,
+            f"{count} frames of {width}x{height} need {needed / 2**30:.2f} GiB, more than max_video_bytes="
+            f"{request.max_video_bytes / 2**30:.2f} GiB (extreme aspect ratio or too many frames); refusing before "
+            "allocating",
+        )
+
+
+def _rotate(frames: np.ndarray, rotation: int) -> np.ndarray:
+    """Frames ``(T, H, W, 3)`` turned by the container's display rotation (degrees counter-clockwise), as players
+    show them."""
+    turns = (rotation // 90) % 4
+    return np.ascontiguousarray(np.rot90(frames, k=turns, axes=(1, 2))) if turns else frames
+
+
+def _check_frames(name: str, frames: np.ndarray, count: int) -> np.ndarray:
+    """What a backend returned, checked before anything uses it."""
+    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[0] != count or frames.shape[-1] != 3:
+        raise VideoDecodingError(
+            name, f"decoder returned frames of unexpected shape {frames.shape} / dtype {frames.dtype}"
+        )
+    if frames.shape[1] == 0 or frames.shape[2] == 0:
+        raise VideoDecodingError(name, f"decoder returned empty {frames.shape[2]}x{frames.shape[1]} frames")
+    return frames
+
+
+@dataclass(frozen=True, eq=False)
+class _FrameIndex:
+    """Every frame of a video, in presentation order: the one truth about time that both backends decode from.
+
+    Built once per video from the demuxer's packet timestamps (no pixels decoded) or, where the container has
+    none, from one decoding pass; `_index_with_decord` is the fallback when PyAV is not installed.
+    """
+
+    times: np.ndarray  # (N,) presentation time in seconds, from the first frame, strictly increasing
+    duration: float
+    keyframes: np.ndarray  # presentation indices of the frames a decoder can start from
+    stamps: np.ndarray | None  # presentation timestamps in stream time base, for seeking; None: read in order
+    width: int  # coded frame size, from the decoder (not the container header)
+    height: int
+    rotation: int  # display rotation in degrees counter-clockwise (0, 90, 180, 270)
+    video_fps: float  # the container's frame rate (NaN when unknown)
+    origin: str  # where the times come from, for messages
+
+    @property
+    def display_size(self) -> tuple[int, int]:
+        """(width, height) of the frames as displayed."""
+        return (self.height, self.width) if self.rotation % 180 else (self.width, self.height)
 
 
 @dataclass(frozen=True, eq=False)
 class _Selection:
     """The frames a request selects from one video."""
 
-    times: np.ndarray  # (N,) presentation time in seconds of every frame of the video
-    duration: float
+    index: _FrameIndex
     indices: np.ndarray  # (T,) int64 frame indices in playback order, possibly repeated
     unique: np.ndarray  # the distinct indices, sorted: the frames a backend decodes
     inverse: np.ndarray  # positions in `unique` of each entry of `indices`
 
-    def result(
-        self, name: str, frames: np.ndarray, video_fps: float, width: int, height: int, backend: str
-    ) -> _DecodedVideo:
-        """The decoded video from the frames at `unique` (uint8 ``(len(unique), H, W, 3)``); `width` and
-        `height` are the native frame size, `video_fps` the container's frame rate (NaN or 0 when unknown)."""
-        if frames.ndim != 4 or frames.shape[0] != len(self.unique) or frames.shape[-1] != 3:
-            raise VideoDecodingError(name, f"decoder returned frames of unexpected shape {frames.shape}")
+    def result(self, name: str, frames: np.ndarray, backend: str) -> _DecodedVideo:
+        """The decoded video from the frames at `unique` (uint8 ``(len(unique), H, W, 3)``, as displayed)."""
+        frames = _check_frames(name, frames, len(self.unique))
         if len(self.unique) != len(self.indices):
             frames = frames[self.inverse]
-        total = len(self.times)
+        index = self.index
+        total = len(index.times)
+        video_fps = index.video_fps
         if not np.isfinite(video_fps) or video_fps <= 0:
-            video_fps = float(total / self.duration)
+            video_fps = float(total / index.duration)
+        width, height = index.display_size
         return _DecodedVideo(
             frames=frames,
-            timestamps=self.times[self.indices],
+            timestamps=index.times[self.indices],
             indices=self.indices,
             video_fps=video_fps,
             total_frames=total,
-            duration=float(self.duration),
+            duration=float(index.duration),
             width=width,
             height=height,
             backend=backend,
@@ -816,9 +916,9 @@ class _Selection:
 class _SamplingRequest:
     """What to read from one video, as given to `read_video_frames`: the same for every backend."""
 
-    fps: float | None = 1.0
+    fps: float | None = None
     num_frames: int | None = None
-    sampling: str = "fps"
+    sampling: str | None = None
     start: float | None = None
     end: float | None = None
     offset: float | str | None = None
@@ -828,6 +928,9 @@ class _SamplingRequest:
     max_frames: int | None = DEFAULT_MAX_FRAMES
     num_threads: int = 0
     keyframe_snap: float | None = None
+    # The processor's resize target (int shortest edge or (height, width)); None: frames stay at `size`.
+    output_size: int | tuple[int, int] | None = None
+    max_video_bytes: int | None = DEFAULT_MAX_VIDEO_BYTES
 
     def sample(self, name: str, times: np.ndarray, duration: float) -> np.ndarray:
         """`sample_frame_indices` for a video named `name` whose frames start at `times`; invalid requests raise
@@ -847,19 +950,17 @@ class _SamplingRequest:
         except ValueError as err:
             raise VideoDecodingError(name, str(err)) from None
 
-    def select(
-        self, name: str, times: np.ndarray, duration: float, keyframes: Callable[[], Sequence[int] | np.ndarray]
-    ) -> _Selection:
-        """The frames to decode: sampled, checked against `max_frames`, then snapped to `keyframes()` (called
-        only in the fast mode)."""
-        indices = self.sample(name, times, duration)
+    def select(self, name: str, index: _FrameIndex) -> _Selection:
+        """The frames to decode: sampled, checked against `max_frames` and the memory bound, then snapped to
+        keyframes in the fast mode."""
+        indices = self.sample(name, index.times, index.duration)
         _check_max_frames(name, len(indices), self.max_frames)
+        _check_output_memory(name, len(indices), *index.display_size, self)
         if self.keyframe_snap is not None:
-            keys = keyframes()
-            frame_range = _clip_frame_range(times, duration, self.start, self.end)
-            indices = snap_to_keyframes(indices, times, keys, self.keyframe_snap, frame_range)
+            frame_range = _clip_frame_range(index.times, index.duration, self.start, self.end)
+            indices = snap_to_keyframes(indices, index.times, index.keyframes, self.keyframe_snap, frame_range)
         unique, inverse = np.unique(indices, return_inverse=True)
-        return _Selection(times=times, duration=duration, indices=indices, unique=unique, inverse=inverse.reshape(-1))
+        return _Selection(index=index, indices=indices, unique=unique, inverse=inverse.reshape(-1))
 
 
 def _check_max_frames(name: str, count: int, max_frames: int | None) -> None:
@@ -885,6 +986,166 @@ def _decoder_error(
     if isinstance(err, MemoryError):
         return VideoDecodingError(source.name, f"out of memory while {stage}")
     return VideoDecodingError(source.name, reason(err, container))
+
+
+class _UseOtherBackend(Exception):
+    """decord is known or found wrong for this file; the message says why, and PyAV decodes it instead."""
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The frame index
+# ------------------------------------------------------------------------------------------------------------
+
+
+def _index_with_pyav(source: _Source, container: _ContainerInfo, request: _SamplingRequest) -> _FrameIndex:
+    """The frame index from PyAV: packet timestamps from one demux pass (nothing decoded) where every packet has
+    one, else the decoder's frame timestamps from one decoding pass (frames are not converted)."""
+    av = _import_av()
+    handle, stream = _open_pyav(av, source, container, request)
+    with handle:
+        width, height = int(stream.codec_context.width or 0), int(stream.codec_context.height or 0)
+        if width and height:
+            # The decoder's size, not the container header's: a header can lie (decompression bombs).
+            _check_frame_size(source.name, width, height, request.max_pixels_per_frame, "video stream")
+        try:
+            stamps, keyflags, durations = _pyav_packet_index(handle, stream)
+        except Exception as err:
+            raise _decoder_error(err, source, container, _pyav_failure_reason) from err
+        rate = stream.average_rate or stream.guessed_rate
+        time_base = float(stream.time_base) if stream.time_base else None
+    total = len(keyflags)
+    if total == 0:
+        raise VideoDecodingError(source.name, "the video stream has zero frames")
+    if not (width and height):
+        raise VideoDecodingError(source.name, "the video stream declares no frame size (corrupt stream header)")
+    video_fps = float(rate) if rate else float("nan")
+    origin = "the demuxer's packet timestamps"
+    order = np.argsort(stamps, kind="stable") if stamps is not None else None
+    if stamps is None or time_base is None or (total > 1 and not (np.diff(stamps[order]) > 0).all()):
+        # Some packets carry no timestamp or two share one: ask the decoder, which outputs frames in
+        # presentation order with their timestamps.
+        stamps, order, origin = _pyav_decoded_stamps(av, source, container, request, total), None, "decoded frames"
+        total = len(stamps)
+    ordered = stamps[order] if order is not None else stamps
+    if time_base is not None and (total == 1 or (np.diff(ordered) > 0).all()):
+        starts = (ordered - ordered[0]) * time_base
+        last = int(durations[order[-1]]) if order is not None else 0
+        mean_length = (starts[-1] / (total - 1)) if total > 1 else (1 / video_fps if video_fps > 0 else 0.0)
+        duration = float(starts[-1] + (last * time_base if last > 0 else mean_length))
+    elif video_fps > 0:
+        logger.warning(
+            "%s: the video's frame timestamps are missing or not increasing; assuming a constant rate of %g fps "
+            "(sample times may be off)",
+            source.name,
+            video_fps,
+        )
+        starts, duration, ordered, origin = np.arange(total) / video_fps, total / video_fps, None, "a constant rate"
+    else:
+        raise VideoDecodingError(source.name, "the video has neither usable frame timestamps nor a frame rate")
+    if duration <= 0:
+        duration = float(starts[-1]) + 1.0  # a single frame of unknown length: show it for one second
+    if order is not None:
+        position_of = np.empty(total, dtype=np.int64)
+        position_of[order] = np.arange(total)
+        keyframes = np.sort(position_of[keyflags])
+    else:
+        keyframes = np.zeros(1, dtype=np.int64)  # read in order from the start
+    # Random-access containers are indexed by presentation timestamp and seeked; the others (AVI, MPEG-PS, ...) are
+    # read in order, the k-th decoded frame being the k-th of the index.
+    seekable = order is not None and container.container in _RANDOM_ACCESS_CONTAINERS
+    return _FrameIndex(
+        times=np.asarray(starts, dtype=np.float64),
+        duration=duration,
+        keyframes=keyframes,
+        stamps=ordered if seekable else None,
+        width=width,
+        height=height,
+        rotation=container.rotation,
+        video_fps=video_fps,
+        origin=origin,
+    )
+
+
+def _open_pyav(av, source: _Source, container: _ContainerInfo, request: _SamplingRequest):
+    try:
+        handle = av.open(source.path if source.path is not None else io.BytesIO(source.data), mode="r")
+    except Exception as err:
+        raise _decoder_error(err, source, container, _pyav_failure_reason) from err
+    if not handle.streams.video:
+        handle.close()
+        raise VideoDecodingError(source.name, "the file contains no video stream")
+    stream = handle.streams.video[0]
+    if stream.codec_context is None:
+        handle.close()
+        raise VideoDecodingError(source.name, _pyav_failure_reason(RuntimeError("decoder not found"), container))
+    stream.codec_context.thread_type = "AUTO"
+    stream.codec_context.thread_count = int(request.num_threads or 0)
+    return handle, stream
+
+
+def _pyav_decoded_stamps(av, source, container, request, expected: int) -> np.ndarray:
+    """Presentation timestamps of every decoded frame, in output order (the fallback index: one decoding pass)."""
+    handle, stream = _open_pyav(av, source, container, request)
+    stamps = []
+    try:
+        with handle:
+            for frame in handle.decode(stream):
+                stamps.append(frame.pts)
+    except Exception as err:
+        raise _decoder_error(err, source, container, _pyav_failure_reason) from err
+    if not stamps or any(stamp is None for stamp in stamps):
+        return np.full(len(stamps) or expected, -1, dtype=np.int64)  # no timestamps: not increasing, a grid follows
+    return np.asarray(stamps, dtype=np.int64)
+
+
+def _index_with_decord(reader, name: str, container: _ContainerInfo, max_pixels_per_frame: int | None) -> _FrameIndex:
+    """The frame index from decord alone (PyAV not installed): its per-frame timestamps, checked."""
+    count = len(reader)
+    if count <= 0:
+        raise VideoDecodingError(name, "the video stream has zero frames")
+    video_fps = float(reader.get_avg_fps())
+    try:
+        stamps = np.asarray(reader.get_frame_timestamp(np.arange(count)), dtype=np.float64).reshape(count, 2)
+    except Exception:
+        stamps = None
+    usable = (
+        stamps is not None
+        and np.isfinite(stamps).all()
+        and stamps[0, 0] > -_TIME_TOLERANCE
+        and (count == 1 or (np.diff(stamps[:, 0]) > 0).all())
+    )
+    if usable:
+        starts = stamps[:, 0] - stamps[0, 0]
+        end = float(stamps[-1, 1] - stamps[0, 0])
+        duration = end if end > starts[-1] else float(starts[-1] + starts[-1] / max(count - 1, 1) or 1.0)
+        origin = "decord's frame timestamps"
+    elif math.isfinite(video_fps) and video_fps > 0:
+        logger.warning(
+            "%s: decord gives no usable frame timestamps and PyAV (`pip install av`) is not installed to read them; "
+            "assuming a constant rate of %g fps (sample times may be off)",
+            name,
+            video_fps,
+        )
+        starts, duration, origin = np.arange(count) / video_fps, count / video_fps, "a constant rate"
+    else:
+        raise VideoDecodingError(name, "cannot determine the frame rate or frame timestamps")
+    try:
+        keyframes = np.asarray(reader.get_key_indices(), dtype=np.int64)
+    except Exception:
+        keyframes = np.zeros(1, dtype=np.int64)
+    shape = reader[0].shape  # decord's output is rotated already
+    _check_frame_size(name, int(shape[1]), int(shape[0]), max_pixels_per_frame, "first decoded frame")
+    return _FrameIndex(
+        times=np.asarray(starts, dtype=np.float64),
+        duration=float(duration),
+        keyframes=keyframes,
+        stamps=None,
+        width=int(shape[0] if container.rotation % 180 else shape[1]),
+        height=int(shape[1] if container.rotation % 180 else shape[0]),
+        rotation=container.rotation,
+        video_fps=video_fps,
+        origin=origin,
+    )
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -935,16 +1196,31 @@ def _decord_failure_reason(err: BaseException, container: _ContainerInfo) -> str
     return f"decoder error: {first_line[:300]}"
 
 
-def _frame_times(reader, count: int, video_fps: float) -> tuple[np.ndarray, float]:
-    """Presentation times of all frames and the duration (decord). Constant-frame-rate files get the exact grid."""
-    try:
-        stamps = np.asarray(reader.get_frame_timestamp(np.arange(count)), dtype=np.float64).reshape(count, 2)
-    except Exception:
-        stamps = None
-    return _times_from_stamps(stamps, count, video_fps)
+def _decord_known_wrong(
+    container: _ContainerInfo, index: _FrameIndex | None, target: tuple[int, int] | None
+) -> str | None:
+    """Why decord must not decode this file, when that is known before trying it (`index` None: without PyAV)."""
+    if container.container not in _DECORD_CONTAINERS:
+        return f"decord is not verified on {container.container} files (it returns misplaced frames for MPEG-PS/TS)"
+    if index is None:
+        return None
+    if container.width and container.height and (container.width, container.height) != (index.width, index.height):
+        return (
+            f"the container header says {container.width}x{container.height} but the stream is "
+            f"{index.width}x{index.height} (decord trusts the header)"
+        )
+    width = (target or index.display_size)[0]
+    if width in _DECORD_BAD_WIDTHS:
+        return f"decord cannot copy frames {width} px wide"
+    return None
 
 
-def _decode_with_decord(source: _Source, container: _ContainerInfo, request: _SamplingRequest) -> _DecodedVideo:
+def _decode_with_decord(
+    source: _Source, container: _ContainerInfo, request: _SamplingRequest, index: _FrameIndex | None
+) -> _DecodedVideo:
+    """decord decodes the frames of `index` (PyAV's) the request selects, after checking that it sees the same
+    frames; `index` None (PyAV missing) uses decord's own timestamps. Raises `_UseOtherBackend` when decord is known
+    or found wrong for the file."""
     decord = _import_decord()
 
     def fail(err: BaseException, stage: str) -> VideoDecodingError:
@@ -958,64 +1234,72 @@ def _decode_with_decord(source: _Source, container: _ContainerInfo, request: _Sa
         except Exception as err:
             raise fail(err, "opening the file") from err
 
-    def read_frames(reader, indices, total):
-        """Frames at sorted unique `indices`: exact seeks where decord supports them, else read in order."""
-        position = 0
-        try:
-            if container.container in _RANDOM_ACCESS_CONTAINERS:
-                return reader.get_batch(list(map(int, indices))).asnumpy()
-            frames = []
-            for index in indices:
-                while position < index:
-                    reader.next()
-                    position += 1
-                frames.append(reader.next().asnumpy())
-                position += 1
-            return np.stack(frames)
-        except StopIteration:
-            raise VideoDecodingError(
-                source.name,
-                f"the stream ended after {position} frames although the container declares {total} "
-                "(truncated or corrupt file)",
-            ) from None
-        except Exception as err:
-            raise fail(err, "decoding frames") from err
-
-    width, height = container.width, container.height
-    if width is None or height is None:
-        first = read_frames(open_reader(), [0], "some")
-        height, width = int(first.shape[1]), int(first.shape[2])
-        _check_frame_size(source.name, width, height, request.max_pixels_per_frame, "first decoded frame")
-    target = _decode_size(width, height, request.size)
-    reader = open_reader(*target) if target is not None else open_reader()
-
+    target = _decode_size(*index.display_size, request.size) if index is not None else None
+    reason = _decord_known_wrong(container, index, target)
+    if reason is not None:
+        raise _UseOtherBackend(reason)
     try:
+        if index is None:
+            index = _index_with_decord(open_reader(), source.name, container, request.max_pixels_per_frame)
+            target = _decode_size(*index.display_size, request.size)
+        reader = open_reader(*target) if target is not None else open_reader()
         total = len(reader)
-        video_fps = float(reader.get_avg_fps())
-        times, duration = _frame_times(reader, total, video_fps)
-    except VideoDecodingError:
+        _check_decord_agrees(reader, index, total)
+    except (VideoDecodingError, _UseOtherBackend):
         raise
     except Exception as err:
         raise fail(err, "reading the frame index") from err
-    if total <= 0:
-        raise VideoDecodingError(source.name, "the video stream has zero frames")
-
-    def keyframes():  # read only in the fast mode
-        try:
-            return reader.get_key_indices()
-        except Exception as err:
-            raise fail(err, "reading the keyframe index") from err
-
-    selection = request.select(source.name, times, duration, keyframes)
+    selection = request.select(source.name, index)
+    position = 0
     try:
-        frames = read_frames(reader, selection.unique, total)
-    except VideoDecodingError as err:
-        # decord cannot scale to some widths (e.g. 16, 24, 48, 72: "The size must exactly match"); decode at
-        # the native size and resize here instead.
-        if target is None or "must exactly match" not in str(err.__cause__):
-            raise
-        frames = _resize_frames(read_frames(open_reader(), selection.unique, total), target)
-    return selection.result(source.name, frames, video_fps, width, height, "decord")
+        if container.container in _RANDOM_ACCESS_CONTAINERS:
+            frames = reader.get_batch(list(map(int, selection.unique))).asnumpy()
+        else:  # decord's seeking is wrong in the other containers: read in order
+            decoded = []
+            for wanted in selection.unique:
+                while position < wanted:
+                    reader.next()
+                    position += 1
+                decoded.append(reader.next().asnumpy())
+                position += 1
+            frames = np.stack(decoded)
+    except StopIteration:
+        raise VideoDecodingError(
+            source.name,
+            f"the stream ended after {position} frames although the index lists {total} (truncated or corrupt file)",
+        ) from None
+    except Exception as err:
+        if "must exactly match" in str(err):
+            raise _UseOtherBackend(f"decord cannot copy frames of this width ({err})") from err
+        raise fail(err, "decoding frames") from err
+    expected = target or index.display_size
+    if frames.ndim == 4 and (frames.shape[2], frames.shape[1]) != expected:
+        raise _UseOtherBackend(
+            f"decord returned {frames.shape[2]}x{frames.shape[1]} frames where {expected[0]}x{expected[1]} were "
+            "expected (rotation or frame size handled differently)"
+        )
+    return selection.result(source.name, frames, "decord")
+
+
+def _check_decord_agrees(reader, index: _FrameIndex, total: int) -> None:
+    """Raises `_UseOtherBackend` when decord counts other frames than the index, or gives timestamps that
+    contradict it (decord's frame k is then not the index's frame k)."""
+    count = len(index.times)
+    if total != count:
+        raise _UseOtherBackend(f"decord counts {total} frames where the demuxer lists {count}")
+    try:
+        stamps = np.asarray(reader.get_frame_timestamp(np.arange(total)), dtype=np.float64).reshape(total, 2)[:, 0]
+    except Exception:
+        return  # no timestamps to compare: decord reads frames in order, as the index counts them
+    if not (np.isfinite(stamps).all() and stamps.min() > -_TIME_TOLERANCE):
+        return  # placeholder timestamps (e.g. AVI): nothing to compare
+    gaps = np.diff(index.times)
+    tolerance = max(0.5 * float(gaps.min()) if len(gaps) else 0.0, 2e-3)
+    error = np.abs((stamps - stamps[0]) - index.times).max()
+    if error > tolerance:
+        raise _UseOtherBackend(
+            f"decord's frame timestamps differ from the demuxer's by up to {error:.3g} s (e.g. a huge timestamp gap)"
+        )
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -1026,6 +1310,7 @@ def _decode_with_decord(source: _Source, container: _ContainerInfo, request: _Sa
 def _import_av():
     try:
         import av
+        from av.video.reformatter import VideoReformatter  # noqa: F401
     except ImportError as err:
         raise ImportError(
             "decode_backend='pyav' needs PyAV (`pip install av`); the default backend is decord."
@@ -1051,69 +1336,19 @@ class _SeekFailed(Exception):
     """Seeking landed somewhere unexpected; the caller falls back to one sequential pass."""
 
 
-def _decode_with_pyav(source: _Source, container: _ContainerInfo, request: _SamplingRequest) -> _DecodedVideo:
-    """Exact sampling with PyAV: one demux pass (no decoding) builds the frame index, then frames are decoded
-    in order, seeking to a keyframe only when that skips frames, and only the sampled frames are converted to
-    RGB (decord converts every frame it decodes). Dense sampling therefore costs one sequential decode of the
-    span.
+def _decode_with_pyav(
+    source: _Source, container: _ContainerInfo, request: _SamplingRequest, index: _FrameIndex
+) -> _DecodedVideo:
+    """Exact sampling with PyAV from the frame `index`: frames are decoded in order, seeking to a keyframe only
+    when that skips frames, and only the sampled frames are converted to RGB (decord converts every frame it
+    decodes). Dense sampling therefore costs one sequential decode of the span.
     """
     av = _import_av()
-
-    def fail(err: BaseException) -> VideoDecodingError:
-        return _decoder_error(err, source, container, _pyav_failure_reason)
-
-    def open_stream():
-        try:
-            handle = av.open(source.path if source.path is not None else io.BytesIO(source.data), mode="r")
-        except Exception as err:
-            raise fail(err) from err
-        if not handle.streams.video:
-            handle.close()
-            raise VideoDecodingError(source.name, "the file contains no video stream")
-        stream = handle.streams.video[0]
-        if stream.codec_context is None:
-            handle.close()
-            raise VideoDecodingError(source.name, _pyav_failure_reason(RuntimeError("decoder not found"), container))
-        stream.codec_context.thread_type = "AUTO"
-        stream.codec_context.thread_count = int(request.num_threads or 0)
-        return handle, stream
-
-    handle, stream = open_stream()
-    with handle:
-        width, height = int(stream.codec_context.width or 0), int(stream.codec_context.height or 0)
-        if width and height:
-            _check_frame_size(source.name, width, height, request.max_pixels_per_frame, "stream header")
-        try:
-            stamps, keyflags, durations = _pyav_packet_index(handle, stream)
-        except Exception as err:
-            raise fail(err) from err
-        rate = stream.average_rate or stream.guessed_rate
-        time_base = float(stream.time_base) if stream.time_base else None
-    total = len(keyflags)
-    if total == 0:
-        raise VideoDecodingError(source.name, "the video stream has zero frames")
-    video_fps = float(rate) if rate else float("nan")
-    # Random-access containers are indexed by presentation timestamp; the others (AVI, MPEG-PS, ...) and streams
-    # without timestamps are read sequentially, frames counted in output order, as with decord.
-    seekable = container.container in _RANDOM_ACCESS_CONTAINERS and stamps is not None and time_base is not None
-    order = np.argsort(stamps, kind="stable") if seekable else np.arange(total)
-    ordered = stamps[order] if seekable else None
-    frame_stamps = None
-    if seekable and (total == 1 or (np.diff(ordered) > 0).all()):
-        starts = (ordered - ordered[0]) * time_base
-        last_length = durations[order[-1]] * time_base
-        frame_stamps = np.stack([starts, np.append(starts[1:], starts[-1] + last_length)], axis=1)
-    else:
-        seekable, ordered = False, None
-    try:
-        times, duration = _times_from_stamps(frame_stamps, total, video_fps)
-    except (RuntimeError, ValueError) as err:
-        raise VideoDecodingError(source.name, str(err)) from None
-    position_of = np.empty(total, dtype=np.int64)
-    position_of[order] = np.arange(total)
-    keyframes = np.sort(position_of[keyflags])  # presentation indices of the keyframes
-    selection = request.select(source.name, times, duration, lambda: keyframes)
-    reader = _PyAVFrameReader(open_stream, ordered, keyframes, request.size, request.max_pixels_per_frame, source.name)
+    selection = request.select(source.name, index)
+    reader = _PyAVFrameReader(
+        lambda: _open_pyav(av, source, container, request), index, request.size, request.max_pixels_per_frame, source
+    )
+    seekable = index.stamps is not None
     try:
         try:
             frames = reader.read(selection.unique, seek=seekable)
@@ -1122,10 +1357,10 @@ def _decode_with_pyav(source: _Source, container: _ContainerInfo, request: _Samp
     except (VideoDecodingError, ImportError):
         raise
     except Exception as err:
-        raise fail(err) from err
+        raise _decoder_error(err, source, container, _pyav_failure_reason) from err
     finally:
         reader.close()
-    return selection.result(source.name, frames, video_fps, reader.width or width, reader.height or height, "pyav")
+    return selection.result(source.name, frames, "pyav")
 
 
 def _pyav_packet_index(handle, stream) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
@@ -1138,7 +1373,7 @@ def _pyav_packet_index(handle, stream) -> tuple[np.ndarray | None, np.ndarray, n
     """
     stamps, dts, keyflags, durations = [], [], [], []
     for packet in handle.demux(stream):
-        if packet.size == 0:  # the empty packet that flushes the decoder at the end
+        if packet.size == 0:  # the empty packet that flushes the decoder at the end, or an AVI "drop" chunk
             continue
         stamps.append(packet.pts if packet.pts is not None else packet.dts)
         dts.append(packet.dts)
@@ -1157,7 +1392,7 @@ def _pyav_packet_index(handle, stream) -> tuple[np.ndarray | None, np.ndarray, n
 class _PyAVFrameReader:
     """Decodes the frames at sorted unique presentation indices, converting only those to RGB."""
 
-    def __init__(self, open_stream, ordered_stamps, keyframes, size, max_pixels_per_frame, name):
+    def __init__(self, open_stream, index: _FrameIndex, size, max_pixels_per_frame, source: _Source):
         try:  # PyAV is optional: guarded so transformers' remote-code import check does not require it
             from av.video.reformatter import VideoReformatter
         except ImportError as err:
@@ -1165,19 +1400,19 @@ class _PyAVFrameReader:
 
         self.open_stream = open_stream
         self.handle = self.stream = None
-        self.ordered = ordered_stamps
+        self.ordered = index.stamps
         self.index_of = (
-            {int(stamp): position for position, stamp in enumerate(ordered_stamps)}
-            if ordered_stamps is not None
-            else {}
+            {int(stamp): position for position, stamp in enumerate(index.stamps)} if index.stamps is not None else {}
         )
-        self.keyframes = keyframes
-        self.size = size
+        self.keyframes = index.keyframes
+        self.rotation = index.rotation
+        display_width, display_height = index.display_size
+        target = _decode_size(display_width, display_height, size) or (display_width, display_height)
+        # Decoded (coded) frames are turned after the resize, so the resize target is in coded orientation.
+        self.target = (target[1], target[0]) if index.rotation % 180 else target
         self.max_pixels_per_frame = max_pixels_per_frame
-        self.name = name
+        self.name = source.name
         self.reformatter = VideoReformatter()
-        self.target = None
-        self.width = self.height = None
 
     def close(self) -> None:
         if self.handle is not None:
@@ -1185,16 +1420,11 @@ class _PyAVFrameReader:
             self.handle = None
 
     def _convert(self, frame) -> np.ndarray:
-        if self.width is None:
-            self.width, self.height = int(frame.width), int(frame.height)
-            _check_frame_size(self.name, self.width, self.height, self.max_pixels_per_frame, "first decoded frame")
-            self.target = _decode_size(self.width, self.height, self.size)
-        if self.target is None:
-            rgb = self.reformatter.reformat(frame, format="rgb24")
-        else:
-            rgb = self.reformatter.reformat(
-                frame, width=self.target[0], height=self.target[1], format="rgb24", interpolation="BICUBIC"
-            )
+        # Checked on every frame before conversion: a stream can change its frame size midway.
+        _check_frame_size(self.name, frame.width, frame.height, self.max_pixels_per_frame, "decoded frame")
+        rgb = self.reformatter.reformat(
+            frame, width=self.target[0], height=self.target[1], format="rgb24", interpolation="BICUBIC"
+        )
         return rgb.to_ndarray()
 
     def _frames(self, stamp: int | None):
@@ -1239,7 +1469,7 @@ class _PyAVFrameReader:
                     f"the stream ended after {ordinal + 1} frames although the index lists more "
                     "(truncated or corrupt file)",
                 )
-        return np.stack(out)
+        return _rotate(np.stack(out), self.rotation)
 
 
 def _run_with_timeout(function: Callable[[], Any], timeout: float | None, name: str):
@@ -1267,11 +1497,23 @@ def _run_with_timeout(function: Callable[[], Any], timeout: float | None, name: 
     return outcome["value"]
 
 
+def _has_av() -> bool:
+    try:
+        _import_av()
+    except ImportError:
+        return False
+    return True
+
+
 def _decode_video(
     source, request: _SamplingRequest, *, timeout: float | None = DEFAULT_DECODE_TIMEOUT, backend: str = "decord"
 ) -> _DecodedVideo:
+    """Indexes the video once (PyAV's demuxer when installed) and decodes the selected frames with `backend`,
+    routing decord's known failures to PyAV with a logged reason."""
     if backend not in DECODE_BACKENDS:
         raise ValueError(f"backend must be one of {DECODE_BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        backend = "pyav" if _has_av() else "decord"
     request = replace(request, keyframe_snap=_check_keyframe_snap(request.keyframe_snap))
     loaded = _load_source(source)
     container = _inspect_container(loaded)
@@ -1279,12 +1521,27 @@ def _decode_video(
         _check_frame_size(
             loaded.name, container.width, container.height, request.max_pixels_per_frame, "container header"
         )
-    decode = _decode_with_pyav if backend == "pyav" else _decode_with_decord
     if backend == "pyav":
         _import_av()  # a missing optional dependency is an ImportError, not a bad video
     else:
         _import_decord()
-    return _run_with_timeout(lambda: decode(loaded, container, request), timeout, loaded.name)
+    with_av = _has_av()
+
+    def decode() -> _DecodedVideo:
+        index = _index_with_pyav(loaded, container, request) if with_av else None
+        if backend == "pyav":
+            return _decode_with_pyav(loaded, container, request, index)
+        try:
+            return _decode_with_decord(loaded, container, request, index)
+        except _UseOtherBackend as reason:
+            if index is None:
+                raise VideoDecodingError(
+                    loaded.name, f"{reason}; install PyAV (`pip install av`) to decode it"
+                ) from None
+            logger.warning("%s: %s; decoding it with PyAV instead", loaded.name, reason)
+            return _decode_with_pyav(loaded, container, request, index)
+
+    return _run_with_timeout(decode, timeout, loaded.name)
 
 
 def _check_keyframe_snap(value) -> float | None:
@@ -1298,9 +1555,9 @@ def _check_keyframe_snap(value) -> float | None:
 def read_video_frames(
     source,
     *,
-    fps: float | None = 1.0,
+    fps: float | None = None,
     num_frames: int | None = None,
-    sampling: str = "fps",
+    sampling: str | None = None,
     start: float | None = None,
     end: float | None = None,
     offset: float | str | None = None,
@@ -1312,21 +1569,25 @@ def read_video_frames(
     timeout: float | None = DEFAULT_DECODE_TIMEOUT,
     backend: str = "decord",
     keyframe_snap: float | None = None,
+    max_video_bytes: int | None = DEFAULT_MAX_VIDEO_BYTES,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Decodes sampled frames of a video with decord (default) or PyAV.
 
     Args:
         source: a path (`str` / `os.PathLike`), raw bytes, or a binary file object (read from its position).
         fps, num_frames, sampling, start, end, offset, seed: which frames; see `sample_frame_indices` and
-            this module's docstring.
+            this module's docstring (neither `fps` nor `num_frames`: every frame of the clip).
         size: decode-time resize, never enlarging: an int resizes the shortest edge to it (aspect kept, long
             edge ``int(size * long / short)``), a ``(height, width)`` pair resizes to exactly that. None
             keeps the native size.
         max_pixels_per_frame: refuse videos with larger frames (None: no limit).
         max_frames: refuse requests selecting more frames (None: no limit).
+        max_video_bytes: refuse requests whose returned frames would take more memory (None: no limit).
         num_threads: decoding threads (0: automatic).
         timeout: seconds before giving up on a stuck decoder (None: wait forever).
-        backend: ``"decord"`` or ``"pyav"`` (faster for dense sampling of long videos; needs ``av``).
+        backend: ``"decord"``, ``"pyav"`` (faster for dense sampling of long videos; needs ``av``) or ``"auto"``
+            (PyAV when installed, the processor's default). Files decord is known or found wrong on are decoded
+            with PyAV (logged).
         keyframe_snap: opt-in fast mode: move each sample to the nearest keyframe at most this many seconds away
             (``math.inf``: always); see `snap_to_keyframes`. None samples exactly.
 
@@ -1351,6 +1612,7 @@ def read_video_frames(
         max_frames=max_frames,
         num_threads=num_threads,
         keyframe_snap=keyframe_snap,
+        max_video_bytes=max_video_bytes,
     )
     decoded = _decode_video(source, request, timeout=timeout, backend=backend)
     return decoded.frames, decoded.timestamps
@@ -1421,9 +1683,11 @@ _Offset = float | int | str | None
 
 class VideoFirstVideoProcessorKwargs(VideosKwargs, total=False):
     r"""
-    sampling (`str`, *optional*, defaults to `"fps"`):
-        `"fps"`: frames every `1 / fps` seconds, at most `num_frames`; `"uniform"`: `num_frames` frames
-        spread uniformly over the clip.
+    sampling (`str`, *optional*):
+        None: `"uniform"` when only `num_frames` is set, `"fps"` when only `fps` is. `"uniform"`: `num_frames`
+        frames spread uniformly over the clip; `"fps"`: a frame every `1 / fps` seconds over the whole clip;
+        `"window"`: the first `num_frames` samples at `fps` from the clip start (the paper's training policy).
+        A call that sets `fps` or `num_frames` replaces both defaults (and the default `sampling`).
     start (`float` or `list`, *optional*):
         Clip start in seconds; one value for all videos or one per video (None: video start).
     end (`float` or `list`, *optional*):
@@ -1440,12 +1704,16 @@ class VideoFirstVideoProcessorKwargs(VideosKwargs, total=False):
         Refuse videos with larger frames.
     max_frames (`int`, *optional*, defaults to 4096):
         Refuse videos that would return more frames.
+    max_video_bytes (`int`, *optional*, defaults to 4 GiB):
+        Refuse videos whose frames, resized to `size` as float32, would take more memory (thin videos are
+        enlarged by a shortest-edge resize); checked before decoding.
     decode_timeout (`float`, *optional*, defaults to 300):
         Seconds before a stuck decoder is given up on (None: no limit).
     decode_num_threads (`int`, *optional*, defaults to 0):
         Decoding threads (0: automatic).
-    decode_backend (`str`, *optional*, defaults to `"decord"`):
-        `"decord"` or `"pyav"` (PyAV converts only the sampled frames: faster for dense sampling of long videos).
+    decode_backend (`str`, *optional*, defaults to `"auto"`):
+        `"auto"` (PyAV when installed, else decord), `"decord"` or `"pyav"`. PyAV converts only the sampled frames
+        (faster for dense sampling of long videos); decord hands the files it is known or found wrong on to PyAV.
     keyframe_snap (`float`, *optional*):
         Opt-in fast mode: move each sample to the nearest keyframe at most this many seconds away (`inf`:
         always). Exact sampling when None.
@@ -1460,6 +1728,7 @@ class VideoFirstVideoProcessorKwargs(VideosKwargs, total=False):
     decode_resize: bool | None
     max_pixels_per_frame: int | None
     max_frames: int | None
+    max_video_bytes: int | None
     decode_timeout: float | int | None
     decode_num_threads: int | None
     decode_backend: Annotated[str | None, _check_backend]
@@ -1519,6 +1788,34 @@ def _frame_to_array(frame) -> np.ndarray | torch.Tensor:
     return frame
 
 
+def _check_pixels(video: torch.Tensor, name: str, do_rescale: bool) -> torch.Tensor:
+    """Refuses decoded pixels the processor would silently mangle: frames without pixels, booleans, integers
+    outside 0-255 (e.g. 16-bit), NaN or infinity, and floats already in [0, 1] when `do_rescale` divides by 255."""
+    if video.shape[-1] == 0 or video.shape[-2] == 0:
+        raise ValueError(f"{name} has empty {video.shape[-1]}x{video.shape[-2]} frames")
+    if video.dtype == torch.bool:
+        raise ValueError(f"{name} has boolean pixels; pass uint8 values in 0-255")
+    if video.dtype == torch.uint8:
+        return video
+    if video.is_floating_point() and not torch.isfinite(video).all():
+        raise ValueError(f"{name} contains NaN or infinite pixel values")
+    if video.is_complex():
+        raise ValueError(f"{name} has pixels of unsupported dtype {video.dtype}")
+    values = video if video.is_floating_point() or video.dtype.is_signed else video.to(torch.int64)  # e.g. uint16
+    low, high = float(values.min()), float(values.max())
+    if do_rescale and (low < 0 or high > 255):
+        raise ValueError(
+            f"{name} has {video.dtype} pixels in [{low:g}, {high:g}], outside 0-255 (16-bit or unscaled data?); "
+            "convert to uint8 0-255, or pass do_rescale=False with values ready for normalisation"
+        )
+    if do_rescale and video.is_floating_point() and 0 < high <= 1:
+        raise ValueError(
+            f"{name} has float pixels already in [0, 1] but do_rescale=True would divide them by 255 again; pass "
+            "do_rescale=False or uint8 values in 0-255"
+        )
+    return video
+
+
 def _to_tchw(video, input_data_format=None, prefer_channels_last: bool = True) -> torch.Tensor:
     """Decoded frames (array, tensor or list of frames) -> (T, C, H, W) tensor."""
     if isinstance(video, list):
@@ -1567,11 +1864,11 @@ def _to_tchw(video, input_data_format=None, prefer_channels_last: bool = True) -
 class VideoFirstVideoProcessor(BaseVideoProcessor):
     r"""Samples, decodes, resizes, crops and normalises videos for VideoFirst models.
 
-    Inputs: a path / bytes / binary file object (decoded with decord, see `read_video_frames`), a decoded
-    video (uint8 array `(T, H, W, C)`, tensor `(T, C, H, W)` or `(T, H, W, C)`, list of PIL images or
-    arrays), or a list of those. Decoded inputs are used as given, unless `video_metadata` with an `fps` is
-    passed for them, in which case the same sampling rules apply. Frames are resized so their shortest edge
-    is `size["shortest_edge"]` (224), centre-cropped to `crop_size` (224 x 224), rescaled to [0, 1] and
+    Inputs: a path / bytes / binary file object (decoded with PyAV when installed, else decord; see
+    `read_video_frames`), a decoded video (uint8 array `(T, H, W, C)`, tensor `(T, C, H, W)` or `(T, H, W, C)`,
+    list of PIL images or arrays), or a list of those. Decoded inputs are used as given, unless `video_metadata`
+    with an `fps` is passed for them, in which case the same sampling rules apply. Frames are resized so their
+    shortest edge is `size["shortest_edge"]` (224), centre-cropped to `crop_size` (224 x 224), rescaled to [0, 1] and
     normalised with CLIP's mean and standard deviation (the usual choice for a video-first encoder
     initialised from CLIP-style image models).
 
@@ -1593,9 +1890,9 @@ class VideoFirstVideoProcessor(BaseVideoProcessor):
     do_normalize = True
     do_convert_rgb = True
     do_sample_frames = True
-    fps = 1.0
+    fps = None
     num_frames = 16
-    sampling = "fps"
+    sampling = None
     start = None
     end = None
     offset = None
@@ -1604,9 +1901,10 @@ class VideoFirstVideoProcessor(BaseVideoProcessor):
     decode_resize = True
     max_pixels_per_frame = DEFAULT_MAX_PIXELS_PER_FRAME
     max_frames = DEFAULT_MAX_FRAMES
+    max_video_bytes = DEFAULT_MAX_VIDEO_BYTES
     decode_timeout = DEFAULT_DECODE_TIMEOUT
     decode_num_threads = 0
-    decode_backend = "decord"
+    decode_backend = "auto"
     keyframe_snap = None
     valid_kwargs = VideoFirstVideoProcessorKwargs
     model_input_names = ["pixel_values_videos", "video_frame_mask"]
@@ -1634,20 +1932,20 @@ class VideoFirstVideoProcessor(BaseVideoProcessor):
         max_frames,
         max_pixels_per_frame,
         decode_timeout,
-        decode_backend="decord",
+        decode_backend="auto",
         keyframe_snap=None,
         **_,
     ):
         if decode_backend not in DECODE_BACKENDS:
             raise ValueError(f"decode_backend must be one of {DECODE_BACKENDS}, got {decode_backend!r}")
         _check_keyframe_snap(keyframe_snap)
-        if sampling not in SAMPLING_MODES:
-            raise ValueError(f"sampling must be one of {SAMPLING_MODES}, got {sampling!r}")
         if fps is not None and (isinstance(fps, bool) or not isinstance(fps, (int, float)) or not fps > 0):
             raise ValueError(f"fps must be a positive number or None, got {fps!r}")
         for name, value in (("num_frames", num_frames), ("max_frames", max_frames)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise ValueError(f"{name} must be a positive integer or None, got {value!r}")
+        if fps is not None or num_frames is not None or sampling is not None:
+            resolve_sampling(fps, num_frames, sampling)
         if isinstance(tubelet_frames, bool) or not isinstance(tubelet_frames, int) or tubelet_frames < 1:
             raise ValueError(f"tubelet_frames must be a positive integer, got {tubelet_frames!r}")
         if decode_timeout is not None and (
@@ -1656,6 +1954,15 @@ class VideoFirstVideoProcessor(BaseVideoProcessor):
             raise ValueError(f"decode_timeout must be a positive number of seconds or None, got {decode_timeout!r}")
         if max_pixels_per_frame is not None and (not isinstance(max_pixels_per_frame, int) or max_pixels_per_frame < 1):
             raise ValueError(f"max_pixels_per_frame must be a positive integer or None, got {max_pixels_per_frame!r}")
+
+    def describe_sampling(self) -> str:
+        """The default frame sampling in words (model cards say which policy a checkpoint uses)."""
+        mode = resolve_sampling(self.fps, self.num_frames, self.sampling)
+        if mode == "uniform":
+            return f"{self.num_frames} frames spread uniformly over the whole video"
+        if mode == "window":
+            return f"the first {self.num_frames} frames at {self.fps:g} fps from the clip start"
+        return f"one frame every {1 / self.fps:g} s over the whole video" if self.fps else "every frame"
 
     def resize(self, image: torch.Tensor, size: SizeDict, resample=None, **kwargs) -> torch.Tensor:
         # Frames already shrunk by the decoder are at the target size: skip the (identity) interpolation.
@@ -1674,6 +1981,10 @@ class VideoFirstVideoProcessor(BaseVideoProcessor):
             validate_typed_dict(self.valid_kwargs, kwargs)
         except StrictDataclassError as err:  # surface as the usual Python exception types
             raise (TypeError if isinstance(err.__cause__, TypeError) else ValueError)(str(err)) from err
+        if kwargs.get("fps") is not None or kwargs.get("num_frames") is not None:
+            # A call that names a rate or a frame count means that alone: the other default does not mix in.
+            for name in ("fps", "num_frames", "sampling"):
+                kwargs.setdefault(name, None)
         for name in self.valid_kwargs.__annotations__:
             kwargs.setdefault(name, getattr(self, name, None))
         return kwargs
@@ -1703,12 +2014,13 @@ class VideoFirstVideoProcessor(BaseVideoProcessor):
         sample = bool(kwargs["do_sample_frames"])
         fps = kwargs["fps"] if sample else None
         num_frames = kwargs["num_frames"] if sample else None
-        sampling = kwargs["sampling"] if sample else "fps"
+        sampling = kwargs["sampling"] if sample else None
         rng = np.random.default_rng(kwargs["seed"])
         size = kwargs["size"]
         if size is not None and not isinstance(size, SizeDict):
             size = self._standardize_kwargs(size=size, default_to_square=kwargs["default_to_square"])["size"]
         decode_size = self._decode_target(kwargs["do_resize"], size, kwargs["decode_resize"])
+        output_size = self._decode_target(kwargs["do_resize"], size, True)
         tensors, metadata = [], []
         for index, item in enumerate(items):
             request = _SamplingRequest(
@@ -1724,10 +2036,12 @@ class VideoFirstVideoProcessor(BaseVideoProcessor):
                 max_frames=kwargs["max_frames"],
                 num_threads=kwargs["decode_num_threads"] or 0,
                 keyframe_snap=kwargs["keyframe_snap"],
+                output_size=output_size,
+                max_video_bytes=kwargs["max_video_bytes"],
             )
             if _is_source(item):
                 decoded = _decode_video(
-                    item, request, timeout=kwargs["decode_timeout"], backend=kwargs["decode_backend"] or "decord"
+                    item, request, timeout=kwargs["decode_timeout"], backend=kwargs["decode_backend"] or "auto"
                 )
                 tensors.append(torch.from_numpy(decoded.frames).permute(0, 3, 1, 2))
                 metadata.append(
@@ -1742,13 +2056,14 @@ class VideoFirstVideoProcessor(BaseVideoProcessor):
                     )
                 )
                 continue
-            tensor = _to_tchw(item, kwargs.get("input_data_format"))
+            name = f"<decoded video {index}>"
+            tensor = _check_pixels(_to_tchw(item, kwargs.get("input_data_format")), name, kwargs["do_rescale"])
             total = tensor.shape[0]
             given = metadata_in[index] if metadata_in is not None else None
             video_fps = given.get("fps") if isinstance(given, (dict, VideoMetadata)) else None
             indices = np.arange(total)
             if sample and video_fps:
-                indices = request.sample(f"<decoded video {index}>", np.arange(total) / video_fps, total / video_fps)
+                indices = request.sample(name, np.arange(total) / video_fps, total / video_fps)
                 tensor = tensor[torch.from_numpy(indices)]
             max_frames = kwargs["max_frames"]
             if max_frames is not None and tensor.shape[0] > max_frames:
@@ -1756,6 +2071,7 @@ class VideoFirstVideoProcessor(BaseVideoProcessor):
                     f"video {index} has {tensor.shape[0]} frames, more than max_frames={max_frames}; sample "
                     "it first or pass video_metadata={'fps': ...} so the processor can"
                 )
+            _check_output_memory(name, tensor.shape[0], int(tensor.shape[-1]), int(tensor.shape[-2]), request)
             tensors.append(tensor)
             metadata.append(
                 VideoMetadata(
@@ -1855,7 +2171,8 @@ class VideoFirstVideoProcessor(BaseVideoProcessor):
             if not _is_frame(image):
                 raise TypeError(f"images[{index}] has unsupported type {type(image).__name__}")
             is_tensor = isinstance(image, torch.Tensor)
-            tensors.append(_to_tchw([image], kwargs.get("input_data_format"), prefer_channels_last=not is_tensor))
+            tensor = _to_tchw([image], kwargs.get("input_data_format"), prefer_channels_last=not is_tensor)
+            tensors.append(_check_pixels(tensor, f"images[{index}]", kwargs["do_rescale"]))
         processed = self._transform(tensors, kwargs, device)
         shapes = {tuple(frame.shape) for frame in processed}
         if len(shapes) == 1:

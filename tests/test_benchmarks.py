@@ -340,15 +340,15 @@ def test_msrvtt_end_to_end_missing_video_and_card(checkpoint, loaded, root, tmp_
         "friedrichor/MSR-VTT",
         "test_1k",
     )
-    assert results["sampling"] == {"fps": 1.0, "num_frames": 16, "sampling": "fps", "segment_frames": None}
+    assert results["sampling"] == {"fps": 1.0, "num_frames": 16, "sampling": "window", "segment_frames": None}
     out = capsys.readouterr()
     assert "on 3/4 texts, 3/4 videos" in out.out and "excluded" in out.err
 
     # The same numbers as the library on the three videos there, with the protocol's frames.
     [call] = spy
-    assert (call["sampling"], call["fps"], call["num_frames"]) == ("fps", 1.0, 16)
+    assert (call["sampling"], call["fps"], call["num_frames"]) == ("window", 1.0, 16)
     paths = [str(root / "msrvtt" / f"video{n}.mp4") for n in (7010, 7011, 7012)]
-    batch = processor.video_processor(videos=paths, sampling="fps", fps=1.0, num_frames=16, return_tensors="pt")
+    batch = processor.video_processor(videos=paths, sampling="window", fps=1.0, num_frames=16, return_tensors="pt")
     texts = [f"a man plays guitar {k}" for k in range(3)]
     expected = evaluate_retrieval(model, processor.tokenizer, [batch], texts, [0, 1, 2])
     assert results["metrics"] == pytest.approx(expected, abs=1e-6)
@@ -474,10 +474,10 @@ def test_summarization_of_full_videos_and_egoschema_likelihood(video_to_text_che
         ("xHr8X2Wpmno", "cut the onion cook the onion in the pan"),
         ("V53XmPeyjIU", "a woman cuts"),
     ]
-    assert results["sampling"] == {"fps": 1.0, "num_frames": 4, "sampling": "fps", "segment_frames": None}
+    assert results["sampling"] == {"fps": 1.0, "num_frames": 4, "sampling": "window", "segment_frames": None}
     # The summaries are the model's greedy generations, scored by the library's Rouge-L.
     raw = root / "youcook2" / "raw_videos" / "validation" / "101" / "xHr8X2Wpmno.mp4"
-    batch = processor.video_processor(videos=str(raw), sampling="fps", fps=1.0, num_frames=4, return_tensors="pt")
+    batch = processor.video_processor(videos=str(raw), sampling="window", fps=1.0, num_frames=4, return_tensors="pt")
     prepare_causal_tokenizer(processor.tokenizer)
     [summary] = generate_captions(
         model, processor.tokenizer, batch["pixel_values_videos"], batch["video_frame_mask"], max_new_tokens=3,

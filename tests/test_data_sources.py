@@ -296,4 +296,4 @@ def test_decode_benchmark_smoke(tmp_path):
     rows = (tmp_path / "decode.csv").read_text().splitlines()
     assert len(rows) == 1 + 9 and all(row.endswith(",4") or "sequential" in row for row in rows[1:])
     report = (tmp_path / "decode.md").read_text()
-    assert "| (a) within 1.2x of (c) |" in report and "`fast_snap_inf`" in report
+    assert "| (a) default backend within 1.2x of (c) |" in report and "`fast_snap_inf`" in report

@@ -47,7 +47,12 @@ def checkpoint(tmp_path_factory, rows) -> Path:
     words = "a video of the person what happened first then red blue green square circle cutting running"
     tokenizer = train_sentencepiece_tokenizer([row["caption"] for row in rows] + [words], root / "tokenizer", 64)
     video_processor = VideoFirstVideoProcessor(
-        size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}, fps=1.0, num_frames=4, tubelet_frames=2
+        size={"shortest_edge": 32},
+        crop_size={"height": 32, "width": 32},
+        fps=1.0,
+        num_frames=4,
+        sampling="window",
+        tubelet_frames=2,
     )
     torch.manual_seed(0)
     return export_checkpoint(tiny_model(), VideoFirstProcessor(video_processor, tokenizer), root / "export")
@@ -97,7 +102,7 @@ def test_retrieval_groups_captions_by_video(checkpoint, loaded, data, rows, tmp_
     assert code == 0
     assert results["counts"] == {"videos": 6, "videos_evaluated": 6, "texts": 18, "texts_evaluated": 18}
     assert results["failed_videos"] == [] and results["embeddings_cache"] is None
-    assert results["sampling"] == {"fps": 1.0, "num_frames": 4, "sampling": "fps", "segment_frames": None}
+    assert results["sampling"] == {"fps": 1.0, "num_frames": 4, "sampling": "window", "segment_frames": None}
     assert results["arguments"]["task"] == "retrieval" and results["arguments"]["manifest"].endswith("multi.jsonl")
 
     texts = [caption for row in manifest[:6] for caption in row["caption"]] + [row["text"] for row in manifest[6:]]

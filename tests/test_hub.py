@@ -225,7 +225,14 @@ def test_card_metadata_parses_and_carries_the_evaluation_results(exported):
     assert data.model_name == "VideoFirst tiny test model"
 
     body = card.text
-    for fact in ("2x8x8", "`joint`", "Token masking", "1.0 fps, up to 4 frames", "2 CPU cores", "long stage: 256"):
+    for fact in (
+        "2x8x8",
+        "`joint`",
+        "Token masking",
+        "4 frames spread uniformly over the whole video",
+        "2 CPU cores",
+        "long stage: 256",
+    ):
         assert fact in body, fact
     assert "| Text-to-video R@1 | 25.0% |" in body and "| Text-to-video median rank | 5.5 |" in body
     assert "AutoModel.from_pretrained(repo, trust_remote_code=True)" in body

@@ -22,6 +22,7 @@ from video_fixtures import (
     write_empty_video,
     write_video,
 )
+from videofirst.modeling import video_processing_videofirst as vp
 from videofirst.modeling.processing_videofirst import VideoFirstProcessor
 from videofirst.modeling.video_processing_videofirst import (
     VideoDecodingError,
@@ -58,7 +59,14 @@ def tokenizer(tmp_path) -> BertTokenizerFast:
 
 def raw_processor(**overrides) -> VideoFirstVideoProcessor:
     """A processor that keeps raw 0-255 pixels at 32x64 so frame indices can be read back."""
-    options = dict(do_normalize=False, do_rescale=False, do_center_crop=False, size={"height": 32, "width": 64})
+    options = dict(
+        do_normalize=False,
+        do_rescale=False,
+        do_center_crop=False,
+        size={"height": 32, "width": 64},
+        fps=1.0,
+        num_frames=None,
+    )
     return VideoFirstVideoProcessor(**{**options, **overrides})
 
 
@@ -74,15 +82,16 @@ TEN_FPS = np.arange(25) / 10  # 25 frames at 10 fps, 2.5 s
     [
         (dict(fps=1.0), [0, 10, 20]),
         (dict(fps=2.0), [0, 5, 10, 15, 20]),
-        (dict(fps=2.0, num_frames=2), [0, 5]),
+        (dict(fps=2.0, num_frames=2, sampling="window"), [0, 5]),
         (dict(fps=1.0, start=0.35), [3, 13, 23]),
         (dict(fps=1.0, offset=0.25), [2, 12, 22]),
         (dict(fps=2.0, start=0.5, end=1.6), [5, 10, 15]),
         (dict(fps=4.0, start=1.0, end=2.0), [10, 12, 15, 17]),
         (dict(fps=1.0, start=2.3), [23]),  # 2.3 * 10 is 22.999... in floating point: still frame 23
         (dict(fps=None, start=1.0, end=1.5), [10, 11, 12, 13, 14]),
-        (dict(fps=20.0, num_frames=6), [0, 0, 1, 1, 2, 2]),  # faster than the video: frames repeat
-        (dict(fps=1.0, num_frames=256), [0, 10, 20]),  # shorter than the request
+        (dict(fps=20.0, num_frames=6, sampling="window"), [0, 0, 1, 1, 2, 2]),  # faster than the video: repeats
+        (dict(fps=1.0, num_frames=256, sampling="window"), [0, 10, 20]),  # shorter than the request
+        (dict(num_frames=4), [2, 8, 14, 21]),  # num_frames alone: uniform over the whole clip
     ],
 )
 def test_fps_sampling_exact_indices(kwargs, expected):
@@ -138,7 +147,11 @@ def test_variable_frame_rate_uses_presentation_times():
         (dict(start=2.5), "at or after the end"),
         (dict(end=2.8), "beyond the end"),
         (dict(start=1.0, end=1.0), "greater than start"),
-        (dict(offset=3.0), "not inside the clip"),
+        (dict(fps=1.0, offset=3.0), "not inside the clip"),
+        (dict(fps=1.0, num_frames=4), "ambiguous"),
+        (dict(fps=1.0, num_frames=4, sampling="fps"), "sampling='window'"),
+        (dict(fps=1.0, sampling="uniform", num_frames=4), "no fps"),
+        (dict(num_frames=4, sampling="window"), "needs fps"),
         (dict(offset="later"), "offset"),
         (dict(sampling="random"), "sampling"),
         (dict(sampling="uniform"), "num_frames"),
@@ -165,11 +178,13 @@ def test_end_within_one_frame_of_the_duration_is_accepted():
 @pytest.mark.parametrize(
     "kwargs, expected",
     [
-        (dict(), [0, 10, 20]),
+        (dict(), list(range(25))),  # neither fps nor num_frames: every frame
+        (dict(fps=1.0), [0, 10, 20]),
         (dict(fps=2.0), [0, 5, 10, 15, 20]),
-        (dict(start=0.35), [3, 13, 23]),
+        (dict(fps=1.0, start=0.35), [3, 13, 23]),
         (dict(fps=4.0, start=1.0, end=2.0), [10, 12, 15, 17]),
-        (dict(fps=1.0, num_frames=256), [0, 10, 20]),
+        (dict(fps=1.0, num_frames=256, sampling="window"), [0, 10, 20]),
+        (dict(num_frames=4), [2, 8, 14, 21]),
         (dict(sampling="uniform", num_frames=4), [2, 8, 14, 21]),
         (dict(sampling="uniform", num_frames=100), list(range(25))),
         (dict(fps=None), list(range(25))),
@@ -219,21 +234,25 @@ def test_other_containers(tmp_path, name, codec, container_format):
     assert frame_ids(frames) == [7, 22, 37]
 
 
-def test_mpeg_ts_is_refused(tmp_path, monkeypatch):
+def test_mpeg_ts_goes_to_pyav_or_is_refused_without_it(tmp_path, monkeypatch):
     path = write_video(tmp_path / "clip.ts", 25, fps=10, codec="libx264", container_format="mpegts")
-    with pytest.raises(VideoDecodingError, match="MPEG-TS is not supported.*remux"):
+    frames, timestamps = read_video_frames(path, fps=2.0)  # decord would misplace frames: PyAV decodes them
+    assert frame_ids(frames) == [0, 5, 10, 15, 20]
+    np.testing.assert_allclose(timestamps, [0, 0.5, 1.0, 1.5, 2.0], atol=1e-6)
+    monkeypatch.setattr(vp, "_has_av", lambda: False)
+    with pytest.raises(VideoDecodingError, match="not verified on mpeg-ts files.*install PyAV"):
         read_video_frames(path)
 
 
 def test_decode_time_resize(videos):
     # (16, 48) also exercises the fallback for widths decord cannot scale to (16, 24, 48, 72, ...).
-    frames, _ = read_video_frames(videos["v25"], size=32)  # shortest edge 64 -> 32, aspect kept
+    frames, _ = read_video_frames(videos["v25"], fps=1.0, size=32)  # shortest edge 64 -> 32, aspect kept
     assert frames.shape == (3, 32, 64, 3) and frame_ids(frames) == [0, 10, 20]
-    frames, _ = read_video_frames(videos["v8"], size=32)  # portrait 80x64 -> 40x32
+    frames, _ = read_video_frames(videos["v8"], fps=1.0, size=32)  # portrait 80x64 -> 40x32
     assert frames.shape == (1, 40, 32, 3)
-    frames, _ = read_video_frames(videos["v25"], size=(16, 48))
+    frames, _ = read_video_frames(videos["v25"], fps=1.0, size=(16, 48))
     assert frames.shape == (3, 16, 48, 3)
-    frames, _ = read_video_frames(videos["v25"], size=224)  # never enlarges
+    frames, _ = read_video_frames(videos["v25"], fps=1.0, size=224)  # never enlarges
     assert frames.shape == (3, 64, 128, 3)
 
 
@@ -255,7 +274,7 @@ def test_real_clip_end_to_end():
     assert frames.shape == (14, 224, 398, 3)  # 1280x720, 14 s at 20 fps
     np.testing.assert_allclose(timestamps, np.arange(14))
     assert frames.std() > 20  # real content, not a blank decode
-    batch = VideoFirstVideoProcessor()(str(REAL_CLIP), return_tensors="pt", return_metadata=True)
+    batch = VideoFirstVideoProcessor()(str(REAL_CLIP), fps=1.0, return_tensors="pt", return_metadata=True)
     assert batch["pixel_values_videos"].shape == (1, 14, 3, 224, 224)
     assert batch["video_frame_mask"].tolist() == [[1] * 14]
     metadata = batch["video_metadata"][0]
@@ -388,17 +407,17 @@ def test_oversized_mp4_header_falls_back_to_the_decoder(videos, monkeypatch):
     import videofirst.modeling.video_processing_videofirst as module
 
     monkeypatch.setattr(module, "_MAX_HEADER_BYTES", 16)  # the 'moov' box is not parsed: sizes come from frames
-    frames, _ = read_video_frames(videos["v25"], size=32)
+    frames, _ = read_video_frames(videos["v25"], fps=1.0, size=32)
     assert frames.shape == (3, 32, 64, 3) and frame_ids(frames) == [0, 10, 20]
 
 
-def test_frame_size_guard_on_first_decoded_frame(tmp_path, videos):
+def test_frame_size_guard_without_a_container_header(tmp_path, videos):
     stream = write_video(tmp_path / "clip.mpg", 10, codec="mpeg2video", container_format="mpeg", gop=None)
-    with pytest.raises(VideoDecodingError, match="first decoded frame"):
+    with pytest.raises(VideoDecodingError, match="frame size 128x64 .*video stream"):  # the decoder's size
         read_video_frames(stream, max_pixels_per_frame=64 * 64)
     with pytest.raises(VideoDecodingError, match="container header"):
         read_video_frames(videos["v25"], max_pixels_per_frame=64 * 64)
-    assert read_video_frames(videos["v25"], max_pixels_per_frame=None)[0].shape[0] == 3
+    assert read_video_frames(videos["v25"], fps=1.0, max_pixels_per_frame=None)[0].shape[0] == 3
 
 
 def test_max_frames_guard(videos):
@@ -491,17 +510,13 @@ def test_video_processor_defaults():
         processor.crop_size.width,
     ) == (224, 224)
     assert list(processor.image_mean) == list(OPENAI_CLIP_MEAN) and list(processor.image_std) == list(OPENAI_CLIP_STD)
-    assert (processor.fps, processor.num_frames, processor.sampling, processor.tubelet_frames) == (
-        1.0,
-        16,
-        "fps",
-        2,
-    )
+    # num_frames alone: 16 frames spread uniformly over the whole video, as transformers means it.
+    assert (processor.fps, processor.num_frames, processor.sampling, processor.tubelet_frames) == (None, 16, None, 2)
     assert processor.model_input_names == ["pixel_values_videos", "video_frame_mask"]
 
 
 def test_mixed_length_batch_padding_and_mask(videos):
-    processor = VideoFirstVideoProcessor(size=32, crop_size=32)
+    processor = VideoFirstVideoProcessor(size=32, crop_size=32, fps=1.0, num_frames=None)
     batch = processor([videos["v25"], videos["v45"], videos["v8"]], return_tensors="pt", return_metadata=True)
     pixels, mask = batch["pixel_values_videos"], batch["video_frame_mask"]
     # 2.5 s -> 3 frames (+1 edge), 4.5 s -> 5 frames (+1 edge), 0.8 s -> 1 frame (+1 edge); zero-padded to 6.
@@ -518,13 +533,15 @@ def test_mixed_length_batch_padding_and_mask(videos):
 
 
 def test_equal_lengths_still_return_a_mask(videos):
-    batch = VideoFirstVideoProcessor(size=32, crop_size=32)([videos["v25"], videos["v25"]], return_tensors="pt")
+    batch = VideoFirstVideoProcessor(size=32, crop_size=32, fps=1.0, num_frames=None)(
+        [videos["v25"], videos["v25"]], return_tensors="pt"
+    )
     assert batch["video_frame_mask"].tolist() == [[1, 1, 1, 1], [1, 1, 1, 1]]
 
 
 def test_tubelet_frames_and_sampling_overrides(videos):
     processor = raw_processor(tubelet_frames=4)
-    batch = processor(videos["v45"], fps=2.0, num_frames=5, return_tensors="pt")
+    batch = processor(videos["v45"], fps=2.0, num_frames=5, sampling="window", return_tensors="pt")
     assert batch["pixel_values_videos"].shape[1] == 8 and batch["video_frame_mask"].tolist() == [[1] * 8]
     assert frame_ids(batch["pixel_values_videos"][0]) == [0, 5, 10, 15, 20, 20, 20, 20]
     batch = processor(videos["v45"], sampling="uniform", num_frames=3, tubelet_frames=1, return_tensors="pt")
@@ -558,7 +575,9 @@ def test_every_frame_and_unstackable_outputs(videos):
     assert mixed["video_frame_mask"].tolist() == [[1, 0, 0], [1, 1, 1]]
     with pytest.raises(ValueError, match="cannot be stacked"):
         processor([videos["v8"], videos["v25"]], return_tensors="pt")
-    as_numpy = VideoFirstVideoProcessor(size=32, crop_size=32)(videos["v25"], return_tensors="np")
+    as_numpy = VideoFirstVideoProcessor(size=32, crop_size=32, fps=1.0, num_frames=None)(
+        videos["v25"], return_tensors="np"
+    )
     assert isinstance(as_numpy["pixel_values_videos"], np.ndarray) and as_numpy["video_frame_mask"].shape == (
         1,
         4,
@@ -566,8 +585,8 @@ def test_every_frame_and_unstackable_outputs(videos):
 
 
 def test_decoded_inputs_are_used_as_given(videos):
-    frames, _ = read_video_frames(videos["v25"], fps=None, num_frames=5)
-    processor = VideoFirstVideoProcessor(size=32, crop_size=32)
+    frames, _ = read_video_frames(videos["v25"], fps=None, end=0.5)
+    processor = VideoFirstVideoProcessor(size=32, crop_size=32, fps=1.0, num_frames=None)
     expected = processor(frames, return_tensors="pt")
     assert expected["pixel_values_videos"].shape == (1, 6, 3, 32, 32)  # 5 frames, edge-padded to 6
     as_tensor = torch.from_numpy(frames)
@@ -642,7 +661,7 @@ def test_invalid_processor_options(videos):
 
 def test_video_processor_save_load_round_trip(tmp_path, videos):
     processor = VideoFirstVideoProcessor(
-        tubelet_frames=4, fps=2.0, num_frames=6, sampling="uniform", size=48, crop_size=40, max_frames=100
+        tubelet_frames=4, fps=2.0, num_frames=6, sampling="window", size=48, crop_size=40, max_frames=100
     )
     processor.save_pretrained(tmp_path)
     loaded = VideoFirstVideoProcessor.from_pretrained(tmp_path)
@@ -658,7 +677,8 @@ def test_video_processor_save_load_round_trip(tmp_path, videos):
 
 def test_processor_with_bert_tokenizer(tmp_path, videos):
     processor = VideoFirstProcessor(
-        video_processor=VideoFirstVideoProcessor(size=32, crop_size=32), tokenizer=tokenizer(tmp_path)
+        video_processor=VideoFirstVideoProcessor(size=32, crop_size=32, fps=1.0, num_frames=None),
+        tokenizer=tokenizer(tmp_path),
     )
     batch = processor(
         videos=[videos["v25"], videos["v45"]],
@@ -666,6 +686,7 @@ def test_processor_with_bert_tokenizer(tmp_path, videos):
         text=["a dog runs", "the bird"],
         fps=1.0,
         num_frames=256,
+        sampling="window",
         return_tensors="pt",
         padding=True,
     )
@@ -693,7 +714,7 @@ def test_processor_with_bert_tokenizer(tmp_path, videos):
     ]  # fmt: skip
     # Keyword routing: video options go to the video processor, text ones to the tokenizer. (Done after
     # saving: a fixed-length padding call leaks into the saved tokenizer.json, a transformers behaviour.)
-    routed = loaded(videos=videos["v45"], text=["a cat"], fps=2.0, num_frames=3, padding="max_length", max_length=8)
+    routed = loaded(videos=videos["v45"], text=["a cat"], num_frames=3, padding="max_length", max_length=8)
     assert len(routed["input_ids"][0]) == 8 and routed["video_frame_mask"].tolist() == [[1, 1, 1, 1]]
     with pytest.raises(ValueError, match="at least one"):
         loaded()
@@ -715,7 +736,7 @@ def test_processor_with_bert_tokenizer(tmp_path, videos):
         ("ntsc", dict(fps=1.0)),
         ("v30_moov_last", dict(fps=3.0)),
         ("vfr", dict(fps=10.0)),
-        ("v8", dict(fps=20.0, num_frames=6, size=32)),
+        ("v8", dict(fps=20.0, num_frames=6, sampling="window", size=32)),
     ],
 )
 def test_pyav_backend_matches_decord(videos, name, kwargs):

@@ -126,7 +126,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     sampling = parser.add_argument_group("frame sampling (default: the benchmark's protocol, or the processor's)")
     sampling.add_argument("--fps", type=float)
     sampling.add_argument("--num-frames", type=int)
-    sampling.add_argument("--sampling", choices=("fps", "uniform"))
+    sampling.add_argument("--sampling", choices=("uniform", "fps", "window"))
     sampling.add_argument(
         "--segment-frames", type=int, help="segment-aggregation baseline: embed N-frame segments and average them"
     )
@@ -240,16 +240,20 @@ def load_model(args: argparse.Namespace) -> tuple[Any, Any]:
 
 
 def sampling_settings(args: argparse.Namespace, video_processor: Any, protocol: FrameProtocol | None) -> dict:
-    """Frame sampling: the command line over the benchmark's protocol (or, for a manifest, the processor's)."""
-    default = protocol or FrameProtocol(video_processor.sampling, video_processor.fps, video_processor.num_frames)
-    sampling = args.sampling or default.sampling
-    fps = args.fps if args.fps is not None else default.fps
-    return {
-        "fps": None if sampling == "uniform" and protocol is not None else fps,  # uniform sampling has no rate
-        "num_frames": args.num_frames if args.num_frames is not None else default.num_frames,
-        "sampling": sampling,
-        "segment_frames": args.segment_frames,
-    }
+    """Frame sampling: the command line over the benchmark's protocol, or for a manifest over the processor's
+    settings, where a rate or a count on the command line replaces both of the processor's defaults."""
+    if protocol is None and (args.fps is not None or args.num_frames is not None):
+        sampling, fps, num_frames = args.sampling, args.fps, args.num_frames
+    else:
+        default = protocol or FrameProtocol(video_processor.sampling, video_processor.fps, video_processor.num_frames)
+        sampling = args.sampling or default.sampling
+        fps = args.fps if args.fps is not None else default.fps
+        num_frames = args.num_frames if args.num_frames is not None else default.num_frames
+        if sampling == "uniform":  # a count spread over the clip: no rate
+            fps = None
+        elif sampling == "fps":  # a rate over the whole clip: no count
+            num_frames = None
+    return {"fps": fps, "num_frames": num_frames, "sampling": sampling, "segment_frames": args.segment_frames}
 
 
 def embed_clips(args: argparse.Namespace, model: Any, video_processor: Any, clips: list, settings: dict):

@@ -26,7 +26,7 @@ kinetics600    classification, class names from the labels, prompt templates ave
 =============  ==========================================================================================
 
 Frames (the processor's `sampling`, `fps`, `num_frames`, always passed explicitly): every benchmark reads frames
-at a fixed **1 FPS from the start of its clip** (`sampling="fps", fps=1`), at most 16 frames (ShortViViT's input;
+at a fixed **1 FPS from the start of its clip** (`sampling="window", fps=1`), at most 16 frames (ShortViViT's input;
 MSR-VTT, VATEX, YouCook2 segments and Kinetics clips are 10-30 s long) except EgoSchema, 256 frames (LongViViT's
 input; the clips are 3 minutes). ActivityNet follows the paper: the **first** frames of the long video at 1 FPS,
 where other work samples uniformly over the whole video (`sampling="uniform"`). Every one of these is an option.
@@ -53,6 +53,7 @@ from pathlib import Path
 from typing import Any
 
 from videofirst.evaluation import ClassificationSet, MultipleChoiceSet, RetrievalSet, VideoClip
+from videofirst.modeling.video_processing_videofirst import resolve_sampling
 
 __all__ = [
     "BENCHMARKS",
@@ -88,16 +89,19 @@ class AnnotationError(ValueError):
 class FrameProtocol:
     """How frames are read from each clip: the processor's `sampling`, `fps` and `num_frames`."""
 
-    sampling: str = "fps"
+    sampling: str | None = "window"
     fps: float | None = 1.0
-    num_frames: int = 16
+    num_frames: int | None = 16
 
     def processor_kwargs(self) -> dict[str, Any]:
         return {"sampling": self.sampling, "fps": self.fps, "num_frames": self.num_frames}
 
     def describe(self) -> str:
-        if self.sampling == "uniform":
+        sampling = resolve_sampling(self.fps, self.num_frames, self.sampling)
+        if sampling == "uniform":
             return f"{self.num_frames} frames spread uniformly over the clip"
+        if sampling == "fps":
+            return f"frames at {self.fps:g} FPS over the whole clip" if self.fps else "every frame of the clip"
         return f"the first {self.num_frames} frames at {self.fps:g} FPS from the clip start"
 
 
@@ -477,9 +481,9 @@ def _read_kinetics(path: Path, folder: VideoFolder, split: str, options: Mapping
     return dataset, clips, {}
 
 
-_SHORT = FrameProtocol(sampling="fps", fps=1.0, num_frames=16)
+_SHORT = FrameProtocol(sampling="window", fps=1.0, num_frames=16)
 #: Summarisation of full-length videos (and EgoSchema): LongViViT's 256 frames at 1 FPS from the start.
-LONG_FRAMES = FrameProtocol(sampling="fps", fps=1.0, num_frames=256)
+LONG_FRAMES = FrameProtocol(sampling="window", fps=1.0, num_frames=256)
 
 BENCHMARKS: dict[str, Benchmark] = {
     benchmark.name: benchmark

@@ -373,9 +373,7 @@ def load_media(row: dict[str, Any], video_processor, data: DataSection) -> torch
         return video_processor.preprocess_images(media, return_tensors="pt")["pixel_values"][0]
     processed = video_processor(
         videos=media,
-        fps=data.fps,
-        num_frames=data.num_frames,
-        sampling=data.sampling,
+        **data.sampling_options(),  # the recipe's training policy, named explicitly
         start=row.get("start"),
         end=row.get("end"),
         decode_backend=_decode_backend(data),

@@ -483,13 +483,7 @@ def _architecture(model: PreTrainedModel, processor: ProcessorMixin | None) -> l
     )
     video_processor = getattr(processor, "video_processor", None)
     if video_processor is not None:
-        sampling = getattr(video_processor, "sampling", "fps")
-        rows.append(
-            (
-                "Frames per video (processor default)",
-                f"{_sampling_text(video_processor)} ({_code(sampling)} sampling)",
-            )
-        )
+        rows.append(("Frames per video (processor default)", _sampling_text(video_processor)))
     rows.append(
         ("Temporal positions", f"learned for {vision.num_frames} frames, interpolated for longer or shorter videos")
     )
@@ -519,9 +513,7 @@ def _architecture(model: PreTrainedModel, processor: ProcessorMixin | None) -> l
 
 
 def _sampling_text(video_processor) -> str:
-    fps, frames = getattr(video_processor, "fps", None), getattr(video_processor, "num_frames", None)
-    rate = f"{fps} fps" if fps else "every frame"
-    return f"{rate}, up to {frames} frames" if frames else f"{rate}, all frames"
+    return video_processor.describe_sampling()
 
 
 def _training(run: RunInfo | None, options: ModelCardOptions) -> list[tuple[str, str]]:

@@ -59,7 +59,10 @@ class DataSection:
     max_text_length: int = 32
     num_frames: int = 16
     fps: float = 1.0
-    sampling: str = "fps"
+    # Training frame sampling: "window" (the paper's: the first `num_frames` frames at `fps` from the clip start),
+    # "uniform" (`num_frames` spread over the clip) or "fps" (the whole clip at `fps`). Exported checkpoints
+    # default to `num_frames` uniform over the whole video instead (see `setup.build_processor`).
+    sampling: str = "window"
     image_size: int = 224
     num_workers: int = 0
     # The run stops once more than this fraction of the samples read so far failed to decode ...
@@ -78,6 +81,14 @@ class DataSection:
     decode_backend: str = "auto"
     # Opt-in fast decoding: move sample times to keyframes at most this many seconds away (None: exact times).
     keyframe_snap: float | None = None
+
+    def sampling_options(self) -> dict[str, Any]:
+        """The processor's sampling arguments for `sampling` (each mode takes only its own)."""
+        return {
+            "fps": None if self.sampling == "uniform" else self.fps,
+            "num_frames": None if self.sampling == "fps" else self.num_frames,
+            "sampling": self.sampling,
+        }
 
 
 @dataclass

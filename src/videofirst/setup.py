@@ -65,9 +65,8 @@ def build_processor(recipe: PretrainRecipe, tokenizer_path: str | Path) -> Video
     video_processor = VideoFirstVideoProcessor(
         size={"shortest_edge": data.image_size},
         crop_size={"height": data.image_size, "width": data.image_size},
-        fps=data.fps,
+        # The checkpoint's default sees the whole video; training passes the recipe's policy per call.
         num_frames=data.num_frames,
-        sampling=data.sampling,
         tubelet_frames=tubelet_frames,
     )
     return VideoFirstProcessor(video_processor=video_processor, tokenizer=AutoTokenizer.from_pretrained(tokenizer_path))

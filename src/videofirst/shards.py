@@ -298,8 +298,8 @@ def _sampled_chunks(
             return
         try:
             frames, times = read_video_frames(
-                source, fps=fps, num_frames=count, start=chunk_start, end=end, size=size, max_frames=None,
-                backend=decode_backend, timeout=decode_timeout,
+                source, fps=fps, num_frames=count, sampling="window", start=chunk_start, end=end, size=size,
+                max_frames=None, backend=decode_backend, timeout=decode_timeout,
             )  # fmt: skip
         except ValueError as err:
             if done and "at or after the end" in str(err):

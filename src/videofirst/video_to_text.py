@@ -248,9 +248,8 @@ def build_video_to_text_processor(recipe: VideoToTextRecipe, model, tokenizer) -
     video_processor = VideoFirstVideoProcessor(
         size={"shortest_edge": data.image_size},
         crop_size={"height": data.image_size, "width": data.image_size},
-        fps=data.fps,
+        # The checkpoint's default sees the whole video; training passes the recipe's policy per call.
         num_frames=data.num_frames,
-        sampling=data.sampling,
         tubelet_frames=model.config.vision_config.tubelet_size[0],
     )
     return VideoFirstProcessor(video_processor=video_processor, tokenizer=tokenizer)

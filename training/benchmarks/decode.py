@@ -5,8 +5,9 @@
 
 Methods (all on the clip [0, frames / fps) of `--video`, frames resized so the shortest edge is 224):
 
-* ``processor_decord`` / ``processor_pyav``: (a) ``VideoFirstVideoProcessor`` with ``decode_backend`` decord (its
-  default) or pyav: sampling, decode-time resize, centre crop, normalisation (the full training input);
+* ``processor_decord`` / ``processor_pyav``: (a) ``VideoFirstVideoProcessor`` with ``decode_backend`` decord or
+  pyav (the default, ``"auto"``, where av is installed): sampling, decode-time resize, centre crop, normalisation
+  (the full training input);
 * ``hf_load_video_decord`` / ``hf_load_video_pyav``: (b) transformers' ``load_video`` with the same frame indices,
   then the same resize / crop / normalisation (our processor on the decoded frames);
 * ``sequential_decode``: (c) one sequential PyAV decode of every frame of the clip, nothing converted: the floor
@@ -69,9 +70,11 @@ def build_methods(video: str, frames: int, fps: float, size: int, work: Path) ->
     """The timed callables (each returns frames) and facts gathered while setting them up."""
     processor = VideoFirstVideoProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
     span = frames / fps
-    exact_times = read_video_frames(video, fps=fps, num_frames=frames, size=16, backend="pyav")[1]
+    exact_times = read_video_frames(video, fps=fps, num_frames=frames, sampling="window", size=16, backend="pyav")[1]
     # The same indices for transformers' loader: our sampler's choice (frame on screen at k / fps).
-    video_fps = float(processor(video, fps=fps, num_frames=1, return_metadata=True)["video_metadata"][0].fps)
+    video_fps = float(
+        processor(video, fps=fps, num_frames=1, sampling="window", return_metadata=True)["video_metadata"][0].fps
+    )
     indices = np.floor(np.arange(len(exact_times)) / fps * video_fps + 1e-6).astype(np.int64)
 
     manifest = work / "clip.jsonl"
@@ -90,17 +93,21 @@ def build_methods(video: str, frames: int, fps: float, size: int, work: Path) ->
         return processor(decoded, return_tensors="pt")["pixel_values_videos"]
 
     def processed(**kwargs):
-        return processor(video, fps=fps, num_frames=frames, return_tensors="pt", **kwargs)["pixel_values_videos"]
+        return processor(video, fps=fps, num_frames=frames, sampling="window", return_tensors="pt", **kwargs)[
+            "pixel_values_videos"
+        ]
 
     methods = {
-        "processor_decord": lambda: processed(),
+        "processor_decord": lambda: processed(decode_backend="decord"),
         "processor_pyav": lambda: processed(decode_backend="pyav"),
         "hf_load_video_decord": lambda: pixels(_hf_load_video(video, "decord", indices)),
         "hf_load_video_pyav": lambda: pixels(_hf_load_video(video, "pyav", indices)),
         "sequential_decode": lambda: _sequential_decode(video, span),
-        "shard_read": lambda: read_video_frames(shard_bytes(), fps=fps, num_frames=frames, backend="pyav")[0],
+        "shard_read": lambda: read_video_frames(
+            shard_bytes(), fps=fps, num_frames=frames, sampling="window", backend="pyav"
+        )[0],
         "shard_processor": lambda: processor(
-            shard_bytes(), fps=fps, num_frames=frames, decode_backend="pyav", return_tensors="pt"
+            shard_bytes(), fps=fps, num_frames=frames, sampling="window", decode_backend="pyav", return_tensors="pt"
         )["pixel_values_videos"],
         "fast_snap_inf": lambda: processed(decode_backend="pyav", keyframe_snap=math.inf),
         "fast_snap_1s": lambda: processed(decode_backend="pyav", keyframe_snap=1.0),
@@ -113,7 +120,9 @@ def build_methods(video: str, frames: int, fps: float, size: int, work: Path) ->
         "video_fps": video_fps,
     }
     for name, snap in (("fast_snap_inf", math.inf), ("fast_snap_1s", 1.0)):
-        snapped = read_video_frames(video, fps=fps, num_frames=frames, size=16, backend="pyav", keyframe_snap=snap)[1]
+        snapped = read_video_frames(
+            video, fps=fps, num_frames=frames, sampling="window", size=16, backend="pyav", keyframe_snap=snap
+        )[1]
         error = np.abs(snapped - exact_times)
         facts[name] = {
             "mean_error_s": float(error.mean()),
@@ -164,8 +173,8 @@ def summarise(rows: list[dict], facts: dict, args) -> str:
         "|---|---|---:|---:|",
     ]
     labels = {
-        "processor_decord": "(a) our processor, decord (default backend)",
-        "processor_pyav": '(a) our processor, `decode_backend="pyav"`',
+        "processor_decord": '(a) our processor, `decode_backend="decord"`',
+        "processor_pyav": '(a) our processor, PyAV (the default backend, `"auto"`, when av is installed)',
         "hf_load_video_decord": "(b) transformers `load_video`, decord",
         "hf_load_video_pyav": "(b) transformers `load_video`, pyav",
         "sequential_decode": "(c) one sequential decode of the span (floor)",
@@ -176,11 +185,15 @@ def summarise(rows: list[dict], facts: dict, args) -> str:
     }
     for name, label in labels.items():
         lines.append(f"| `{name}` | {label} | {median[name]:.2f} | {ratio(name, floor):.3f} |")
-    best_ours = min(("processor_decord", "processor_pyav"), key=lambda name: median[name])
+    best_ours = "processor_pyav"  # the processor's default backend ("auto") where av is installed
     fastest_hf = min(median["hf_load_video_decord"], median["hf_load_video_pyav"])
     read_speedup = 1 / ratio("shard_read", floor)
     goals = [
-        ("(a) within 1.2x of (c)", f"{best_ours}: {ratio(best_ours, floor):.2f}x", ratio(best_ours, floor) <= 1.2),
+        (
+            "(a) default backend within 1.2x of (c)",
+            f"{best_ours}: {ratio(best_ours, floor):.2f}x",
+            ratio(best_ours, floor) <= 1.2,
+        ),
         (
             "(a) faster than every (b)",
             f"{median[best_ours]:.2f} s vs {fastest_hf:.2f} s",
