@@ -53,6 +53,8 @@ import torch.utils.data
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from videofirst.modeling.video_processing_videofirst import resolve_sampling
+
 if TYPE_CHECKING:
     from videofirst.modeling.modeling_videofirst import VideoFirstModel
 
@@ -877,6 +879,8 @@ class _ClipDataset(torch.utils.data.Dataset):
     """Decodes one clip per item; a clip that fails yields its error instead of a tensor (never a neighbour)."""
 
     def __init__(self, clips: Sequence[VideoClip], indices: Sequence[int], video_processor: Any, options: dict):
+        # An ambiguous or incomplete sampling request is the caller's error: raised here, not excluded per video.
+        resolve_sampling(options.get("fps"), options.get("num_frames"), options.get("sampling"))
         self.clips = clips
         self.indices = list(indices)
         self.video_processor = video_processor

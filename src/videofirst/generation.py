@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from videofirst.evaluation import MultipleChoiceSet, evaluation_mode, multiple_choice_metrics
 from videofirst.modeling.modeling_videofirst_video_to_text import VideoFirstForConditionalGeneration
-from videofirst.modeling.video_processing_videofirst import pad_video_batch
+from videofirst.modeling.video_processing_videofirst import pad_video_batch, resolve_sampling
 
 __all__ = [
     "DEFAULT_QA_PROMPT",
@@ -307,13 +307,17 @@ def evaluate_video_question_answering(
     reduction: str = "mean",
     fps: float | None = None,
     num_frames: int | None = None,
+    sampling: str | None = None,
 ) -> dict[str, float]:
     """Zero-shot multiple-choice QA (EgoSchema format, `videofirst.evaluation.load_multiple_choice_manifest`) by
-    answer likelihood. A video that fails to decode is reported and its questions are left out.
+    answer likelihood. A video that fails to decode is reported and its questions are left out; `fps`,
+    `num_frames` and `sampling` override the processor's frame sampling (an ambiguous request is an error).
 
     Returns `accuracy`, `num_questions` (scored) and `num_excluded`.
     """
-    options = {key: value for key, value in (("fps", fps), ("num_frames", num_frames)) if value is not None}
+    resolve_sampling(fps, num_frames, sampling)
+    chosen = (("fps", fps), ("num_frames", num_frames), ("sampling", sampling))
+    options = {key: value for key, value in chosen if value is not None}
     tubelet_frames = int(getattr(video_processor, "tubelet_frames", 1))
     scores, answers, excluded = [], [], 0
     order = list(range(len(questions.questions)))
