@@ -945,8 +945,8 @@ class VideoFirstModel(VideoFirstPreTrainedModel):
         position_ids: torch.Tensor | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> BaseModelOutputWithPooling | tuple:
-        r"""Embed texts: the text tower's output with `pooler_output` replaced by the L2-normalised projected
-        embedding `(batch, projection_dim)`."""
+        r"""Embed texts: the text tower's last hidden state, hidden states and attentions, and as `pooler_output`
+        the L2-normalised projected embedding `(batch, projection_dim)`."""
         check_no_unexpected_kwargs(f"{type(self).__name__}.get_text_features", kwargs)
         # Only what the caller gave: not every text tower takes `token_type_ids` / `position_ids`.
         optional = {"token_type_ids": token_type_ids, "position_ids": position_ids}
@@ -964,8 +964,14 @@ class VideoFirstModel(VideoFirstPreTrainedModel):
         else:
             weights = attention_mask.to(hidden_states.dtype)[:, :, None]
             pooled = (hidden_states * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
-        text_outputs.pooler_output = F.normalize(self.text_projection(pooled), dim=-1)
-        return text_outputs
+        # A new output rather than an assignment: a tower without a pooler returned `pooler_output=None`, which
+        # `ModelOutput` leaves out of its keys (and tuples).
+        return BaseModelOutputWithPooling(
+            last_hidden_state=hidden_states,
+            pooler_output=F.normalize(self.text_projection(pooled), dim=-1),
+            hidden_states=text_outputs.hidden_states,
+            attentions=text_outputs.attentions,
+        )
 
     @can_return_tuple
     def forward(
