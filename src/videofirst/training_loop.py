@@ -44,7 +44,7 @@ from typing import Any
 import torch
 import yaml
 from accelerate import Accelerator, DataLoaderConfiguration
-from accelerate.utils import ProjectConfiguration, set_seed
+from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, set_seed
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -128,9 +128,10 @@ class TrainingRun:
     `end_micro_batch` drive the loop; `finish` exports and ends it.
     """
 
-    def __init__(self, recipe: Recipe, *, dispatch_batches: bool | None = None):
+    def __init__(self, recipe: Recipe, *, dispatch_batches: bool | None = None, find_unused_parameters: bool = False):
         """`dispatch_batches` as accelerate's `DataLoaderConfiguration` takes it (None: accelerate's default,
-        False: every process reads its own batches)."""
+        False: every process reads its own batches). `find_unused_parameters` is DDP's: for a model whose forward
+        passes each leave some trainable parameters unused."""
         self.recipe = recipe
         self.run_dir = Path(recipe.run.output_dir)
         optim = recipe.optim
@@ -140,6 +141,7 @@ class TrainingRun:
             log_with=tracker_names(recipe.run.trackers) or None,
             project_config=ProjectConfiguration(project_dir=str(self.run_dir), logging_dir=str(self.run_dir / "logs")),
             dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, dispatch_batches=dispatch_batches),
+            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=find_unused_parameters)],
         )
         set_seed(recipe.run.seed)
         self.run_dir.mkdir(parents=True, exist_ok=True)
