@@ -27,9 +27,10 @@ Request (JSON):
   `hypothesis_template` (`{}` is replaced by each label; default `"{}"`), `return_embeddings` (default: true when
   there are no texts), `fps` and `num_frames` (frame sampling; default: the processor's).
 
-Response: `{"results": [{"num_frames": T, "scores": [{"label", "score", "similarity"}, ...], "embedding": [...]}]}`
-with one entry per video, scores sorted by decreasing score (softmax over the labels for a contrastively trained
-model, a sigmoid per label for a sigmoid-loss model; `similarity` is the cosine similarity), plus
+Response: `{"results": [{"num_frames": T, "scores": [{"score", "label", "similarity"}, ...], "embedding": [...]}]}`
+with one entry per video, scores sorted by decreasing score (`VideoFirstModel.score_candidates`, as the pipelines:
+softmax over the labels for a contrastively trained model, a sigmoid per label for a sigmoid-loss model;
+`similarity` is the cosine similarity), plus
 `"text_embeddings"` when embeddings are requested and texts are given.
 
 Safety: strings are only ever base64-decoded, never opened as paths or fetched as URLs. Request size, number of
@@ -59,6 +60,10 @@ logger = logging.getLogger(__name__)
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 _DATA_URL = re.compile(r"^data:[\w.+/-]*(;[\w=.+-]+)*;base64,", re.IGNORECASE)
 _WHITESPACE = re.compile(r"\s+")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+# Base64 text may carry line breaks and a data-URL prefix; beyond this much of either a payload is refused unread.
+_BASE64_SLACK = 1.05
+_MAX_DATA_URL_PREFIX = 256
 _IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "BMP")
 _PARAMETERS = ("candidate_labels", "texts", "hypothesis_template", "return_embeddings", "fps", "num_frames")
 
@@ -103,7 +108,8 @@ class EndpointHandler:
         self.model.to(self.device).eval()
         self.processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True, local_files_only=True)
         text_config = getattr(self.model.config, "text_config", None)
-        self.max_text_tokens = getattr(text_config, "max_position_embeddings", None) or 512
+        positions = getattr(text_config, "max_position_embeddings", None) or 512
+        self.max_text_tokens = min(positions, self.processor.tokenizer.model_max_length)
 
     def __call__(self, data: Any) -> dict[str, Any]:
         try:
@@ -138,6 +144,8 @@ class EndpointHandler:
                 f"'hypothesis_template' must be a string of at most {self.limits.max_template_chars} characters "
                 "containing '{}'"
             )
+        if _SURROGATE.search(template):
+            raise RequestError("'hypothesis_template' contains an unpaired UTF-16 surrogate (invalid Unicode)")
         video_kwargs = self._sampling(parameters)
         videos = self._videos(data.get("inputs"))
         if not videos and texts is None:
@@ -153,17 +161,10 @@ class EndpointHandler:
         if videos:
             results = [{"num_frames": count} for count in frame_counts]
             if text_embeds is not None:
-                similarity = video_embeds @ text_embeds.t()
-                logits = self.model.scaled_logit_scale() * similarity
-                if getattr(self.model, "logit_bias", None) is not None:
-                    logits = logits + self.model.logit_bias
-                if getattr(self.model.config, "loss_type", "contrastive") == "sigmoid":
-                    scores = torch.sigmoid(logits)
-                else:
-                    scores = logits.softmax(dim=-1)
+                similarity, _, scores = self.model.score_candidates(video_embeds, text_embeds)
                 for result, row, sims in zip(results, scores.tolist(), similarity.tolist()):
                     ranked = sorted(zip(texts, row, sims), key=lambda item: -item[1])
-                    result["scores"] = [{"label": t, "score": s, "similarity": c} for t, s, c in ranked]
+                    result["scores"] = [{"score": s, "label": t, "similarity": c} for t, s, c in ranked]
             if return_embeddings:
                 for result, embedding in zip(results, video_embeds.tolist()):
                     result["embedding"] = embedding
@@ -191,6 +192,9 @@ class EndpointHandler:
                 raise RequestError(
                     f"candidate_labels[{index}] has {len(text)} characters (at most {self.limits.max_text_chars})"
                 )
+            if _SURROGATE.search(text):
+                # Valid JSON ("\ud800") but not text: no tokenizer can encode it.
+                raise RequestError(f"candidate_labels[{index}] contains an unpaired UTF-16 surrogate (invalid Unicode)")
         return texts
 
     def _sampling(self, parameters: dict[str, Any]) -> dict[str, Any]:
@@ -268,13 +272,16 @@ class EndpointHandler:
             raise RequestError(f"{label} is not a readable PNG or JPEG image") from None
 
     def _decode_base64(self, text: str, name: str, limit: int, budget: list[int], what: str) -> bytes:
-        if _URL.match(text):
+        # Refuse oversized payloads before any regular expression reads them: base64 of `limit` bytes is
+        # 4 * ceil(limit / 3) characters, plus some slack for line breaks and a data-URL prefix.
+        if len(text) > (4 * -(-limit // 3)) * _BASE64_SLACK + _MAX_DATA_URL_PREFIX:
+            raise RequestError(f"{name} is larger than {limit} bytes")
+        if _URL.match(text[:_MAX_DATA_URL_PREFIX]):
             raise RequestError(f"{name} looks like a URL; URLs are never fetched, send {what} as base64 bytes")
-        text = _DATA_URL.sub("", text, count=1)
+        text = _DATA_URL.sub("", text[:_MAX_DATA_URL_PREFIX], count=1) + text[_MAX_DATA_URL_PREFIX:]
         text = _WHITESPACE.sub("", text)
         if not text:
             raise RequestError(f"{name} is empty")
-        # Refuse oversized payloads before decoding them.
         if len(text) // 4 * 3 > limit:
             raise RequestError(f"{name} is larger than {limit} bytes")
         try:
@@ -302,9 +309,7 @@ class EndpointHandler:
 
     @torch.no_grad()
     def _embed_texts(self, texts: list[str]) -> torch.Tensor:
-        encoded = self.processor.tokenizer(
-            texts, padding=True, truncation=True, max_length=self.max_text_tokens, return_tensors="pt"
-        )
+        encoded = self.processor(text=texts, max_length=self.max_text_tokens, return_tensors="pt")
         return self.model.get_text_features(
             input_ids=encoded["input_ids"].to(self.device), attention_mask=encoded["attention_mask"].to(self.device)
         ).pooler_output.float()

@@ -1046,5 +1046,31 @@ class VideoFirstModel(VideoFirstPreTrainedModel):
             vision_model_output=vision_outputs,
         )
 
+    def score_candidates(
+        self, query_embeds: torch.Tensor, candidate_embeds: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        r"""Scores each query against each candidate as the model was trained to: the one scoring rule of the
+        zero-shot pipeline (a video against its labels), the retrieval pipeline (a text against videos) and the
+        endpoint handler.
+
+        Args:
+            query_embeds (`torch.Tensor` of shape `(num_queries, projection_dim)`): L2-normalised embeddings
+                (`pooler_output` of `get_video_features` or `get_text_features`).
+            candidate_embeds (`torch.Tensor` of shape `(num_candidates, projection_dim)`): L2-normalised embeddings
+                of the other modality.
+
+        Returns:
+            `(similarity, logits, probabilities)`, each `(num_queries, num_candidates)` and float32: the cosine
+            similarity; the logits `exp(logit_scale) * similarity (+ logit_bias)` that `forward` returns as
+            `logits_per_video` / `logits_per_text`; and the probabilities, a softmax over the candidates for the
+            contrastive loss, an independent sigmoid per pair for the sigmoid loss.
+        """
+        similarity = query_embeds.float() @ candidate_embeds.to(query_embeds.device).float().t()
+        logits = self.scaled_logit_scale().float() * similarity
+        if self.logit_bias is not None:
+            logits = logits + self.logit_bias.float()
+        probabilities = logits.sigmoid() if self.config.loss_type == "sigmoid" else logits.softmax(dim=-1)
+        return similarity, logits, probabilities
+
 
 __all__ = ["VideoFirstPreTrainedModel", "VideoFirstVisionModel", "VideoFirstModel"]

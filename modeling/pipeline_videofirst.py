@@ -8,20 +8,23 @@ from transformers import pipeline
 
 classifier = pipeline("zero-shot-video-classification", model="user/videofirst-model", trust_remote_code=True)
 classifier("video.mp4", candidate_labels=["cooking", "cycling"], hypothesis_template="a video of {}.")
-# [{'label': 'cooking', 'score': 0.93}, {'label': 'cycling', 'score': 0.07}]
+# [{'score': 0.93, 'label': 'cooking', 'similarity': 0.41}, {'score': 0.07, 'label': 'cycling', ...}]
+classifier(["a.mp4", "b.mp4", "c.mp4"], candidate_labels=["cooking", "cycling"], batch_size=2)  # one list per video
 
 ranker = pipeline("text-to-video-retrieval", model="user/videofirst-model", trust_remote_code=True)
 ranker("someone slices onions", videos=["a.mp4", "b.mp4", "c.mp4"], top_k=2)
-# [{'video_index': 1, 'score': 0.81, 'similarity': 0.42}, {'video_index': 0, ...}]
+# [{'score': 0.81, 'video_index': 1, 'similarity': 0.42}, {'score': 0.12, 'video_index': 0, ...}]
 ```
 
-A video is anything `VideoFirstVideoProcessor` takes: a path, raw bytes, a binary file object, or decoded frames
-(a `(T, H, W, C)` uint8 array or a `(T, C, H, W)` tensor). A list of videos runs each one; a single video given as
-a Python list of frames must therefore be wrapped once more (`[[frame, frame, ...]]`) or passed as an array.
-Frame sampling follows the processor (`fps`, `num_frames`, `sampling`, `start`, `end` can be passed per call).
+Rows follow transformers' zero-shot classification pipelines (`score` and `label` first, highest score first);
+`similarity` (the raw cosine similarity) follows. A video is anything `VideoFirstVideoProcessor` takes: a path, raw
+bytes, a binary file object, or decoded frames (a `(T, H, W, C)` uint8 array or a `(T, C, H, W)` tensor). A list of
+videos runs each one (`batch_size` videos per forward pass); a single video given as a Python list of frames must
+therefore be wrapped once more (`[[frame, frame, ...]]`) or passed as an array. Frame sampling follows the processor
+(`fps`, `num_frames`, `sampling`, `start`, `end` can be passed per call).
 
-Scores follow the model's training loss: a softmax over the candidates for the contrastive (InfoNCE) loss, an
-independent sigmoid per candidate for the sigmoid loss. `similarity` is the raw cosine similarity.
+Scores come from `VideoFirstModel.score_candidates`, the rule the model was trained with: a softmax over the
+candidates for the contrastive (InfoNCE) loss, an independent sigmoid per candidate for the sigmoid loss.
 """
 
 from collections.abc import Sequence
@@ -33,6 +36,7 @@ from transformers import AutoModel
 from transformers.pipelines import PIPELINE_REGISTRY, Pipeline
 
 __all__ = [
+    "HUB_TASK",
     "RETRIEVAL_TASK",
     "ZERO_SHOT_TASK",
     "VideoFirstTextToVideoRetrievalPipeline",
@@ -43,23 +47,13 @@ __all__ = [
 
 ZERO_SHOT_TASK = "zero-shot-video-classification"
 RETRIEVAL_TASK = "text-to-video-retrieval"
+# The Hub task id of exported model cards (`pipeline_tag`): a checkpoint maps it to the zero-shot classifier too, so
+# `pipeline("video-classification", model=repo, trust_remote_code=True)` builds this pipeline rather than the
+# built-in one, which cannot load a dual encoder. Only in a checkpoint's config: never registered process-wide.
+HUB_TASK = "video-classification"
 DEFAULT_HYPOTHESIS_TEMPLATE = "a video of {}."
 # Keyword arguments forwarded to the video processor.
 VIDEO_KWARGS = ("fps", "num_frames", "sampling", "start", "end", "offset", "seed")
-
-
-def _probabilities(model, logits: torch.Tensor) -> torch.Tensor:
-    """Softmax over the candidates (contrastive loss) or a sigmoid per candidate (sigmoid loss)."""
-    if getattr(model.config, "loss_type", "contrastive") == "sigmoid":
-        return torch.sigmoid(logits)
-    return logits.softmax(dim=-1)
-
-
-def _logits(model, similarity: torch.Tensor) -> torch.Tensor:
-    logits = model.scaled_logit_scale() * similarity
-    if getattr(model, "logit_bias", None) is not None:
-        logits = logits + model.logit_bias
-    return logits
 
 
 def _labels(candidate_labels) -> list[str]:
@@ -79,8 +73,13 @@ def _hypotheses(labels: list[str], template: str) -> list[str]:
     return [template.replace("{}", label) for label in labels]
 
 
-def _top(rows: list[dict[str, Any]], top_k: int | None) -> list[dict[str, Any]]:
-    rows = sorted(rows, key=lambda row: -row["score"])
+def _rows(key: str, values: list, scores: torch.Tensor, similarity: torch.Tensor, top_k: int | None) -> list[dict]:
+    """Rows `{"score", key, "similarity"}` by decreasing score, as transformers' zero-shot pipelines order them."""
+    rows = [
+        {"score": score, key: value, "similarity": sim}
+        for value, score, sim in zip(values, scores.tolist(), similarity.tolist())
+    ]
+    rows.sort(key=lambda row: -row["score"])
     return rows if top_k is None else rows[:top_k]
 
 
@@ -101,15 +100,18 @@ class _VideoFirstPipeline(Pipeline):
         super().__init__(*args, **kwargs)
         if self.processor is None:
             raise ValueError(f"{type(self).__name__} needs the checkpoint's processor (`processor=`)")
+        # With `batch_size > 1` the pipeline's collate function pads `input_ids` with the tokenizer's pad token and
+        # the videos' frame axis (and `video_frame_mask`) with zeros, i.e. padded frames are masked out.
+        self.tokenizer = self.processor.tokenizer
         self.model.eval()  # no dropout and no training-time token masking
 
     def _text_inputs(self, texts: list[str], tokenizer_kwargs: dict[str, Any] | None) -> dict[str, torch.Tensor]:
-        options = {"padding": True, "truncation": True, "return_tensors": "pt"}
+        options: dict[str, Any] = {"return_tensors": "pt"}
         max_positions = getattr(getattr(self.model.config, "text_config", None), "max_position_embeddings", None)
         if max_positions:
-            options["max_length"] = max_positions
+            options["max_length"] = min(max_positions, self.processor.tokenizer.model_max_length)
         options.update(tokenizer_kwargs or {})
-        encoded = self.processor.tokenizer(texts, **options)
+        encoded = self.processor(text=texts, **options)  # the processor's defaults: padding and truncation
         return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
 
     def _video_inputs(self, videos: list, video_kwargs: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -124,8 +126,13 @@ class VideoFirstZeroShotVideoClassificationPipeline(_VideoFirstPipeline):
     """Scores one video (or each of a list of videos) against candidate labels.
 
     Call arguments: `candidate_labels` (list of str), `hypothesis_template` (default `"a video of {}."`; `{}` is
-    replaced by each label), `top_k`, `tokenizer_kwargs`, and the video sampling arguments (`fps`, `num_frames`, ...).
-    Returns `[{"label", "score", "similarity"}, ...]` sorted by decreasing score, one such list per video.
+    replaced by each label), `top_k`, `tokenizer_kwargs`, `batch_size` (videos per forward pass), and the video
+    sampling arguments (`fps`, `num_frames`, ...).
+
+    Returns:
+        For one video, a list of `{"score": float, "label": str, "similarity": float}` sorted by decreasing score
+        (`score` as `VideoFirstModel.score_candidates` computes it, `similarity` the cosine similarity); for a list
+        of videos, one such list per video.
     """
 
     def __call__(self, videos, candidate_labels=None, **kwargs):
@@ -153,35 +160,58 @@ class VideoFirstZeroShotVideoClassificationPipeline(_VideoFirstPipeline):
         video_kwargs: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         labels = _labels(candidate_labels)
-        inputs = self._video_inputs([video], video_kwargs or {})
-        inputs.update(self._text_inputs(_hypotheses(labels, hypothesis_template), tokenizer_kwargs))
-        return {"inputs": inputs, "candidate_labels": labels}
+        inputs: dict[str, Any] = self._video_inputs([video], video_kwargs or {})
+        # Texts and labels stay out of the collated tensors: each video keeps its own (unpadded) label encodings.
+        inputs["text_inputs"] = self._text_inputs(_hypotheses(labels, hypothesis_template), tokenizer_kwargs)
+        inputs["candidate_labels"] = labels
+        return inputs
 
     def _forward(self, model_inputs: dict[str, Any]) -> dict[str, Any]:
-        outputs = self.model(**model_inputs["inputs"])
-        similarity = outputs.video_embeds @ outputs.text_embeds.t()
+        labels, texts = model_inputs.pop("candidate_labels"), model_inputs.pop("text_inputs")
+        batched = isinstance(texts, list)  # collated by `batch_size > 1`: one entry per video
+        if not batched:
+            labels, texts = [labels], [texts]
+        video_embeds = self.model.get_video_features(**model_inputs).pooler_output
+        text_embeds: dict[tuple, torch.Tensor] = {}  # the labels of one call are encoded once per batch
+        scores, similarities = [], []
+        for index, text in enumerate(texts):
+            key = tuple(map(tuple, text["input_ids"].tolist()))
+            if key not in text_embeds:
+                text_embeds[key] = self.model.get_text_features(**text).pooler_output
+            similarity, _, probabilities = self.model.score_candidates(
+                video_embeds[index : index + 1], text_embeds[key]
+            )
+            scores.append(probabilities)
+            similarities.append(similarity)
+        # `scores` first: the pipeline's un-batching reads the batch size from the first entry.
         return {
-            "logits": outputs.logits_per_video[0],
-            "similarity": similarity[0],
-            "candidate_labels": model_inputs["candidate_labels"],
+            "scores": torch.cat(scores),
+            "similarity": torch.cat(similarities),
+            "candidate_labels": labels if batched else labels[0],
         }
 
     def postprocess(self, model_outputs: dict[str, Any], top_k: int | None = None) -> list[dict[str, Any]]:
-        scores = _probabilities(self.model, model_outputs["logits"].float()).tolist()
-        similarity = model_outputs["similarity"].float().tolist()
-        rows = [
-            {"label": label, "score": score, "similarity": sim}
-            for label, score, sim in zip(model_outputs["candidate_labels"], scores, similarity)
-        ]
-        return _top(rows, top_k)
+        return _rows(
+            "label",
+            model_outputs["candidate_labels"],
+            model_outputs["scores"][0],
+            model_outputs["similarity"][0],
+            top_k,
+        )
 
 
 class VideoFirstTextToVideoRetrievalPipeline(_VideoFirstPipeline):
     """Ranks a set of videos for one text query (or for each of a list of queries).
 
     Call arguments: `videos` (the videos to rank; embedded once per call, `video_batch_size` at a time), `top_k`,
-    `tokenizer_kwargs`, and the video sampling arguments. Returns `[{"video_index", "score", "similarity"}, ...]`
-    sorted by decreasing score, one such list per query.
+    `tokenizer_kwargs`, `batch_size` (queries per forward pass), and the video sampling arguments.
+
+    Returns:
+        For one query, a list of `{"score": float, "video_index": int, "similarity": float}`, one row per video
+        sorted by decreasing score: `video_index` is the video's position in `videos`, `score` is computed by
+        `VideoFirstModel.score_candidates` (a softmax over the videos given for a contrastive model, so it depends
+        on which videos are ranked together; a sigmoid per video for a sigmoid-loss model), `similarity` is the
+        cosine similarity. For a list of queries, one such list per query.
     """
 
     def __call__(self, text, videos=None, **kwargs):
@@ -224,17 +254,12 @@ class VideoFirstTextToVideoRetrievalPipeline(_VideoFirstPipeline):
 
     def _forward(self, model_inputs: dict[str, torch.Tensor], video_embeds: torch.Tensor) -> dict[str, torch.Tensor]:
         text_embeds = self.model.get_text_features(**model_inputs).pooler_output
-        similarity = text_embeds @ video_embeds.to(text_embeds.device, text_embeds.dtype).t()
-        return {"logits": _logits(self.model, similarity)[0], "similarity": similarity[0]}
+        similarity, _, probabilities = self.model.score_candidates(text_embeds, video_embeds)
+        return {"scores": probabilities, "similarity": similarity}
 
     def postprocess(self, model_outputs: dict[str, torch.Tensor], top_k: int | None = None) -> list[dict[str, Any]]:
-        scores = _probabilities(self.model, model_outputs["logits"].float()).tolist()
-        similarity = model_outputs["similarity"].float().tolist()
-        rows = [
-            {"video_index": index, "score": score, "similarity": sim}
-            for index, (score, sim) in enumerate(zip(scores, similarity))
-        ]
-        return _top(rows, top_k)
+        scores = model_outputs["scores"][0]
+        return _rows("video_index", list(range(len(scores))), scores, model_outputs["similarity"][0], top_k)
 
 
 def custom_pipelines_config() -> dict[str, dict[str, Any]]:
@@ -243,6 +268,7 @@ def custom_pipelines_config() -> dict[str, dict[str, Any]]:
         task: {"impl": f"{__name__.rsplit('.', 1)[-1]}.{cls.__name__}", "pt": ["AutoModel"], "type": "multimodal"}
         for task, cls in (
             (ZERO_SHOT_TASK, VideoFirstZeroShotVideoClassificationPipeline),
+            (HUB_TASK, VideoFirstZeroShotVideoClassificationPipeline),
             (RETRIEVAL_TASK, VideoFirstTextToVideoRetrievalPipeline),
         )
     }

@@ -8,10 +8,14 @@ batch = processor(videos=["a.mp4", "b.mp4"], text=["a dog", "a cat"], fps=1.0, n
 ```
 
 Video keyword arguments (`fps`, `num_frames`, `sampling`, `start`, `end`, `offset`, `size`, ...) go to
-`VideoFirstVideoProcessor`, text ones (`padding`, `max_length`, `truncation`, ...) to the tokenizer. Images
-are processed by the video processor as single frames (same resize, crop and normalisation) into
-`pixel_values`. Text defaults: `padding=True` and no `token_type_ids` (the model takes `input_ids` and
-`attention_mask`).
+`VideoFirstVideoProcessor`, text ones (`padding`, `max_length`, `truncation`, `pad_to_multiple_of`, ...) to the
+tokenizer, with the values tokenizers take (`padding=True` / `"longest"`, `"max_length"`, `False`). Images are
+processed by the video processor as single frames (same resize, crop and normalisation) into `pixel_values`.
+
+Text defaults: `padding=True`, `truncation=True` and no `token_type_ids` (the model takes `input_ids` and
+`attention_mask`). Truncation stops at `max_length`, by default the tokenizer's `model_max_length`, which an
+exported checkpoint sets to the text tower's `max_position_embeddings`: a caption longer than the text tower can
+read is cut rather than crashing the model. Pass `truncation=False` to get the full token sequence.
 """
 
 from transformers.image_processing_utils import BatchFeature
@@ -35,7 +39,7 @@ class VideoFirstProcessor(ProcessorMixin):
     """
 
     valid_processor_kwargs = VideoFirstProcessorKwargs
-    text_kwargs = {"padding": True, "return_token_type_ids": False}
+    text_kwargs = {"padding": True, "truncation": True, "return_token_type_ids": False}
 
     def __init__(self, video_processor=None, tokenizer=None, **kwargs):
         super().__init__(video_processor, tokenizer, **kwargs)

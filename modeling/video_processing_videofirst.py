@@ -1158,7 +1158,10 @@ class _PyAVFrameReader:
     """Decodes the frames at sorted unique presentation indices, converting only those to RGB."""
 
     def __init__(self, open_stream, ordered_stamps, keyframes, size, max_pixels_per_frame, name):
-        from av.video.reformatter import VideoReformatter
+        try:  # PyAV is optional: guarded so transformers' remote-code import check does not require it
+            from av.video.reformatter import VideoReformatter
+        except ImportError as err:
+            raise ImportError("decode_backend='pyav' needs PyAV (`pip install av`)") from err
 
         self.open_stream = open_stream
         self.handle = self.stream = None

@@ -563,3 +563,37 @@ _ROUTES = [
     ("POST", r"/lfs/verify", _Handler.lfs_verify),
     ("GET", rf"/{_REPO}/resolve/(?P<revision>[^/]+)/(?P<path>.+)", _Handler.resolve),
 ]
+
+
+class EndpointServer:
+    """The handler behind a local HTTP endpoint, as Inference Endpoints would serve it (JSON in, JSON out)."""
+
+    def __init__(self, handler, token: str):
+        endpoint_handler = handler
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                if self.headers.get("Authorization") != f"Bearer {token}":
+                    self.send_response(401)
+                    self.end_headers()
+                    return
+                data = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                body = json.dumps(endpoint_handler(data)).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+
+    def __enter__(self) -> str:
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()

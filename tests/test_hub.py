@@ -1,8 +1,8 @@
 """Publishing: export folders, model cards, pushes to a stand-in Hub, pipelines and the Inference Endpoints handler.
 
 The real Hub is unreachable here, so pushes and downloads go to `hub_server.HubStandIn` on 127.0.0.1 (in memory,
-started and stopped by the fixture). The round trip loads the pushed repo in a fresh process where `videofirst`
-cannot be imported and runs the model card's usage snippets as written.
+started and stopped by the fixture). The stranger's round trip (a fresh environment with only the
+export's requirements, the card's snippets as written) is in test_hub_stranger.py.
 """
 
 import base64
@@ -11,11 +11,6 @@ import dataclasses
 import importlib.util
 import io
 import json
-import os
-import subprocess
-import sys
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import huggingface_hub.constants
@@ -46,6 +41,22 @@ from videofirst.hub import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
+# The Hub's task ids (`PIPELINE_DATA` of huggingface.js packages/tasks/src/pipelines.ts): what a card's
+# `pipeline_tag` and `model-index` task types may be.
+HUB_TASK_IDS = {
+    *("text-classification", "token-classification", "table-question-answering", "question-answering"),
+    *("zero-shot-classification", "translation", "summarization", "feature-extraction", "text-generation"),
+    *("text2text-generation", "fill-mask", "sentence-similarity", "text-to-speech", "text-to-audio"),
+    *("automatic-speech-recognition", "audio-to-audio", "audio-classification", "audio-text-to-text"),
+    *("voice-activity-detection", "depth-estimation", "image-classification", "object-detection"),
+    *("image-segmentation", "text-to-image", "image-to-text", "image-to-image", "image-to-video"),
+    *("unconditional-image-generation", "video-classification", "reinforcement-learning", "robotics"),
+    *("tabular-classification", "tabular-regression", "tabular-to-text", "table-to-text", "multiple-choice"),
+    *("text-ranking", "text-retrieval", "time-series-forecasting", "text-to-video", "image-text-to-text"),
+    *("visual-question-answering", "document-question-answering", "zero-shot-image-classification", "graph-ml"),
+    *("mask-generation", "zero-shot-object-detection", "text-to-3d", "image-to-3d", "image-feature-extraction"),
+    *("video-text-to-text", "keypoint-detection", "visual-document-retrieval", "any-to-any", "other", "biology"),
+}
 TOKEN = "hf_test"
 LABELS = ["a dog runs", "a cat sings", "a bird"]
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "dog", "cat", "runs", "the", "bird", "sings", "video"]
@@ -178,7 +189,11 @@ def test_export_folder_holds_weights_code_card_pipelines_and_handler(exported):
         assert (exported / name).is_file(), name
     config = json.loads((exported / "config.json").read_text())
     assert config["auto_map"]["AutoModel"] == "modeling_videofirst.VideoFirstModel"
-    assert set(config["custom_pipelines"]) == {"zero-shot-video-classification", "text-to-video-retrieval"}
+    assert set(config["custom_pipelines"]) == {
+        "zero-shot-video-classification",
+        "video-classification",  # the card's pipeline tag
+        "text-to-video-retrieval",
+    }
     assert all(task["pt"] == ["AutoModel"] for task in config["custom_pipelines"].values())
     requirements = (exported / "requirements.txt").read_text()
     assert "decord" in requirements and "transformers" in requirements
@@ -196,9 +211,14 @@ def test_card_metadata_parses_and_carries_the_evaluation_results(exported):
     found = {(result.dataset_name, result.metric_type): result.metric_value for result in data.eval_results}
     assert found == expected  # fractions, videofirst.evaluation's names
     by_metric = {result.metric_type: result for result in data.eval_results}
-    assert by_metric["t2v_recall@1"].task_type == "text-to-video-retrieval"
+    assert by_metric["t2v_recall@1"].task_type == "text-retrieval"
     assert by_metric["t2v_recall@1"].dataset_type == "msrvtt" and by_metric["t2v_recall@1"].dataset_split == "test-1k"
-    assert by_metric["top1_accuracy"].task_type == "zero-shot-video-classification"
+    assert by_metric["top1_accuracy"].task_type == "video-classification"
+    assert by_metric["accuracy"].task_type == "multiple-choice"
+    # Only ids of the Hub's task list, each evaluation exactly once.
+    assert data.pipeline_tag in HUB_TASK_IDS
+    assert {result.task_type for result in data.eval_results} <= HUB_TASK_IDS
+    assert len(found) == len(data.eval_results)
     assert by_metric["accuracy"].dataset_type == "egoschema"
     assert data.model_name == "VideoFirst tiny test model"
 
@@ -315,84 +335,6 @@ def test_push_private_repo_then_repush_an_updated_checkpoint(hub, exported, mode
     assert hub.file("tester/private-model", "model.safetensors") == (second / "model.safetensors").read_bytes()
 
 
-def test_round_trip_in_a_fresh_process_without_videofirst(hub, exported, model, processor, handler, video_file, work):
-    push_to_hub(exported, "tester/videofirst-tiny", endpoint=hub.url, token=TOKEN)
-    run_dir = work / "round_trip"
-    run_dir.mkdir()
-    (run_dir / "video.mp4").write_bytes(video_file.read_bytes())
-    (run_dir / "another_video.mp4").write_bytes(write_video(work / "other.mp4", 8, fps=4).read_bytes())
-    inputs = processor(videos=[str(video_file)], text=LABELS, return_tensors="pt")
-    torch.save(dict(inputs), run_dir / "inputs.pt")
-    script = REPO / "tests" / "hub_round_trip_script.py"
-    env = {
-        **os.environ,
-        "HF_ENDPOINT": hub.url,
-        "HF_HUB_DISABLE_XET": "1",
-        "HF_HOME": str(work / "hf_home"),
-        "HF_TOKEN": TOKEN,
-        "HF_HUB_DISABLE_TELEMETRY": "1",
-    }
-    with EndpointServer(handler) as endpoint_url:
-        env["ENDPOINT_URL"] = endpoint_url
-        result = subprocess.run(
-            [sys.executable, str(script), "tester/videofirst-tiny", str(run_dir), json.dumps(LABELS)],
-            capture_output=True,
-            text=True,
-            cwd=run_dir,
-            env=env,
-            timeout=300,
-        )
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
-    assert "README snippets ran: 4" in result.stdout
-    remote = torch.load(run_dir / "outputs.pt")
-    with torch.no_grad():
-        local = model(**inputs)
-    assert remote["module"].startswith("transformers_modules")
-    # Reloaded weights can take other float kernels (differences ~1e-8, also in-process): compare at 1e-6.
-    for name in ("video_embeds", "text_embeds", "logits_per_video"):
-        torch.testing.assert_close(remote[name], getattr(local, name), rtol=0, atol=1e-6)
-    assert torch.equal(remote["pixel_values_videos"], inputs["pixel_values_videos"])
-    register_pipelines()
-    classifier = pipeline("zero-shot-video-classification", model=model, processor=processor)
-    expected = classifier(str(video_file), candidate_labels=LABELS, hypothesis_template="a video of {}.")
-    assert [row["label"] for row in remote["zero_shot"]] == [row["label"] for row in expected]
-    assert np.allclose([row["score"] for row in remote["zero_shot"]], [row["score"] for row in expected], atol=1e-6)
-
-
-class EndpointServer:
-    """The handler behind a local HTTP endpoint, as Inference Endpoints would serve it (JSON in, JSON out)."""
-
-    def __init__(self, handler):
-        endpoint_handler = handler
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                if self.headers.get("Authorization") != f"Bearer {TOKEN}":
-                    self.send_response(401)
-                    self.end_headers()
-                    return
-                data = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                body = json.dumps(endpoint_handler(data)).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-
-    def __enter__(self) -> str:
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
-
-    def __exit__(self, *exc):
-        self.server.shutdown()
-        self.server.server_close()
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # Pipelines
 # ----------------------------------------------------------------------------------------------------------------
@@ -431,6 +373,91 @@ def test_pipelines_score_like_the_model(model, processor, video_file, work):
         assert [row["similarity"] for row in rows] == pytest.approx(
             similarity[query].sort(descending=True).values.tolist(), abs=1e-5
         )
+
+
+def test_pipelines_batch_lists_of_videos_and_queries(model, processor, video_file):
+    register_pipelines()
+    classifier = pipeline("zero-shot-video-classification", model=model, processor=processor)
+    # Decoded clips of 2, 6 and 4 frames: a batch pads them to one length, the frame mask hides the padding.
+    videos = [frames(2, 32, 32, seed=1), frames(6, 32, 32, seed=2), str(video_file)]
+    alone = [classifier(video, candidate_labels=LABELS) for video in videos]
+    for batch_size in (2, 3):
+        batched = classifier(videos, candidate_labels=LABELS, batch_size=batch_size)
+        assert len(batched) == len(videos)
+        for rows, expected in zip(batched, alone):
+            assert [row["label"] for row in rows] == [row["label"] for row in expected]
+            assert [row["score"] for row in rows] == pytest.approx([row["score"] for row in expected], abs=1e-6)
+    assert all(list(row)[:2] == ["score", "label"] for rows in alone for row in rows)  # the built-in order
+
+    ranker = pipeline("text-to-video-retrieval", model=model, processor=processor)
+    queries = ["a dog", "a cat sings", "the bird runs"]  # different lengths: padded in a batch
+    alone = [ranker(query, videos=videos) for query in queries]
+    batched = ranker(queries, videos=videos, batch_size=2)
+    for rows, expected in zip(batched, alone):
+        assert [row["video_index"] for row in rows] == [row["video_index"] for row in expected]
+        assert [row["score"] for row in rows] == pytest.approx([row["score"] for row in expected], abs=1e-6)
+    assert all(list(row)[:2] == ["score", "video_index"] for rows in alone for row in rows)
+
+
+def test_model_pipelines_and_handler_share_one_scoring_rule(model, processor, handler, video_file):
+    inputs = processor(videos=[str(video_file)], text=LABELS, return_tensors="pt")
+    with torch.no_grad():
+        outputs = model(**inputs)
+        similarity, logits, probabilities = model.score_candidates(outputs.video_embeds, outputs.text_embeds)
+    torch.testing.assert_close(logits, outputs.logits_per_video, rtol=0, atol=1e-5)
+    torch.testing.assert_close(similarity, outputs.video_embeds @ outputs.text_embeds.t(), rtol=0, atol=1e-6)
+    torch.testing.assert_close(probabilities, outputs.logits_per_video.softmax(-1), rtol=0, atol=1e-6)
+    response = handler({"inputs": b64(video_file.read_bytes()), "parameters": {"candidate_labels": LABELS}})
+    scores = {row["label"]: row["score"] for row in response["results"][0]["scores"]}
+    assert scores == pytest.approx(dict(zip(LABELS, probabilities[0].tolist())), abs=1e-6)
+
+    # A sigmoid-loss model scores each pair on its own: the pipeline follows, without code of its own.
+    sigmoid = tiny_model()
+    sigmoid.config.loss_type = "sigmoid"
+    sigmoid.logit_bias = torch.nn.Parameter(torch.tensor(-1.0))
+    sigmoid.eval()
+    with torch.no_grad():
+        outputs = sigmoid(**inputs)
+        _, logits, probabilities = sigmoid.score_candidates(outputs.video_embeds, outputs.text_embeds)
+    torch.testing.assert_close(probabilities, outputs.logits_per_video.sigmoid(), rtol=0, atol=1e-6)
+    register_pipelines()
+    classifier = pipeline("zero-shot-video-classification", model=sigmoid, processor=processor)
+    rows = classifier(str(video_file), candidate_labels=LABELS, hypothesis_template="{}")
+    assert {row["label"]: row["score"] for row in rows} == pytest.approx(dict(zip(LABELS, probabilities[0].tolist())))
+
+
+def test_card_pipeline_tag_builds_the_shipped_classifier(exported, video_file):
+    tag = ModelCard.load(exported / "README.md").data.pipeline_tag
+    classifier = pipeline(tag, model=str(exported), trust_remote_code=True)
+    assert type(classifier).__name__ == "VideoFirstZeroShotVideoClassificationPipeline"
+    assert type(classifier).__module__.startswith("transformers_modules")
+    rows = classifier(str(video_file), candidate_labels=LABELS)
+    assert sorted(row["label"] for row in rows) == sorted(LABELS)
+
+
+def test_plain_save_pretrained_ships_the_code(model, processor, tmp_path):
+    model.save_pretrained(tmp_path / "model")
+    processor.save_pretrained(tmp_path / "model")
+    config = json.loads((tmp_path / "model" / "config.json").read_text())
+    assert config["auto_map"] == {
+        "AutoConfig": "configuration_videofirst.VideoFirstConfig",
+        "AutoModel": "modeling_videofirst.VideoFirstModel",
+    }
+    processor_config = json.loads((tmp_path / "model" / "processor_config.json").read_text())
+    assert processor_config["auto_map"]["AutoProcessor"] == "processing_videofirst.VideoFirstProcessor"
+    for name in ("modeling_videofirst.py", "configuration_videofirst.py", "masking_videofirst.py"):
+        assert (tmp_path / "model" / name).is_file(), name
+    for name in ("processing_videofirst.py", "video_processing_videofirst.py"):
+        assert (tmp_path / "model" / name).is_file(), name
+    model.vision_model.save_pretrained(tmp_path / "vision")
+    vision_config = json.loads((tmp_path / "vision" / "config.json").read_text())
+    assert vision_config["auto_map"]["AutoModel"] == "modeling_videofirst.VideoFirstVisionModel"
+    # With `videofirst` installed the folder still loads without remote code (the registered classes).
+    from transformers import AutoModel
+
+    from videofirst import VideoFirstModel
+
+    assert type(AutoModel.from_pretrained(tmp_path / "model")) is VideoFirstModel
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -542,6 +569,41 @@ def test_handler_bounds_payload_sizes_and_never_reads_paths(handler, video_file,
     monkeypatch.chdir(tmp_path)
     (tmp_path / "abcd").write_bytes(video_bytes)
     assert "cannot decode video '<3 bytes>'" in handler({"inputs": "abcd"})["error"]
+
+
+def test_handler_refuses_labels_that_are_not_unicode(handler, video_file):
+    video = b64(video_file.read_bytes())
+    # "\ud800" is valid JSON; json.loads gives a str with a lone surrogate that no tokenizer can encode.
+    for parameters, message in (
+        ({"candidate_labels": json.loads('["ok", "bad \\ud800"]')}, "candidate_labels[1] contains an unpaired"),
+        ({"texts": json.loads('["\\udfff"]')}, "candidate_labels[0] contains an unpaired"),
+        ({"texts": ["a"], "hypothesis_template": json.loads('"{} \\ud83d"')}, "'hypothesis_template' contains"),
+    ):
+        response = handler({"inputs": video, "parameters": parameters})
+        assert set(response) == {"error"} and message in response["error"], response
+
+
+def test_handler_refuses_oversize_base64_before_reading_it(handler, monkeypatch):
+    module_globals = type(handler).__call__.__globals__  # handler.py is loaded from the export, not imported
+    calls = []
+
+    class Watched:
+        """Stands in for the handler's regular expressions and records each use."""
+
+        def __init__(self, pattern):
+            self.pattern = pattern
+
+        def __getattr__(self, name):
+            calls.append((self.pattern.pattern, name))
+            return getattr(self.pattern, name)
+
+    for name in ("_WHITESPACE", "_DATA_URL", "_URL"):
+        monkeypatch.setitem(module_globals, name, Watched(module_globals[name]))
+    limit = handler.limits.max_video_bytes
+    oversize = "A" * (2 * limit)  # valid base64 characters, twice the limit once decoded
+    assert "larger than" in handler({"inputs": oversize})["error"]
+    assert "larger than" in handler({"inputs": [" \n" * limit + "A" * limit]})["error"]
+    assert calls == []
 
 
 def test_handler_hides_internal_failures(handler, video_file, monkeypatch):

@@ -25,13 +25,17 @@ PRETRAIN = REPO / "training" / "pretrain.py"
 DEMO = REPO / "training" / "configs" / "demo.yaml"
 
 
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("data")
+def write_tiny_data(root: Path) -> Path:
+    """24 short synthetic videos, 18 for training and 6 held out."""
     write_synthetic_dataset(
         root, num_videos=24, num_events=2, duration=4.0, fps=1.0, size=32, seed=0, test_fraction=0.25
     )
     return root
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> Path:
+    return write_tiny_data(tmp_path_factory.mktemp("data"))
 
 
 def tiny_overrides(data: Path, run_dir: Path, **extra) -> list[str]:

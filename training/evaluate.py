@@ -1,11 +1,24 @@
-"""Zero-shot evaluation of a VideoFirst checkpoint (local folder or Hub id) on a manifest.
+"""Zero-shot evaluation of a VideoFirst checkpoint (local folder or Hub id) on a paper benchmark or a manifest.
 
+    python training/evaluate.py CKPT --benchmark msrvtt --videos MSRVTT/videos/all     # MSRVTT_JSFUSION_test.csv
+    python training/evaluate.py CKPT --benchmark activitynet --videos anet/ --annotations captions/val_1.json
+    python training/evaluate.py CKPT --benchmark all --videos-root benchmarks/          # benchmarks/<name>/...
     python training/evaluate.py runs/demo/export --task retrieval --manifest runs/demo/data/test.jsonl
     python training/evaluate.py CKPT --task mcq --manifest egoschema.jsonl --num-frames 256 --output ego.json
     python training/evaluate.py CKPT --task classification --manifest k400_val.csv --class-names classes.txt \\
         --template "a video of {}." --template "{}"
     python training/evaluate.py CKPT --task retrieval --manifest test.jsonl --segment-frames 16   # baseline
     python training/evaluate.py CKPT ... --embeddings-cache ~/.cache/videofirst/embeddings          # reuse
+
+Benchmarks (`--benchmark`, see `videofirst.benchmarks` and the README's table): msrvtt, vatex, youcook2,
+activitynet, egoschema, kinetics400, kinetics600, read from their official annotation files (found by their
+published names in the videos folder, its parent or below, or `--annotations FILE` /
+`hf://datasets/OWNER/NAME/FILE` from the local Hub cache) with the paper's protocol; `--split`, `--fps`,
+`--num-frames`, `--sampling` change it. The results JSON names the benchmark's Hub dataset and split for the model
+card (`training/push.py --results`). `--benchmark all` evaluates every benchmark whose folder
+`<videos-root>/<name>` exists and writes a list. With a video-to-text checkpoint, `--task summarization`
+(youcook2, activitynet: one summary per full-length video, Rouge-L against its sentences joined) and
+`--task qa-likelihood` (egoschema: answers scored by the language model).
 
 Manifests are JSONL or CSV with a `video` path (relative to the manifest's folder, or absolute) and optional
 `start` / `end` seconds, plus, per task:
@@ -17,11 +30,12 @@ Manifests are JSONL or CSV with a `video` path (relative to the manifest's folde
 * `classification`: `label`, a class name, or a 0-based index into `--class-names` (a text file, one name per
   line, or a JSON list). Classes default to the sorted distinct labels of the manifest.
 
-Frames are sampled with the checkpoint's processor settings unless `--fps`, `--num-frames` or `--sampling` say
-otherwise. A video that fails to decode is reported (a warning, and `failed_videos` in the JSON) and excluded
-together with the captions / questions / samples that refer to it, so no text is ever scored against another
-video; `--strict` turns any such failure into an error. The results JSON records the metrics, the counts, the
-failures and every argument.
+With a manifest, frames are sampled with the checkpoint's processor settings unless `--fps`, `--num-frames` or
+`--sampling` say otherwise. A video that fails to decode is reported (a warning, and `failed_videos` in the JSON)
+and excluded together with the captions / questions / samples that refer to it, so no text is ever scored against
+another video; a benchmark video that is not in the folder is reported and excluded the same way. `--strict` turns any
+such failure into an error. The results JSON records the metrics, the counts (printed beside the metrics, so a
+partial run cannot pass for a full one), the failures and every argument.
 """
 
 from __future__ import annotations
@@ -35,14 +49,24 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModel, AutoProcessor
+from transformers import AutoModel, AutoModelForImageTextToText, AutoProcessor
 
 import videofirst
+from videofirst.benchmarks import (
+    BENCHMARKS,
+    LONG_FRAMES,
+    BenchmarkData,
+    FrameProtocol,
+    load_benchmark,
+    summarization_set,
+)
 from videofirst.evaluation import (
     DEFAULT_CLASS_TEMPLATES,
     DEFAULT_QA_TEMPLATE,
     ClipEmbeddings,
     EmbeddingCache,
+    _ClipCollator,
+    _ClipDataset,
     checkpoint_fingerprint,
     classification_metrics,
     embed_answer_options,
@@ -55,18 +79,51 @@ from videofirst.evaluation import (
     multiple_choice_metrics,
     retrieval_metrics,
 )
+from videofirst.generation import DEFAULT_QA_PROMPT as DEFAULT_QA_PROMPT_V2T
+from videofirst.generation import (
+    answer_log_likelihoods,
+    caption_metrics,
+    generate_captions,
+    prepare_causal_tokenizer,
+)
 
 TASKS = ("retrieval", "mcq", "classification")
+# With --benchmark, the video-to-text model's tasks: full-length summarisation (YouCook2, ActivityNet Captions) and
+# EgoSchema scored by the language model's likelihood of each answer.
+VIDEO_TO_TEXT_TASKS = {"summarization": ("youcook2", "activitynet"), "qa-likelihood": ("egoschema",)}
+# What a results line leads with, per task.
+HEADLINE = {
+    "retrieval": ("t2v_recall@1", "v2t_recall@1"),
+    "mcq": ("accuracy",),
+    "classification": ("top1_accuracy", "top5_accuracy"),
+    "summarization": ("rougeL", "cider"),
+}
+UNITS = {"retrieval": "texts", "mcq": "questions", "classification": "samples", "summarization": "videos"}
+logger = logging.getLogger("videofirst.evaluate")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint", help="exported checkpoint folder or Hub id (loaded with trust_remote_code)")
-    parser.add_argument("--task", required=True, choices=TASKS)
-    parser.add_argument("--manifest", required=True, type=Path, help="JSONL or CSV manifest")
-    parser.add_argument("--output", type=Path, help="results JSON (default: eval_<task>_<manifest name>.json)")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--benchmark", choices=[*BENCHMARKS, "all"], help="a paper benchmark (official files)")
+    source.add_argument("--manifest", type=Path, help="JSONL or CSV manifest (with --task)")
+    parser.add_argument(
+        "--task",
+        choices=[*TASKS, *VIDEO_TO_TEXT_TASKS],
+        help="with --manifest: what the manifest holds; with --benchmark: summarization (youcook2, activitynet) or "
+        "qa-likelihood (egoschema) with a video-to-text checkpoint",
+    )
+    parser.add_argument("--output", type=Path, help="results JSON (default: eval_<benchmark or task>_<name>.json)")
     parser.add_argument("--revision", help="Hub revision (branch, tag or commit)")
-    sampling = parser.add_argument_group("frame sampling (default: the checkpoint's processor settings)")
+    bench = parser.add_argument_group("benchmarks")
+    bench.add_argument("--videos", type=Path, metavar="DIR", help="the benchmark's videos (searched recursively)")
+    bench.add_argument("--videos-root", type=Path, metavar="DIR", help="--benchmark all: one folder per benchmark")
+    bench.add_argument("--annotations", help="annotation file, or hf://datasets/OWNER/NAME/FILE (local cache)")
+    bench.add_argument("--split", help="benchmark split (default: the paper's, e.g. msrvtt test_1k)")
+    bench.add_argument("--answers", type=Path, help="egoschema: answers file (default: subset_answers.json beside)")
+    bench.add_argument("--video-list", type=Path, help="evaluate only the video ids listed (one per line)")
+    sampling = parser.add_argument_group("frame sampling (default: the benchmark's protocol, or the processor's)")
     sampling.add_argument("--fps", type=float)
     sampling.add_argument("--num-frames", type=int)
     sampling.add_argument("--sampling", choices=("fps", "uniform"))
@@ -89,6 +146,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--template", action="append", dest="templates", help="classification: prompt with {} (repeatable)"
     )
     task.add_argument("--top-k", type=int, nargs="+", default=[1, 5], help="classification: the K of top-K")
+    task.add_argument("--prompt", default="", help="summarization: text the summary follows (the training prompt)")
+    task.add_argument("--max-new-tokens", type=int, default=128, help="summarization: longest summary in tokens")
+    task.add_argument("--num-beams", type=int, default=1, help="summarization: beam search width")
+    task.add_argument(
+        "--qa-prompt", default=DEFAULT_QA_PROMPT_V2T, help="qa-likelihood: prompt with {question} the answers follow"
+    )
     args = parser.parse_args(argv)
     if args.segment_frames is not None and args.segment_frames <= 0:
         parser.error("--segment-frames must be positive")
@@ -98,6 +161,29 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("every --template needs a {} for the class name")
     if "{question}" not in args.qa_template or "{answer}" not in args.qa_template:
         parser.error("--qa-template needs {question} and {answer}")
+    if args.manifest is not None and args.task not in TASKS:
+        parser.error(f"--manifest needs --task, one of {', '.join(TASKS)}")
+    if args.benchmark is not None and args.task is not None:
+        if args.task not in VIDEO_TO_TEXT_TASKS:
+            parser.error("--task with --benchmark is summarization or qa-likelihood (the others come from it)")
+        if args.benchmark not in (*VIDEO_TO_TEXT_TASKS[args.task], "all"):
+            parser.error(f"--task {args.task} runs on {', '.join(VIDEO_TO_TEXT_TASKS[args.task])}")
+    benchmark_only = ("videos", "videos_root", "annotations", "split", "answers", "video_list")
+    if args.manifest is not None and any(getattr(args, name) is not None for name in benchmark_only):
+        parser.error("--videos, --videos-root, --annotations, --split, --answers, --video-list go with --benchmark")
+    if args.benchmark == "all":
+        if args.videos_root is None or args.videos is not None:
+            parser.error("--benchmark all reads <--videos-root>/<benchmark>/ (not --videos)")
+        if any(getattr(args, name) is not None for name in ("annotations", "split", "answers", "video_list")):
+            parser.error("--annotations, --split, --answers, --video-list name one benchmark's files, not all")
+    if args.task in VIDEO_TO_TEXT_TASKS and (args.segment_frames is not None or args.embeddings_cache is not None):
+        parser.error("--segment-frames and --embeddings-cache are for the video-text encoder, not --task " + args.task)
+    if args.answers is not None and args.benchmark != "egoschema":
+        parser.error("--answers is EgoSchema's answers file (with --benchmark egoschema)")
+    if args.class_names is not None and args.benchmark is not None and not args.benchmark.startswith("kinetics"):
+        parser.error("--class-names goes with a classification manifest or a Kinetics benchmark")
+    if args.benchmark not in (None, "all") and (args.videos is None or args.videos_root is not None):
+        parser.error(f"--benchmark {args.benchmark} needs --videos DIR (--videos-root goes with --benchmark all)")
     return args
 
 
@@ -112,9 +198,11 @@ def keep_items(items: list, keep: list[bool]) -> list:
     return [item for item, kept in zip(items, keep, strict=True) if kept]
 
 
-def score(args: argparse.Namespace, model: Any, tokenizer: Any, dataset: Any, videos: ClipEmbeddings) -> dict:
+def score(
+    args: argparse.Namespace, task: str, model: Any, tokenizer: Any, dataset: Any, videos: ClipEmbeddings
+) -> dict:
     """Metrics and item counts of one task; items whose video failed are dropped (see `ClipEmbeddings.rows_of`)."""
-    if args.task == "retrieval":
+    if task == "retrieval":
         # Failed videos are neither targets nor distractors: the gallery is the decoded videos only.
         row_of_clip = {clip: row for row, clip in enumerate(videos.indices)}
         keep = [clip in row_of_clip for clip in dataset.video_ids_of_texts]
@@ -123,7 +211,7 @@ def score(args: argparse.Namespace, model: Any, tokenizer: Any, dataset: Any, vi
         text_embeds = embed_texts(model, tokenizer, texts, args.text_batch_size)
         metrics = retrieval_metrics(text_embeds @ videos.embeddings.t(), targets, args.recall_at)
         return {"metrics": metrics, "counts": {"texts": len(dataset.texts), "texts_evaluated": len(texts)}}
-    if args.task == "mcq":
+    if task == "mcq":
         video_embeds, keep = videos.rows_of(dataset.video_ids_of_questions)
         questions, options = keep_items(dataset.questions, keep), keep_items(dataset.options, keep)
         option_embeds = embed_answer_options(
@@ -140,36 +228,41 @@ def score(args: argparse.Namespace, model: Any, tokenizer: Any, dataset: Any, vi
     return {"metrics": metrics, "counts": counts}
 
 
-def evaluate(args: argparse.Namespace) -> dict[str, Any]:
-    started = time.perf_counter()
-    if args.task == "retrieval":
-        dataset = load_retrieval_manifest(args.manifest)
-    elif args.task == "mcq":
-        dataset = load_multiple_choice_manifest(args.manifest)
-    else:
-        class_names = read_class_names(args.class_names) if args.class_names else None
-        dataset = load_classification_manifest(args.manifest, class_names)
-
-    model = AutoModel.from_pretrained(args.checkpoint, trust_remote_code=True, revision=args.revision)
+def load_model(args: argparse.Namespace) -> tuple[Any, Any]:
+    """The dual encoder, or for the video-to-text tasks the video-to-text model (and a causal-LM tokenizer)."""
+    auto = AutoModelForImageTextToText if args.task in VIDEO_TO_TEXT_TASKS else AutoModel
+    model = auto.from_pretrained(args.checkpoint, trust_remote_code=True, revision=args.revision)
     model = model.to(args.device).eval()
     processor = AutoProcessor.from_pretrained(args.checkpoint, trust_remote_code=True, revision=args.revision)
-    video_processor = processor.video_processor
-    settings = {
-        "fps": args.fps if args.fps is not None else video_processor.fps,
-        "num_frames": args.num_frames if args.num_frames is not None else video_processor.num_frames,
-        "sampling": args.sampling or video_processor.sampling,
+    if args.task in VIDEO_TO_TEXT_TASKS:
+        prepare_causal_tokenizer(processor.tokenizer)
+    return model, processor
+
+
+def sampling_settings(args: argparse.Namespace, video_processor: Any, protocol: FrameProtocol | None) -> dict:
+    """Frame sampling: the command line over the benchmark's protocol (or, for a manifest, the processor's)."""
+    default = protocol or FrameProtocol(video_processor.sampling, video_processor.fps, video_processor.num_frames)
+    sampling = args.sampling or default.sampling
+    fps = args.fps if args.fps is not None else default.fps
+    return {
+        "fps": None if sampling == "uniform" and protocol is not None else fps,  # uniform sampling has no rate
+        "num_frames": args.num_frames if args.num_frames is not None else default.num_frames,
+        "sampling": sampling,
         "segment_frames": args.segment_frames,
     }
+
+
+def embed_clips(args: argparse.Namespace, model: Any, video_processor: Any, clips: list, settings: dict):
+    """Decode and embed `clips` with `settings`, through the embedding cache when one is given."""
     cache = None
     if args.embeddings_cache is not None:
         # The processor's full config (resize, crop, normalisation) is part of the key, beside the sampling.
         key = {**settings, "video_processor": json.loads(video_processor.to_json_string())}
         cache = EmbeddingCache(args.embeddings_cache, checkpoint_fingerprint(args.checkpoint, args.revision), key)
-
     videos = embed_video_clips(
         model,
         video_processor,
-        dataset.clips,
+        clips,
         fps=settings["fps"],
         num_frames=settings["num_frames"],
         sampling=settings["sampling"],
@@ -180,10 +273,42 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         progress=not args.no_progress,
         device=args.device,
     )
+    cache_report = None
+    if cache is not None:
+        cache_report = {
+            "file": str(cache.path),
+            "hits": videos.cache_hits,
+            "embedded": len(videos.indices) - videos.cache_hits,
+        }
+    return videos, cache_report
+
+
+def common_fields(args: argparse.Namespace, started: float) -> dict[str, Any]:
+    return {
+        "seconds": round(time.perf_counter() - started, 3),
+        "videofirst_version": videofirst.__version__,
+        "arguments": {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()},
+    }
+
+
+def evaluate(args: argparse.Namespace) -> dict[str, Any]:
+    """Evaluate on a manifest (`--manifest`, `--task`)."""
+    started = time.perf_counter()
+    if args.task == "retrieval":
+        dataset = load_retrieval_manifest(args.manifest)
+    elif args.task == "mcq":
+        dataset = load_multiple_choice_manifest(args.manifest)
+    else:
+        class_names = read_class_names(args.class_names) if args.class_names else None
+        dataset = load_classification_manifest(args.manifest, class_names)
+
+    model, processor = load_model(args)
+    settings = sampling_settings(args, processor.video_processor, None)
+    videos, cache_report = embed_clips(args, model, processor.video_processor, dataset.clips, settings)
     failed = [{"video": dataset.clips[index].path, "error": error} for index, error in sorted(videos.failures.items())]
     if failed and args.strict:
         raise RuntimeError(f"{len(failed)} video(s) could not be decoded (--strict); first: {failed[0]}")
-    scored = score(args, model, processor.tokenizer, dataset, videos)
+    scored = score(args, args.task, model, processor.tokenizer, dataset, videos)
     return {
         "task": args.task,
         "checkpoint": str(args.checkpoint),
@@ -192,29 +317,214 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         "counts": {"videos": len(dataset.clips), "videos_evaluated": len(videos.indices), **scored["counts"]},
         "failed_videos": failed,
         "sampling": settings,
-        "embeddings_cache": None
-        if cache is None
-        else {"file": str(cache.path), "hits": videos.cache_hits, "embedded": len(videos.indices) - videos.cache_hits},
-        "seconds": round(time.perf_counter() - started, 3),
-        "videofirst_version": videofirst.__version__,
-        "arguments": {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()},
+        "embeddings_cache": cache_report,
+        **common_fields(args, started),
     }
+
+
+def load_benchmark_data(args: argparse.Namespace, name: str, videos_dir: Path, single: bool) -> BenchmarkData:
+    """The benchmark's annotations and videos; with `--strict`, a video missing from the folder is an error."""
+    video_list = None
+    if single and args.video_list is not None:
+        video_list = [line.strip() for line in args.video_list.read_text().splitlines() if line.strip()]
+    data = load_benchmark(
+        name,
+        videos_dir,
+        args.annotations if single else None,
+        split=args.split if single else None,
+        answers=args.answers if single else None,
+        video_list=video_list,
+        class_names=read_class_names(args.class_names) if args.class_names else None,
+    )
+    if data.missing and args.strict:
+        first = next(iter(data.missing.values()))
+        raise RuntimeError(f"{len(data.missing)} {data.benchmark.title} video(s) not found (--strict); first: {first}")
+    return data
+
+
+def run_video_to_text(
+    args: argparse.Namespace, model: Any, processor: Any, data: BenchmarkData, settings: dict
+) -> tuple[dict, dict[int, str], int]:
+    """Decode the clips (a failure is reported, never shifted onto another clip) and run the video-to-text model:
+    a summary of each video, or the likelihood of each EgoSchema answer. Returns the scored results, the failures
+    and the number of clips decoded."""
+    options = {key: settings[key] for key in ("fps", "num_frames", "sampling") if settings[key] is not None}
+    dataset, tokenizer = data.dataset, processor.tokenizer
+    loader = torch.utils.data.DataLoader(
+        _ClipDataset(dataset.clips, range(len(dataset.clips)), processor.video_processor, options),
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        collate_fn=_ClipCollator(int(getattr(processor.video_processor, "tubelet_frames", 1))),
+    )
+    summaries: dict[int, str] = {}
+    scores: dict[int, torch.Tensor] = {}  # question -> its options' log-likelihoods
+    failures: dict[int, str] = {}
+    for batch in loader:
+        failures.update(batch["failures"])
+        for index, error in batch["failures"].items():
+            logger.warning("Excluding %s from the evaluation: %s", dataset.clips[index].path, error)
+        if not batch["indices"]:
+            continue
+        pixels, frame_mask = batch["pixel_values_videos"], batch["video_frame_mask"]
+        if args.task == "summarization":
+            texts = generate_captions(
+                model, tokenizer, pixels, frame_mask, prompt=args.prompt or None,
+                max_new_tokens=args.max_new_tokens, num_beams=args.num_beams, do_sample=False,
+            )  # fmt: skip
+            summaries.update(zip(batch["indices"], texts, strict=True))
+            continue
+        # The videos are encoded once; each question is scored against its own video's latents.
+        with torch.no_grad():
+            latents = model.get_video_features(pixels.to(args.device), video_frame_mask=frame_mask.to(args.device))
+        row = {clip: position for position, clip in enumerate(batch["indices"])}
+        asked = [q for q, clip in enumerate(dataset.video_ids_of_questions) if clip in row]
+        question_scores = answer_log_likelihoods(
+            model,
+            tokenizer,
+            [dataset.questions[q] for q in asked],
+            [dataset.options[q] for q in asked],
+            visual_latents=latents.pooler_output[[row[dataset.video_ids_of_questions[q]] for q in asked]],
+            prompt_template=args.qa_prompt,
+        )
+        scores.update(zip(asked, question_scores, strict=True))
+    decoded = len(dataset.clips) - len(failures)
+    if not decoded:
+        raise RuntimeError(f"None of the {len(dataset.clips)} videos could be decoded; first: {failures[0]}")
+    if args.task == "summarization":
+        order = sorted(summaries)
+        predictions = [summaries[index] for index in order]
+        metrics = caption_metrics(predictions, [dataset.references[index] for index in order])
+        items = [
+            {"video_id": data.video_ids[index], "summary": summaries[index], "reference": dataset.references[index]}
+            for index in order
+        ]
+        scored = {"metrics": metrics, "counts": {}, "predictions": items}
+    else:
+        asked = sorted(scores)
+        metrics = multiple_choice_metrics(torch.stack([scores[q] for q in asked]), [dataset.answers[q] for q in asked])
+        counts = {"questions": len(dataset.questions), "questions_evaluated": len(asked)}
+        scored = {"metrics": metrics, "counts": counts}
+    return scored, failures, decoded
+
+
+def evaluate_benchmark(args: argparse.Namespace, data: BenchmarkData, model: Any, processor: Any) -> dict[str, Any]:
+    """Score one benchmark; the record carries the Hub dataset id and split that the model card names."""
+    started = time.perf_counter()
+    benchmark = data.benchmark
+    video_to_text = args.task in VIDEO_TO_TEXT_TASKS
+    if args.task == "summarization":
+        data = summarization_set(data)
+    protocol = LONG_FRAMES if args.task == "summarization" else benchmark.frames
+    settings = sampling_settings(args, processor.video_processor, protocol)
+    cache_report = None
+    if video_to_text:
+        scored, failures, decoded = run_video_to_text(args, model, processor, data, settings)
+    else:
+        videos, cache_report = embed_clips(args, model, processor.video_processor, data.dataset.clips, settings)
+        failures, decoded = videos.failures, len(videos.indices)
+    failed = []
+    for index, error in sorted(failures.items()):
+        entry = {"video_id": data.video_ids[index], "video": data.dataset.clips[index].path}
+        failed.append({**entry, "error": data.missing.get(index, error), "missing": index in data.missing})
+    if failed and args.strict:
+        raise RuntimeError(f"{len(failed)} video(s) could not be decoded (--strict); first: {failed[0]}")
+    if not video_to_text:
+        scored = score(args, benchmark.task, model, processor.tokenizer, data.dataset, videos)
+    counts = {
+        "videos": len(data.dataset.clips),
+        "videos_evaluated": decoded,
+        "videos_missing": len(data.missing),
+        **scored["counts"],
+    }
+    frames = FrameProtocol(settings["sampling"], settings["fps"], settings["num_frames"])
+    queries = "the video's sentences joined are the reference summary" if args.task == "summarization" else None
+    record = {
+        "benchmark": benchmark.name,
+        "dataset": benchmark.title,
+        "dataset_type": benchmark.dataset_type,
+        "dataset_config": benchmark.hub_config if data.split == benchmark.default_split else None,
+        "split": data.split,
+        # The card's task names: EgoSchema stays multiple choice whichever model scores it.
+        "task": {"qa-likelihood": "mcq"}.get(args.task, args.task or benchmark.task),
+        "model": "video-to-text" if video_to_text else "video-text",
+        "checkpoint": str(args.checkpoint),
+        "annotations": str(data.annotations),
+        "videos": str(data.videos),
+        "metrics": scored["metrics"],
+        "counts": counts,
+        "failed_videos": failed,
+        "protocol": {"queries": queries or benchmark.queries, "frames": frames.describe(), **data.notes},
+        "sampling": settings,
+        "embeddings_cache": cache_report,
+        **common_fields(args, started),
+    }
+    if "predictions" in scored:
+        record["predictions"] = scored["predictions"]
+    return record
+
+
+def evaluate_benchmarks(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """`--benchmark NAME` (one record) or `--benchmark all` (every benchmark folder under `--videos-root`)."""
+    if args.benchmark != "all":
+        jobs = [(args.benchmark, args.videos)]
+    else:
+        if not args.videos_root.is_dir():
+            raise FileNotFoundError(f"--videos-root folder not found: {args.videos_root}")
+        names = VIDEO_TO_TEXT_TASKS.get(args.task, BENCHMARKS)
+        jobs = [(name, args.videos_root / name) for name in names if (args.videos_root / name).is_dir()]
+        absent = [name for name in names if not (args.videos_root / name).is_dir()]
+        if not jobs:
+            raise FileNotFoundError(f"No benchmark folder under {args.videos_root}; expected some of {absent}")
+        if absent:
+            print(f"warning: no folder for {', '.join(absent)} under {args.videos_root}; skipped", file=sys.stderr)
+    # Annotations first, so a bad file fails before the model loads.
+    datasets = [load_benchmark_data(args, name, folder, args.benchmark != "all") for name, folder in jobs]
+    model, processor = load_model(args)
+    return [evaluate_benchmark(args, data, model, processor) for data in datasets]
+
+
+def summary_line(record: dict[str, Any]) -> str:
+    """The headline metrics with the number of items they cover."""
+    task = record["task"]
+    metrics = ", ".join(f"{name} {record['metrics'][name]:.4f}" for name in HEADLINE[task] if name in record["metrics"])
+    counts = record["counts"]
+    unit = UNITS[task]
+    name = record.get("dataset", record.get("manifest"))
+    split = f" [{record['split']}]" if record.get("split") else ""
+    line = f"{name}{split}: {metrics} on {counts[f'{unit}_evaluated']}/{counts[unit]} {unit}"
+    if unit != "videos":
+        line += f", {counts['videos_evaluated']}/{counts['videos']} videos"
+    if record["failed_videos"]:
+        line += f" ({len(record['failed_videos'])} missing or undecodable, excluded: see failed_videos)"
+    return line
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        results = evaluate(args)
+        if args.benchmark is not None:
+            records = evaluate_benchmarks(args)
+            results: Any = records[0] if args.benchmark != "all" else records
+            default = f"eval_{args.benchmark}.json" if args.benchmark == "all" else None
+            default = default or f"eval_{records[0]['benchmark']}_{records[0]['split']}.json"
+        else:
+            results = evaluate(args)
+            records = [results]
+            default = f"eval_{args.task}_{args.manifest.stem}.json"
     except (OSError, ValueError, RuntimeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    output = args.output or Path(f"eval_{args.task}_{args.manifest.stem}.json")
+    output = args.output or Path(default)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(results, indent=2) + "\n")
-    if results["failed_videos"]:
-        print(f"warning: {len(results['failed_videos'])} video(s) failed to decode and were excluded", file=sys.stderr)
-    print(json.dumps({"metrics": results["metrics"], "counts": results["counts"]}, indent=2))
+    for record in records:
+        if record["failed_videos"]:
+            count = len(record["failed_videos"])
+            print(f"warning: {count} video(s) missing or failed to decode and were excluded", file=sys.stderr)
+        if args.benchmark is None:
+            print(json.dumps({"metrics": record["metrics"], "counts": record["counts"]}, indent=2))
+        print(summary_line(record))
     print(f"Results written to {output}")
     return 0
 

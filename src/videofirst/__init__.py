@@ -4,6 +4,7 @@ Importing the package registers the VideoFirst classes with the transformers Aut
 """
 
 from videofirst.adaptation import AdaptationConfig, AdaptationSummary, apply_adaptation, merge_adaptation
+from videofirst.benchmarks import BENCHMARKS, load_benchmark
 from videofirst.conversion import convert_checkpoint, convert_image_text_model, replace_text_tower
 from videofirst.evaluation import (
     classification_metrics,
@@ -67,6 +68,7 @@ __all__ = [
     "VideoFirstVideoToTextConfig",
     "VideoFirstForConditionalGeneration",
     "AdaptationConfig",
+    "BENCHMARKS",
     "AdaptationSummary",
     "ModelCardOptions",
     "VideoDecodingError",
@@ -91,6 +93,7 @@ __all__ = [
     "evaluate_retrieval",
     "export_checkpoint",
     "export_run",
+    "load_benchmark",
     "merge_adaptation",
     "multiple_choice_metrics",
     "pad_video_batch",

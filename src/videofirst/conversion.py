@@ -365,11 +365,14 @@ def convert_checkpoint(
     `options` go to [`convert_image_text_model`].
     """
     from videofirst.export import export_checkpoint
+    from videofirst.hub import ModelCardOptions, hub_model_id
 
     model = convert_image_text_model(source, text_source=text_source, **options)
     tokenizer = load_source_tokenizer(text_source if text_source is not None else source)
     processor = _build_processor(source, model, tokenizer) if tokenizer is not None else None
-    return export_checkpoint(model, processor, output_dir)
+    # The card names the Hub model it was converted from (`base_model`), when it came from the Hub.
+    base_model = hub_model_id(getattr(source, "name_or_path", None) if isinstance(source, PreTrainedModel) else source)
+    return export_checkpoint(model, processor, output_dir, card=ModelCardOptions(base_model=base_model))
 
 
 def _build_processor(source: Source, model: VideoFirstModel, tokenizer: PreTrainedTokenizerBase):

@@ -7,6 +7,8 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -14,7 +16,7 @@ from typing import Any
 
 from transformers import PreTrainedModel, ProcessorMixin
 
-from videofirst.hub import ModelCardOptions, RunInfo, load_results, run_eval_results, write_hub_files
+from videofirst.hub import ModelCardOptions, RunInfo, hub_model_id, load_results, with_run_eval, write_hub_files
 
 __all__ = ["export_checkpoint", "export_run"]
 
@@ -30,29 +32,44 @@ def export_checkpoint(
     card: ModelCardOptions | bool = True,
     results: Any = None,
     run: RunInfo | None = None,
+    run_dir: str | Path | None = None,
 ) -> Path:
     """Save `model` (and `processor`) to `output_dir` with the `modeling/` code as transformers remote code.
 
     The folder then loads with `AutoModel.from_pretrained(output_dir, trust_remote_code=True)` in an
-    environment where `videofirst` is not installed: `register_for_auto_class` makes `save_pretrained` copy
-    the defining modules and record them in `auto_map`. With a processor the folder also gets the pipelines
-    (`pipeline("zero-shot-video-classification", model=output_dir, trust_remote_code=True)`) and the Inference
-    Endpoints handler. `card` (True, False or `ModelCardOptions`) writes `README.md`, with `results` (anything
-    `videofirst.hub.load_results` reads) in its `model-index` and what `run` recorded.
+    environment where `videofirst` is not installed: the classes are registered for the Auto classes, so
+    `save_pretrained` copies the defining modules and records them in `auto_map` (plain `model.save_pretrained`
+    does that too). The saved tokenizer's `model_max_length` is capped at the text tower's
+    `max_position_embeddings`, so the processor truncates captions to what the model reads. With a processor the
+    folder also gets the pipelines (`pipeline("zero-shot-video-classification", model=output_dir,
+    trust_remote_code=True)`), the Inference Endpoints handler and its `requirements.txt`.
+
+    `card` (True, False or `ModelCardOptions`) writes `README.md`, with `results` (anything
+    `videofirst.hub.load_results` reads) in its `model-index` and what `run` recorded. `run_dir` (a training
+    run folder) supplies `run` when it is None and adds the run's last held-out evaluation to `results`.
     """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    model.config.register_for_auto_class("AutoConfig")
-    model.register_for_auto_class("AutoModel")
+    if run_dir is not None:
+        run = run or RunInfo.from_run_dir(run_dir)
+        results = with_run_eval(load_results(results), run_dir)
+    # `videofirst.registration` registered the classes for the Auto classes: save_pretrained ships their code.
     model.save_pretrained(output_dir, safe_serialization=safe_serialization)
     if processor is not None:
-        processor.register_for_auto_class("AutoProcessor")
-        video_processor = getattr(processor, "video_processor", None)
-        if video_processor is not None:
-            video_processor.register_for_auto_class("AutoVideoProcessor")
-        processor.save_pretrained(output_dir)
+        _with_text_limit(processor, model).save_pretrained(output_dir)
     write_hub_files(output_dir, model, processor, card=card, results=results, run=run)
     return output_dir
+
+
+def _with_text_limit(processor: ProcessorMixin, model: PreTrainedModel) -> ProcessorMixin:
+    """`processor`, or a copy whose tokenizer truncates at the text tower's positions (the caller's is not changed)."""
+    tokenizer = getattr(processor, "tokenizer", None)
+    positions = getattr(getattr(model.config, "text_config", None), "max_position_embeddings", None)
+    if tokenizer is None or not positions or tokenizer.model_max_length <= positions:
+        return processor
+    processor = copy.deepcopy(processor)
+    processor.tokenizer.model_max_length = positions
+    return processor
 
 
 def export_run(
@@ -86,9 +103,12 @@ def export_run(
     if run is not None and (source / _TRAINER_STATE).is_file():
         run.final_step = json.loads((source / _TRAINER_STATE).read_text()).get("step", run.final_step)
     benchmarks = load_results(results)
+    card = card or ModelCardOptions()
+    if card.base_model is None and run is not None:
+        card = dataclasses.replace(card, base_model=hub_model_id((run.recipe.get("model") or {}).get("init_from")))
     if include_run_eval and run_dir is not None and not (source / _TRAINER_STATE).is_file():
-        benchmarks += run_eval_results(run_dir)
-    return export_checkpoint(model, processor, output_dir, card=card or ModelCardOptions(), results=benchmarks, run=run)
+        benchmarks = with_run_eval(benchmarks, run_dir)
+    return export_checkpoint(model, processor, output_dir, card=card, results=benchmarks, run=run)
 
 
 def _prepare_output(output_dir: Path, source: Path, overwrite: bool) -> None:

@@ -17,7 +17,9 @@ Model cards are rendered with `huggingface_hub`'s card API from the `hub_cards/m
 built as `ModelCardData` and serialised by the YAML dumper, so user text cannot break the front matter; text that
 reaches the Markdown body is escaped (no HTML, code fences, table breaks or links), and repo ids that reach the usage
 snippets must be valid Hub repo ids. Evaluation results use `videofirst.evaluation`'s metric names and fractions
-(`t2v_recall@1`, `top1_accuracy`, `accuracy`, ...) in the card's `model-index`.
+(`t2v_recall@1`, `top1_accuracy`, `accuracy`, ...) in the card's `model-index`, under task types from the Hub's task
+list; the same evaluation given twice (a run's last held-out evaluation and `training/evaluate.py` on the same
+manifest) is listed once (`with_run_eval`).
 """
 
 from __future__ import annotations
@@ -46,12 +48,14 @@ __all__ = [
     "card_options_from_args",
     "eval_results",
     "hub_cards_dir",
+    "hub_model_id",
     "load_results",
     "push_to_hub",
     "register_pipelines",
     "render_model_card",
     "results_from_cli",
     "run_eval_results",
+    "with_run_eval",
     "write_hub_files",
 ]
 
@@ -75,11 +79,19 @@ _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._
 _REPO_ID_MARKER = re.compile(r"<!-- videofirst-card repo_id=([A-Za-z0-9._/-]+) -->")
 
 _TASK_ALIASES = {"mcq": "multiple_choice", "multiple-choice": "multiple_choice"}
+# The model-index task types are ids of the Hub's task list (huggingface.js `packages/tasks/src/pipelines.ts`); the
+# Hub has no video retrieval task, so retrieval results are filed under text retrieval (texts retrieve videos and
+# videos texts), named precisely in the task name.
 TASKS = {
-    "retrieval": ("text-to-video-retrieval", "Zero-shot text-video retrieval"),
-    "classification": ("zero-shot-video-classification", "Zero-shot video classification"),
-    "multiple_choice": ("video-question-answering", "Zero-shot multiple-choice video QA"),
+    "retrieval": ("text-retrieval", "Zero-shot text-video retrieval"),
+    "classification": ("video-classification", "Zero-shot video classification"),
+    "multiple_choice": ("multiple-choice", "Zero-shot multiple-choice video QA"),
+    "summarization": ("video-text-to-text", "Video summarization (video-to-text)"),
 }
+# The card's pipeline tag: a Hub task id that the checkpoint's own `custom_pipelines` also serve (`HUB_TASK` of
+# `pipeline_videofirst`), so `pipeline(<tag>, model=repo, trust_remote_code=True)` builds the shipped zero-shot
+# classifier, not a built-in pipeline that cannot load this model.
+PIPELINE_TAG = "video-classification"
 
 
 def hub_cards_dir() -> Path:
@@ -111,7 +123,8 @@ class BenchmarkResult:
     """Metrics of one evaluation set, with `videofirst.evaluation`'s names (fractions for recall and accuracy).
 
     `task` is `"retrieval"`, `"classification"` or `"multiple_choice"`; inferred from the metric names when None.
-    `dataset_type` is the dataset's Hub id or a short type (default: a slug of `dataset`).
+    `dataset_type` is the dataset's Hub id or a short type (default: a slug of `dataset`). `manifest` is the file
+    the evaluation ran on, when known (it identifies the same evaluation arriving twice).
     """
 
     dataset: str
@@ -119,6 +132,8 @@ class BenchmarkResult:
     dataset_type: str | None = None
     split: str | None = None
     task: str | None = None
+    manifest: str | None = None
+    dataset_config: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.dataset, str) or not self.dataset.strip():
@@ -148,7 +163,12 @@ def _infer_task(metrics: Mapping[str, float]) -> str:
         return "classification"
     if "accuracy" in metrics:
         return "multiple_choice"
+    if "rougeL" in metrics or "cider" in metrics:
+        return "summarization"
     raise ValueError(f"cannot tell the task from the metric names {sorted(metrics)}; pass `task`")
+
+
+_CAPTION_METRIC_NAMES = {"rougeL": "Rouge-L", "cider": "CIDEr-D"}
 
 
 def _metric_name(key: str) -> str:
@@ -162,6 +182,8 @@ def _metric_name(key: str) -> str:
     match = re.fullmatch(r"top(\d+)_accuracy", key)
     if match:
         return f"Top-{match.group(1)} accuracy"
+    if key in _CAPTION_METRIC_NAMES:
+        return _CAPTION_METRIC_NAMES[key]
     return key.replace("_", " ").capitalize()
 
 
@@ -186,6 +208,8 @@ def _result_from_mapping(item: Mapping[str, Any], default_name: str) -> Benchmar
         dataset_type=item.get("dataset_type"),
         split=item.get("split"),
         task=_TASK_ALIASES.get(task, task),
+        manifest=str(manifest) if manifest else None,
+        dataset_config=item.get("dataset_config"),
     )
 
 
@@ -262,7 +286,49 @@ def run_eval_results(run_dir: str | Path) -> list[BenchmarkResult]:
     recipe = _read_recipe(run_dir)
     manifest = (recipe.get("data") or {}).get("eval_manifest") if recipe else None
     name = "Held-out set of the training run" + (f" ({Path(manifest).name})" if manifest else "")
-    return [BenchmarkResult(dataset=name, metrics=latest, dataset_type="held-out", split="eval")]
+    return [
+        BenchmarkResult(
+            dataset=name,
+            metrics=latest,
+            dataset_type="held-out",
+            split="eval",
+            manifest=str(manifest) if manifest else None,
+        )
+    ]
+
+
+def with_run_eval(results: Iterable[BenchmarkResult], run_dir: str | Path) -> list[BenchmarkResult]:
+    """`results` plus the run's own held-out evaluation (`run_eval_results`), each evaluation once.
+
+    An evaluation of the run's held-out manifest given in `results` (e.g. `training/evaluate.py` on the exported
+    model, then `--results eval.json`) is the same evaluation as the run's last one: it replaces it, under the run's
+    name for that set unless it was named explicitly.
+    """
+    results = list(results)
+    for run_result in run_eval_results(run_dir):
+        same = [
+            index
+            for index, result in enumerate(results)
+            if result.task == run_result.task and _same_manifest(result.manifest, run_result.manifest)
+        ]
+        if not same:
+            results.append(run_result)
+        for index in same:
+            result = results[index]
+            if result.manifest and result.dataset == Path(result.manifest).stem:  # named after the file: rename
+                results[index] = dataclasses.replace(
+                    result, dataset=run_result.dataset, dataset_type=run_result.dataset_type, split=run_result.split
+                )
+    return results
+
+
+def _same_manifest(given: str | None, logged: str | None) -> bool:
+    if not given or not logged:
+        return False
+    given_path, logged_path = Path(given), Path(logged)
+    if given_path.exists() and logged_path.exists():
+        return given_path.resolve() == logged_path.resolve()
+    return given_path.name == logged_path.name  # recorded relative to another working directory
 
 
 def eval_results(results: Iterable[BenchmarkResult], model_name: str) -> list[EvalResult]:
@@ -277,6 +343,7 @@ def eval_results(results: Iterable[BenchmarkResult], model_name: str) -> list[Ev
                     task_name=task_name,
                     dataset_type=result.dataset_type,
                     dataset_name=result.dataset,
+                    dataset_config=result.dataset_config,
                     dataset_split=result.split,
                     metric_type=key,
                     metric_name=_metric_name(key),
@@ -343,7 +410,7 @@ class ModelCardOptions:
     datasets: list[str] = field(default_factory=list)
     base_model: str | None = None
     tags: list[str] = field(default_factory=list)
-    pipeline_tag: str = "video-classification"
+    pipeline_tag: str = PIPELINE_TAG
     training_data: str | None = None
     hardware: str | None = None
     stages: list[str] | None = None
@@ -548,6 +615,14 @@ def _training_data_text(options: ModelCardOptions, run: RunInfo | None) -> str |
     return text + "."
 
 
+def hub_model_id(reference: Any) -> str | None:
+    """`reference` if it names a Hub model (`namespace/name`, not an existing local path), else None: what a card's
+    `base_model` may hold for a checkpoint converted from, or initialised with, that model."""
+    if not isinstance(reference, str) or not _REPO_ID.match(reference) or Path(reference).exists():
+        return None
+    return reference
+
+
 def _placeholder_repo_id(name: str) -> str:
     slug = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.") or "videofirst-model"
     return f"your-username/{slug[:90]}"
@@ -619,6 +694,7 @@ def render_model_card(
         repo_id=repo_id,
         sampling=_sampling_text(video_processor) if video_processor is not None else "the frames given",
         has_processor=processor is not None,
+        pipeline_tag=options.pipeline_tag,
         model_frames=config.vision_config.num_frames,
         image_size=config.vision_config.image_size,
         projection_dim=config.projection_dim,

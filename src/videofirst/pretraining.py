@@ -213,9 +213,12 @@ def pretrain(recipe: PretrainRecipe) -> PretrainResult:
 
     if recipe.data.eval_manifest and run.eval_due(at_end=True):
         metrics = _evaluate(model, accelerator, recipe, eval_loader, processor, logger, state.step)
-    # LoRA weights are folded in, so the export is an ordinary checkpoint.
+    # LoRA weights are folded in, so the export is an ordinary checkpoint; its card carries the run's record and
+    # its last held-out evaluation.
     export_dir = run.finish(
-        lambda: export_checkpoint(merge_adaptation(accelerator.unwrap_model(model)), processor, run_dir / "export")
+        lambda folder: export_checkpoint(
+            merge_adaptation(accelerator.unwrap_model(model)), processor, folder, run_dir=run_dir
+        )
     )
     return PretrainResult(run_dir, export_dir, state.step, metrics, state.bad_samples)
 

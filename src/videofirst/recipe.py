@@ -12,6 +12,7 @@ command line the training scripts share (`--config`, `--resume` and overrides).
 
 import argparse
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar, overload
@@ -32,8 +33,10 @@ class RunSection:
 
 @dataclass
 class SyntheticDataSection:
-    """Parameters of the synthetic order-of-events dataset written when the manifests do not exist."""
+    """The synthetic order-of-events dataset (`videofirst.synthetic`), written to `folder` (train.jsonl, test.jsonl,
+    videos/) when `data.train_manifest` is missing there; with `folder` None a missing manifest is an error."""
 
+    folder: str | None = None
     num_videos: int = 0
     num_events: int = 3
     duration: float = 12.0
@@ -111,6 +114,8 @@ class CheckpointSection:
     save_every: int = 50
     keep_last: int = 2
     resume: bool = False
+    # Start afresh in a run folder that holds another run, deleting its checkpoints, log and export first.
+    overwrite: bool = False
 
 
 @dataclass
@@ -141,6 +146,124 @@ class PretrainRecipe(Recipe):
     eval: EvalSection = field(default_factory=EvalSection)
 
 
+def _positive(value: Any) -> bool:
+    return value > 0
+
+
+def _non_negative(value: Any) -> bool:
+    return value >= 0
+
+
+def _fraction(value: Any) -> bool:
+    return 0.0 <= value <= 1.0
+
+
+def _below_one(value: Any) -> bool:
+    return 0.0 <= value < 1.0
+
+
+# Values a field may take, per section (subclasses inherit their base's rules): checked when the recipe is built,
+# so that nothing fails later inside torch, accelerate or the data loader, and the error names the recipe key.
+_RULES: dict[type, dict[str, tuple[Any, str]]] = {
+    RunSection: {
+        "seed": (lambda value: 0 <= value < 2**32, "in [0, 2**32)"),
+        "log_every": (_positive, "at least 1"),
+    },
+    SyntheticDataSection: {
+        "num_videos": (_non_negative, ">= 0"),
+        "num_events": (_positive, "at least 1"),
+        "duration": (_positive, "> 0"),
+        "fps": (_positive, "> 0"),
+        "size": (lambda value: value >= 16 and value % 2 == 0, "an even number >= 16"),
+        "test_fraction": (_below_one, "in [0, 1)"),
+    },
+    DataSection: {
+        "image_loss_weight": (_non_negative, ">= 0"),
+        "tokenizer_vocab_size": (_positive, "at least 1"),
+        "max_text_length": (_positive, "at least 1"),
+        "num_frames": (_positive, "at least 1"),
+        "fps": (_positive, "> 0"),
+        "sampling": (lambda value: value in ("fps", "uniform"), "'fps' or 'uniform'"),
+        "image_size": (_positive, "at least 1"),
+        "num_workers": (_non_negative, ">= 0"),
+        "max_bad_fraction": (_fraction, "in [0, 1]"),
+        "shuffle_buffer": (_positive, "at least 1"),
+        "decode_backend": (lambda value: value in ("auto", "pyav", "decord"), "'auto', 'pyav' or 'decord'"),
+        "keyframe_snap": (lambda value: value is None or value >= 0, "null or >= 0"),
+    },
+    ModelSection: {"projection_dim": (_positive, "at least 1")},
+    OptimSection: {
+        "batch_size": (_positive, "at least 1"),
+        "gradient_accumulation_steps": (_positive, "at least 1"),
+        "contrastive_micro_batches": (_positive, "at least 1"),
+        "max_steps": (_positive, "at least 1"),
+        "learning_rate": (lambda value: 0 < value < float("inf"), "> 0"),
+        "weight_decay": (_non_negative, ">= 0"),
+        "beta1": (_below_one, "in [0, 1)"),
+        "beta2": (_below_one, "in [0, 1)"),
+        "eps": (_positive, "> 0"),
+        "warmup_steps": (_non_negative, ">= 0"),
+        "min_learning_rate_ratio": (_fraction, "in [0, 1]"),
+        "max_grad_norm": (_non_negative, ">= 0 (0: no clipping)"),
+        "mixed_precision": (lambda value: value in ("no", "fp16", "bf16", "fp8"), "'no', 'fp16', 'bf16' or 'fp8'"),
+    },
+    CheckpointSection: {
+        "save_every": (_positive, "at least 1"),
+        "keep_last": (_positive, "at least 1"),
+    },
+    EvalSection: {
+        "every": (_non_negative, ">= 0 (0: only at the end)"),
+        "batch_size": (_positive, "at least 1"),
+        "max_videos": (lambda value: value is None or value >= 1, "null or at least 1"),
+    },
+}
+
+
+def _check_values(section: Any, path: str) -> None:
+    for cls in type(section).__mro__:
+        for name, (allowed, description) in _RULES.get(cls, {}).items():
+            value = getattr(section, name)
+            if not allowed(value):
+                key = f"{path}.{name}" if path else name
+                raise ValueError(f"Recipe key `{key}` must be {description}, got {value!r}.")
+
+
+def _check_model(model: ModelSection) -> None:
+    """`model.vision` / `model.text` hold config fields: unknown names and values the config refuses are errors
+    that name the recipe key (transformers' configs would keep a typo as an attribute and save it)."""
+    from transformers import CONFIG_MAPPING
+
+    from videofirst.modeling.configuration_videofirst import VideoFirstVisionConfig
+
+    text_type = model.text.get("model_type", "bert")
+    if text_type not in CONFIG_MAPPING:
+        raise ValueError(f"Recipe key `model.text.model_type`: unknown transformers model type {text_type!r}.")
+    for key, values, config_class in (
+        ("model.vision", model.vision, VideoFirstVisionConfig),
+        ("model.text", model.text, CONFIG_MAPPING[text_type]),
+    ):
+        defaults = config_class()
+        unknown = sorted(name for name in values if name != "model_type" and not hasattr(defaults, name))
+        if unknown:
+            raise ValueError(f"Unknown key(s) {unknown} in `{key}`: not fields of {config_class.__name__}.")
+        if model.init_from is None:
+            try:
+                config_class(**{name: value for name, value in values.items() if name != "model_type"})
+            except (TypeError, ValueError) as error:
+                raise ValueError(f"Recipe section `{key}`: {error}") from error
+
+
+def _check_recipe(recipe: Any) -> None:
+    """Checks across sections, once the whole recipe is built."""
+    checkpoint, data = getattr(recipe, "checkpoint", None), getattr(recipe, "data", None)
+    if isinstance(checkpoint, CheckpointSection) and checkpoint.resume and checkpoint.overwrite:
+        raise ValueError("`checkpoint.resume` (--resume) and `checkpoint.overwrite` (--overwrite) exclude each other.")
+    if isinstance(data, DataSection) and data.synthetic.folder is not None and data.synthetic.num_videos < 1:
+        raise ValueError("Recipe key `data.synthetic.num_videos` must be at least 1 with `data.synthetic.folder` set.")
+    if isinstance(getattr(recipe, "model", None), ModelSection):
+        _check_model(recipe.model)
+
+
 def _build(cls: type, values: dict[str, Any], path: str) -> Any:
     """Instantiate dataclass `cls` from a mapping, recursing into nested sections and rejecting unknown keys."""
     if not isinstance(values, dict):
@@ -158,7 +281,15 @@ def _build(cls: type, values: dict[str, Any], path: str) -> Any:
             kwargs[name] = _build(type(default), value, key)
         else:
             kwargs[name] = _coerce(value, default, key)
-    return cls(**kwargs)
+    try:
+        section = cls(**kwargs)
+    except ValueError as error:  # a section's own checks (e.g. `adaptation`) do not know where it sits
+        raise ValueError(f"Recipe section `{path or 'root'}`: {error}") from error
+    _check_values(section, path)
+    return section
+
+
+_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
 def _coerce(value: Any, default: Any, key: str) -> Any:
@@ -173,6 +304,8 @@ def _coerce(value: Any, default: Any, key: str) -> Any:
         return value
     if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if isinstance(default, float) and isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
+        return float(value)  # YAML 1.1 reads `1e-3` (no dot) as a string
     if not isinstance(value, type(default)):
         raise ValueError(f"Recipe key `{key}` must be of type {type(default).__name__}, got {value!r}.")
     return value
@@ -234,18 +367,25 @@ def load_recipe(
             raise ValueError(f"Override {override!r} must look like `section.key=value`.")
         key, raw_value = override.split("=", 1)
         _set_dotted(tree, key.strip(), yaml.safe_load(raw_value))
-    return _build(recipe_class, tree, "")
+    recipe = _build(recipe_class, tree, "")
+    _check_recipe(recipe)
+    return recipe
 
 
 def parse_recipe_args(
     argv: list[str] | None, *, description: str | None, default_config: str | Path
 ) -> tuple[Path, list[str]]:
-    """Parse a training script's command line, ``[--config FILE] [--resume] [section.key=value ...]`` (`argv`
-    None: ``sys.argv[1:]``), into the recipe path (`default_config` when not given) and the overrides for
-    `load_recipe`; ``--resume`` adds ``checkpoint.resume=true``. `description` is the ``--help`` text."""
+    """Parse a training script's command line, ``[--config FILE] [--resume | --overwrite] [section.key=value ...]``
+    in any order (`argv` None: ``sys.argv[1:]``), into the recipe path (`default_config` when not given) and the
+    overrides for `load_recipe`; ``--resume`` adds ``checkpoint.resume=true``, ``--overwrite``
+    ``checkpoint.overwrite=true``. `description` is the ``--help`` text."""
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=Path, default=Path(default_config), help="recipe YAML (default: the demo)")
-    parser.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
+    parser.add_argument("--resume", action="store_true", help="continue from the run's latest valid checkpoint")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="start afresh in a run folder holding another run (deletes it)"
+    )
     parser.add_argument("overrides", nargs="*", help="recipe overrides such as optim.max_steps=10")
-    args = parser.parse_args(argv)
-    return args.config, list(args.overrides) + (["checkpoint.resume=true"] if args.resume else [])
+    args = parser.parse_intermixed_args(argv)
+    flags = [f"checkpoint.{name}=true" for name in ("resume", "overwrite") if getattr(args, name)]
+    return args.config, list(args.overrides) + flags

@@ -1,4 +1,14 @@
-"""Registers the VideoFirst classes with the transformers Auto classes (done on `import videofirst`)."""
+"""Registers the VideoFirst classes with the transformers Auto classes (done on `import videofirst`).
+
+Two registrations, as transformers' custom-model guide describes them:
+
+* `AutoConfig.register` / `AutoModel.register` / ...: with `videofirst` installed, the Auto classes resolve the
+  `videofirst` model types to these classes, without remote code.
+* `register_for_auto_class`: every `save_pretrained` / `push_to_hub` of a VideoFirst config, model, processor or
+  video processor copies the defining `modeling/` modules next to the weights and records them in `auto_map`, so
+  the folder or Hub repo loads with `trust_remote_code=True` where `videofirst` is not installed.
+  `videofirst.export.export_checkpoint` adds the pipelines, the model card and the endpoint handler on top.
+"""
 
 from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText, AutoProcessor, AutoVideoProcessor
 
@@ -11,7 +21,7 @@ from videofirst.modeling.video_processing_videofirst import VideoFirstVideoProce
 
 
 def register_auto_classes() -> None:
-    """Make the Auto classes resolve the `videofirst` model types without remote code."""
+    """Make the Auto classes resolve the `videofirst` model types, and saved checkpoints carry their code."""
     AutoConfig.register(VideoFirstConfig.model_type, VideoFirstConfig, exist_ok=True)
     AutoConfig.register(VideoFirstVisionConfig.model_type, VideoFirstVisionConfig, exist_ok=True)
     AutoModel.register(VideoFirstConfig, VideoFirstModel, exist_ok=True)
@@ -23,3 +33,11 @@ def register_auto_classes() -> None:
     AutoModelForImageTextToText.register(VideoFirstVideoToTextConfig, VideoFirstForConditionalGeneration, exist_ok=True)
     AutoProcessor.register(VideoFirstVideoToTextConfig, VideoFirstProcessor, exist_ok=True)
     AutoVideoProcessor.register(VideoFirstVideoToTextConfig, VideoFirstVideoProcessor, exist_ok=True)
+
+    for config_class in (VideoFirstConfig, VideoFirstVisionConfig, VideoFirstVideoToTextConfig):
+        config_class.register_for_auto_class("AutoConfig")
+    VideoFirstModel.register_for_auto_class("AutoModel")
+    VideoFirstVisionModel.register_for_auto_class("AutoModel")
+    VideoFirstForConditionalGeneration.register_for_auto_class("AutoModelForImageTextToText")
+    VideoFirstProcessor.register_for_auto_class("AutoProcessor")
+    VideoFirstVideoProcessor.register_for_auto_class("AutoVideoProcessor")

@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import logging
 import resource
 import sys
 import time
@@ -10,6 +11,8 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
+
+logger = logging.getLogger(__name__)
 
 
 def tracker_names(requested: str) -> list[str]:
@@ -54,6 +57,18 @@ class RunLogger:
         }
         self._window_start, self._window_videos, self._window_tokens = time.perf_counter(), 0, 0
         return rates
+
+    def truncate(self, size: int) -> None:
+        """Cut the log back to its first `size` bytes (its size at the checkpoint a run resumes from)."""
+        if not self.accelerator.is_main_process or not self.path.exists():
+            return
+        if self.path.stat().st_size < size:
+            logger.warning(
+                "%s is shorter than when the checkpoint was saved (%d bytes): appending to it.", self.path, size
+            )
+            return
+        with self.path.open("r+b") as handle:
+            handle.truncate(size)
 
     def log(self, metrics: dict[str, Any], step: int) -> None:
         if not self.accelerator.is_main_process:

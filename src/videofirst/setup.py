@@ -25,19 +25,23 @@ class DataPaths:
 
 
 def prepare_data(recipe: PretrainRecipe, run_dir: Path) -> DataPaths:
-    """Write the synthetic dataset if the recipe asks for one and the manifest is missing, and train a
-    SentencePiece tokenizer on the training captions if the recipe names no tokenizer. Idempotent."""
+    """Write the synthetic dataset when the recipe asks for one (`data.synthetic.folder`) and the training manifest
+    is that dataset's, still missing; train a SentencePiece tokenizer on the training captions if the recipe names
+    no tokenizer. Idempotent. A missing training manifest is otherwise an error, never a synthetic dataset."""
     data = recipe.data
     train_manifest = Path(data.train_manifest)
     synthetic = data.synthetic
     if not data.train_sources and not is_remote(data.train_manifest) and not train_manifest.exists():
-        if synthetic.num_videos <= 0:
-            raise FileNotFoundError(
-                f"Training manifest {train_manifest} does not exist (set `data.synthetic.num_videos` to write a "
-                "synthetic dataset there)."
+        folder = None if synthetic.folder is None else Path(synthetic.folder)
+        if folder is None or train_manifest.resolve() != (folder / "train.jsonl").resolve():
+            where = (
+                "set `data.synthetic.folder` to write the synthetic demo data"
+                if folder is None
+                else f"the synthetic data of `data.synthetic.folder` is written to {folder / 'train.jsonl'} only"
             )
+            raise FileNotFoundError(f"`data.train_manifest` {train_manifest} does not exist ({where}).")
         write_synthetic_dataset(
-            train_manifest.parent,
+            folder,
             num_videos=synthetic.num_videos,
             num_events=synthetic.num_events,
             duration=synthetic.duration,

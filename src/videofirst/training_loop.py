@@ -4,8 +4,9 @@
 skeleton; each concern they share lives here, once:
 
 - `TrainingRun`: the accelerator (mixed precision, gradient accumulation, trackers, seedable sampler), the run
-  folder, crash-safe checkpoints and resume (`videofirst.checkpointing`), the recipe copy, the trackers and the
-  JSONL metrics log (`videofirst.run_logging`), the progress bar, and where the run stands (`TrainerState`);
+  folder (its lock and identity, `videofirst.run_folder`), crash-safe verified checkpoints and resume
+  (`videofirst.checkpointing`), the recipe copy, the trackers and the JSONL metrics log
+  (`videofirst.run_logging`), the progress bar, where the run stands (`TrainerState`) and the atomic export;
 - `reseed`: randomness that affects training (token masking, dropout) comes from `(seed, step, micro-batch,
   process)`, and the data order from `(seed, epoch)` (`batches_from`, `cycle_batches`), so a run resumed from a
   checkpoint replays exactly what the uninterrupted run would have done;
@@ -30,12 +31,15 @@ A loop built on it reads:
         ...                                          # log when run.due(...), evaluate when run.eval_due()
         if run.due(recipe.checkpoint.save_every):
             run.checkpoints.save(state)
-    export_dir = run.finish(export)
+    export_dir = run.finish(export)                  # export(folder) writes the model; renamed when complete
 """
 
 from __future__ import annotations
 
-import math
+import dataclasses
+import logging
+import os
+import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -44,16 +48,19 @@ from typing import Any
 import torch
 import yaml
 from accelerate import Accelerator, DataLoaderConfiguration
-from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, set_seed
+from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, broadcast_object_list, set_seed
 from torch import nn
 from tqdm.auto import tqdm
 
-from videofirst.checkpointing import CheckpointManager, TrainerState
+from videofirst.checkpointing import CheckpointError, CheckpointManager, TrainerState
 from videofirst.recipe import Recipe
+from videofirst.run_folder import RunFolder, RunFolderError, exit_with_launcher, flat_config
 from videofirst.run_logging import RunLogger, tracker_names
 
 __all__ = [
+    "CheckpointError",
     "NonFiniteLossError",
+    "RunFolderError",
     "TrainingRun",
     "batches_from",
     "check_bad_fraction",
@@ -62,6 +69,8 @@ __all__ = [
     "flat_config",
     "reseed",
 ]
+
+logger = logging.getLogger(__name__)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -75,10 +84,21 @@ def reseed(seed: int, step: int, micro_batch: int, process: int) -> None:
 
 
 def check_finite(loss: torch.Tensor, accelerator: Accelerator) -> None:
-    """Raise `NonFiniteLossError` on every process when the loss is NaN or infinite on any of them."""
+    """Raise `NonFiniteLossError` on every process when the loss is NaN or infinite on any of them; the message
+    names the processes that saw it."""
     finite = torch.isfinite(loss.detach()).to(torch.float32).reshape(1)
-    if accelerator.gather(finite).min() < 1:
+    flags = accelerator.gather(finite).reshape(-1).tolist()
+    if min(flags) >= 1:
+        return
+    culprits = [index for index, flag in enumerate(flags) if flag < 1]
+    here = accelerator.process_index
+    if len(flags) == 1:
         raise NonFiniteLossError(f"The loss became {loss.item()} (NaN or infinite).")
+    if here in culprits:
+        raise NonFiniteLossError(f"The loss became {loss.item()} (NaN or infinite) on process {here}.")
+    raise NonFiniteLossError(
+        f"The loss became NaN or infinite on process(es) {culprits} (this process, {here}, had {loss.item():.4g})."
+    )
 
 
 def check_bad_fraction(state: TrainerState, limit: float) -> None:
@@ -105,27 +125,16 @@ def cycle_batches(loader, accelerator: Accelerator, start_batch: int) -> Iterato
         epoch, skip = epoch + 1, 0
 
 
-def flat_config(tree: dict, prefix: str = "") -> dict[str, float | int | str | bool]:
-    """Nested recipe to the flat scalar mapping trackers accept."""
-    flat = {}
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(flat_config(value, name + "."))
-        elif isinstance(value, (int, float, str, bool)) and not (isinstance(value, float) and math.isnan(value)):
-            flat[name] = value
-        else:
-            flat[name] = str(value)
-    return flat
-
-
 class TrainingRun:
     """One training run's setup and bookkeeping, for any `Recipe` (`PretrainRecipe`, `VideoToTextRecipe`): it reads
     the `run`, `data`, `optim`, `checkpoint` and `eval` sections.
 
-    Creating it makes the accelerator, seeds everything with `run.seed` and creates the run folder; `start`
-    (after `accelerator.prepare`) resumes and starts the logs; `micro_batches`, `accumulate`, `optimizer_step` and
-    `end_micro_batch` drive the loop; `finish` exports and ends it.
+    Creating it makes the accelerator, seeds everything with `run.seed`, and claims the run folder
+    (`videofirst.run_folder`): it takes the folder's lock and decides, before anything is built, whether the run
+    starts fresh or resumes from which verified checkpoint, or refuses (`RunFolderError`, `CheckpointError`, on
+    every process); `start` (after `accelerator.prepare`) resumes and starts the logs; `micro_batches`,
+    `accumulate`, `optimizer_step` and `end_micro_batch` drive the loop; `finish` exports and ends it, and
+    releases the lock (so does `close`, when the run ends otherwise in a process that goes on).
     """
 
     def __init__(self, recipe: Recipe, *, dispatch_batches: bool | None = None, find_unused_parameters: bool = False):
@@ -144,19 +153,54 @@ class TrainingRun:
             kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=find_unused_parameters)],
         )
         set_seed(recipe.run.seed)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        exit_with_launcher()
         self.checkpoints = CheckpointManager(
-            self.run_dir / "checkpoints", self.accelerator, recipe.checkpoint.keep_last
+            self.run_dir / "checkpoints",
+            self.accelerator,
+            recipe.checkpoint.keep_last,
+            metrics_log=self.run_dir / "metrics.jsonl",
         )
+        self.folder = RunFolder(self.run_dir)
+        self._resume_from = self._claim_folder()
         self.state = TrainerState()
+        # The state and accelerate's micro-batch counter after the last applied optimizer step: what a stop on a
+        # non-finite loss saves, whichever micro-batch of the next step it hit.
+        self._applied = (TrainerState(), 0)
         self.logger: RunLogger | None = None
         self._scheduler = None
         self._progress = None
         self._slot = 0
 
+    def _claim_folder(self) -> Path | None:
+        """Lock and claim the run folder on the main process and tell every process the outcome."""
+        outcome: list[Any] = [None, None]  # [checkpoint to resume from, error]
+        if self.accelerator.is_main_process:
+            try:
+                notes = self.folder.lock()
+                checkpoint, claim_notes = self.folder.claim(
+                    self.recipe, self.accelerator.num_processes, self.checkpoints
+                )
+                for note in notes + claim_notes:  # each says what was found and what is done instead
+                    logger.warning(note)
+                outcome = [checkpoint, None]
+            except (RunFolderError, CheckpointError) as error:
+                self.folder.release()
+                outcome = [None, error]
+        broadcast_object_list(outcome)
+        checkpoint, error = outcome
+        if error is not None:
+            raise error
+        return checkpoint
+
     def checkpoint_to_resume(self) -> Path | None:
-        """The checkpoint `start` resumes from: the latest complete one when `checkpoint.resume` is on, else None."""
-        return self.checkpoints.latest() if self.recipe.checkpoint.resume else None
+        """The checkpoint `start` resumes from: with `checkpoint.resume`, the newest one that passed verification
+        (newer damaged ones were set aside with a warning); None for a fresh start."""
+        return self._resume_from
+
+    def close(self) -> None:
+        """Release the run folder (its lock); `finish` does it, call it when a run ends otherwise but the process
+        goes on."""
+        self.folder.release()
 
     def start(self, scheduler, project: str) -> TrainerState:
         """After `accelerator.prepare`: register the learning-rate scheduler for checkpointing, resume from
@@ -170,10 +214,13 @@ class TrainingRun:
         if latest is not None:
             self.state = self.checkpoints.load(latest)
             accelerator.print(f"Resumed from {latest} at step {self.state.step}.")
+        self._applied = (dataclasses.replace(self.state), accelerator.step)
         if accelerator.is_main_process:
             (self.run_dir / "recipe.yaml").write_text(yaml.safe_dump(self.recipe.to_dict(), sort_keys=False))
         accelerator.init_trackers(project, config=flat_config(self.recipe.to_dict()))
         self.logger = RunLogger(accelerator, self.run_dir)
+        # What was logged after the checkpoint is logged again from here: cut it away (a fresh start: nothing).
+        self.logger.truncate(self.state.metrics_bytes)
         return self.state
 
     def micro_batches(self, loader, desc: str) -> Iterator[tuple[Any, int]]:
@@ -198,12 +245,15 @@ class TrainingRun:
     @contextmanager
     def accumulate(self, model: nn.Module):
         """`accelerator.accumulate(model)` that, when the loss is not finite (`NonFiniteLossError`), saves the state
-        from before this step and stops the run with a message that names the checkpoint."""
+        of the last applied optimizer step (its weights, and its data position even when earlier micro-batches of
+        this step were read) and stops the run with a message that names the checkpoint."""
         with self.accelerator.accumulate(model):
             try:
                 yield
             except NonFiniteLossError as error:
-                saved = self.checkpoints.save(self.state)
+                state, micro_batch_counter = self._applied
+                self.accelerator.step = micro_batch_counter  # saved by accelerate: where accumulation restarts
+                saved = self.checkpoints.save(dataclasses.replace(state))
                 raise NonFiniteLossError(
                     f"{error} Stopped at step {self.state.step}; the state from before this step is in {saved}."
                 ) from error
@@ -237,6 +287,7 @@ class TrainingRun:
             return None
         self._scheduler.step()
         state.step += 1
+        self._applied = (dataclasses.replace(state), accelerator.step)
         self._slot = 0
         self._progress.update(1)
         loss_value = accelerator.reduce(loss.detach(), "mean").item()
@@ -254,10 +305,20 @@ class TrainingRun:
         just_evaluated = bool(every) and self.state.step % every == 0
         return not just_evaluated if at_end else just_evaluated
 
-    def finish(self, export: Callable[[], Path]) -> Path | None:
-        """End the run: `export()` on the main process (its folder is returned there, None elsewhere), then wait
-        for every process and close the trackers."""
-        export_dir = export() if self.accelerator.is_main_process else None
+    def finish(self, export: Callable[[Path], Any]) -> Path | None:
+        """End the run: `export(folder)` on the main process into `export.partial/`, renamed to `export/` once
+        complete (so a crash never leaves half an export; the folder is returned there, None elsewhere), then wait
+        for every process, close the trackers and release the run folder."""
+        export_dir = None
+        if self.accelerator.is_main_process:
+            export_dir, partial, previous = (self.run_dir / name for name in ("export", "export.partial", "export.old"))
+            shutil.rmtree(partial, ignore_errors=True)
+            export(partial)
+            if export_dir.exists():
+                os.replace(export_dir, previous)
+            os.replace(partial, export_dir)
+            shutil.rmtree(previous, ignore_errors=True)
         self.accelerator.wait_for_everyone()
         self.accelerator.end_training()
+        self.close()
         return export_dir

@@ -336,9 +336,7 @@ def train_video_to_text(recipe: VideoToTextRecipe) -> VideoToTextResult:
 
     if run.eval_due(at_end=True):
         metrics = evaluator(model, state.step)
-    export_dir = run.finish(
-        lambda: export_video_to_text(accelerator.unwrap_model(model), processor, run_dir / "export")
-    )
+    export_dir = run.finish(lambda folder: export_video_to_text(accelerator.unwrap_model(model), processor, folder))
     return VideoToTextResult(run_dir, export_dir, state.step, metrics, state.bad_samples, evaluator.samples)
 
 

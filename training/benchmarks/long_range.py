@@ -118,6 +118,7 @@ def recipe_overrides(budget: Budget, variant: Variant, seed: int, data_dir: Path
         "optim.max_steps": budget.max_steps,
         "optim.warmup_steps": min(20, max(1, budget.max_steps // 10)),
         "checkpoint.save_every": budget.max_steps,
+        "checkpoint.overwrite": True,  # a rerun in the same --work folder starts each run afresh
     }
     return [f"{key}={value}" for key, value in values.items()]
 
