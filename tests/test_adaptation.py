@@ -163,7 +163,9 @@ def test_adapters_are_saved_and_reloaded(tmp_path):
         for layer in model.vision_model.encoder.layers:
             layer.adapter.up.weight.normal_(std=0.1)
     model.eval().save_pretrained(tmp_path)
-    loaded = AutoModel.from_pretrained(tmp_path).eval()
+    loaded, info = AutoModel.from_pretrained(tmp_path, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"], info
+    loaded.eval()
     assert loaded.config.vision_config.adapter_bottleneck == 8
     torch.testing.assert_close(
         loaded.get_video_features(pixel_values_videos=videos()).pooler_output,
