@@ -6,11 +6,27 @@ Every skip names why the test does not apply to this model, as transformers' own
 
 import unittest
 
+import pytest
 import torch
+import transformers
 from tiny_models import TINY_TEXT_CONFIG, tiny_vision_config
-from transformers_common.test_modeling_common import ModelTesterMixin, floats_tensor, ids_tensor, random_attention_mask
 
 from videofirst import VideoFirstConfig, VideoFirstModel, VideoFirstVisionConfig, VideoFirstVisionModel
+
+VENDORED_VERSION = "5.25.0"
+if transformers.__version__ != VENDORED_VERSION:
+    pytest.skip(
+        f"the common tests are vendored from transformers {VENDORED_VERSION} and transformers "
+        f"{transformers.__version__} is installed: vendor that version's tests (transformers_common/README.md)",
+        allow_module_level=True,
+    )
+
+from transformers_common.test_modeling_common import (  # noqa: E402
+    ModelTesterMixin,
+    floats_tensor,
+    ids_tensor,
+    random_attention_mask,
+)
 
 
 class VideoFirstVisionModelTester:
