@@ -110,7 +110,9 @@ def test_two_process_pretraining_with_images_and_activation_checkpointing(tmp_pa
     from PIL import Image
 
     data = tmp_path / "data"
-    write_synthetic_dataset(data, num_videos=24, num_events=2, duration=4.0, fps=1.0, size=32, seed=0)
+    write_synthetic_dataset(
+        data, num_videos=24, num_events=2, duration=4.0, fps=1.0, size=32, seed=0, test_fraction=0.25
+    )
     images = tmp_path / "images"
     images.mkdir()
     rows = []
