@@ -11,6 +11,7 @@ import dataclasses
 import importlib.util
 import io
 import json
+import shutil
 from pathlib import Path
 
 import huggingface_hub.constants
@@ -29,6 +30,7 @@ from video_fixtures import write_video
 from videofirst.modeling.processing_videofirst import VideoFirstProcessor
 from videofirst.modeling.video_processing_videofirst import VideoFirstVideoProcessor
 
+from videofirst.checkpointing import CheckpointError, TrainerState, write_manifest
 from videofirst.export import export_checkpoint, export_run
 from videofirst.hub import (
     BenchmarkResult,
@@ -661,7 +663,8 @@ def run_dir(work):
     checkpoint = run / "checkpoints" / "step_00000002"
     checkpoint.mkdir(parents=True)
     save_file(trained.state_dict(), str(checkpoint / "model.safetensors"))
-    (checkpoint / "trainer_state.json").write_text(json.dumps({"step": 2, "epoch": 0}))
+    (checkpoint / "trainer_state.json").write_text(json.dumps(dataclasses.asdict(TrainerState(step=2))))
+    write_manifest(checkpoint)
     export_checkpoint(trained, processor, run / "export", card=False)
     return run, trained
 
@@ -685,6 +688,21 @@ def test_export_from_a_training_checkpoint_rebuilds_the_model(run_dir, work, vid
     card = ModelCard.load(folder / "README.md")
     assert "last 1 video encoder layer (`last_layers`)" in card.text and "| Optimizer steps | 2 |" in card.text
     assert card.data.eval_results is None  # a mid-run checkpoint is not credited with the run's final evaluation
+
+
+def test_export_refuses_a_damaged_training_checkpoint(run_dir, work):
+    run, _ = run_dir
+    damaged = work / "damaged_run"
+    shutil.copytree(run, damaged)
+    weights = damaged / "checkpoints" / "step_00000002" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF  # one flipped bit pattern in the last tensor's bytes: loads fine, wrong weights
+    weights.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="does not match the checksum"):
+        export_run(damaged / "checkpoints" / "step_00000002", work / "from_damaged")
+    shutil.rmtree(damaged / "export")
+    with pytest.raises(FileNotFoundError, match="nor a valid checkpoint .damaged:"):
+        export_run(damaged, work / "from_damaged_run")
 
 
 def test_export_and_push_scripts(run_dir, hub, results_file, work, capsys):

@@ -179,3 +179,79 @@ def test_command_line(collection, tmp_path):
     assert "7 of 9 files prepared into 3 shards" in result.stdout and "--max-bad-fraction" in result.stderr
     result = subprocess.run([*command, "--max-bad-fraction", "0.5"], capture_output=True, text=True, timeout=240)
     assert result.returncode == 0 and "3 shards were already done" in result.stdout
+
+
+def test_a_timestamp_gap_is_refused_not_transcoded(tmp_path):
+    """3 frames, the last at 100000 s: at 2 FPS that would be a 200001-frame clip. The bound refuses it from one
+    probed frame; a clip under the bound, or cut by max_frames, is kept."""
+    write_video(tmp_path / "gap.mkv", 3, fps=25, container_format="matroska", pts_ms=[0, 40, 100_000_000])
+    write_video(tmp_path / "clip.mp4", 50, fps=10)  # 5 s: 10 frames at 2 FPS
+    rows = [{"video": "gap.mkv", "caption": "gap"}, {"video": "clip.mp4", "caption": "clip"}]
+    (tmp_path / "manifest.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    tight, exact, cut = (
+        PrepareSettings(**{**SETTINGS.__dict__, "max_clip_frames": 9}),
+        PrepareSettings(**{**SETTINGS.__dict__, "max_clip_frames": 10}),
+        PrepareSettings(**{**SETTINGS.__dict__, "max_clip_frames": 9, "max_frames": 4}),
+    )
+    started = time.monotonic()
+    report = prepare_shards(tmp_path / "manifest.jsonl", tmp_path / "default", SETTINGS, workers=0, progress=False)
+    assert time.monotonic() - started < 30
+    assert (report.prepared, report.bad) == (1, 1)
+    (entry,) = [json.loads(line) for line in (tmp_path / "default" / "bad_files.jsonl").read_text().splitlines()]
+    assert entry["row"] == 0 and "more than 18000 frames at 2 FPS" in entry["reason"]
+
+    report = prepare_shards(tmp_path / "manifest.jsonl", tmp_path / "tight", tight, workers=0, progress=False)
+    assert report.bad == 2 and "more than 9 frames" in report.bad_files[1]["reason"]
+    assert prepare_shards(tmp_path / "manifest.jsonl", tmp_path / "exact", exact, workers=0, progress=False).bad == 1
+    report = prepare_shards(tmp_path / "manifest.jsonl", tmp_path / "cut", cut, workers=0, progress=False)
+    assert report.prepared == 2 and report.bad == 0  # max_frames asks for the first 4 frames of each: no bound
+    data, _ = transcode_video(str(tmp_path / "clip.mp4"), fps=2.0, size=64, max_frames=4, frame_limit=9)
+    assert frame_ids(read_video_frames(data, fps=None)[0]) == [0, 5, 10, 15]
+
+
+def test_transcoding_is_byte_reproducible_call_after_call(tmp_path):
+    """PyAV's implicit RGB -> YUV conversion runs swscale on several threads and gave differing bytes for the same
+    frames now and then (3 distinct outputs in 10 calls): each call must give the same bytes."""
+    from videofirst.synthetic import render_video, sample_videos
+    from videofirst.synthetic import write_video as write_noisy_video
+
+    frames = render_video(sample_videos(12, 3, 6.0, seed=3)[1], fps=8.0, size=64)  # shapes over pixel noise
+    source = write_noisy_video(tmp_path / "noisy.mp4", frames, fps=8.0, crf=10)
+    outputs = {transcode_video(str(source), fps=4.0, size=64)[0] for _ in range(10)}
+    assert len(outputs) == 1
+
+
+def test_shards_are_byte_reproducible_and_the_index_gives_member_offsets(collection, tmp_path):
+    """The same manifest prepared in this process and by a pool of workers gives identical shard bytes; each
+    done-marker's index points at the bytes of every member; the videos have no B-frames, as documented."""
+    import av
+
+    single = prepare_shards(collection / "manifest.jsonl", tmp_path / "a", SETTINGS, workers=0, progress=False)
+    pooled = prepare_shards(collection / "manifest.jsonl", tmp_path / "b", SETTINGS, workers=2, progress=False)
+    assert single.prepared == pooled.prepared == 7
+    assert shard_files(tmp_path / "a") == shard_files(tmp_path / "b")
+    for marker_path in sorted((tmp_path / "a").glob("shard-*.json")):
+        marker = json.loads(marker_path.read_text())
+        shard = marker_path.with_suffix(".tar")
+        with tarfile.open(shard) as archive:
+            for sample in marker["index"]:
+                for extension in ("json", "txt", "mp4"):
+                    member = archive.extractfile(f"{sample['key']}.{extension}").read()
+                    assert read_range(str(shard), sample[extension]["offset"], sample[extension]["size"]) == member
+        assert len({sample["mp4"]["offset"] for sample in marker["index"]}) == len(marker["index"]) > 0
+        first = marker["index"][0]["mp4"]
+        with av.open(io.BytesIO(read_range(str(shard), first["offset"], first["size"]))) as container:
+            kinds = {av.video.frame.PictureType(frame.pict_type).name for frame in container.decode(video=0)}
+        assert "B" not in kinds and "I" in kinds
+
+
+def test_manifest_rows_without_a_caption_are_reported_before_any_work(collection, tmp_path):
+    rows = [{"video": "clip0.mp4", "caption": "clip 0"}, {"video": "clip1.mp4", "caption": None}]
+    manifest = tmp_path / "manifest.jsonl"
+    manifest.write_text("".join(json.dumps({**row, "video": str(collection / row["video"])}) + "\n" for row in rows))
+    with pytest.raises(ValueError, match=r"row 2 \(missing\)"):
+        prepare_shards(manifest, tmp_path / "out", SETTINGS, workers=0, progress=False)
+    assert not (tmp_path / "out" / "shard-000000.tar").exists()
+    command = [sys.executable, str(REPO / "training" / "prepare_data.py"), str(manifest), str(tmp_path / "cli")]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert result.returncode == 2 and "row 2 (missing)" in result.stderr and "Traceback" not in result.stderr

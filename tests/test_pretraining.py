@@ -220,15 +220,18 @@ def test_bad_samples_are_skipped_and_counted(tiny_data, tmp_path):
     (data / "train.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
 
     overrides = tiny_overrides(tiny_data, tmp_path / "run", **{"data.train_manifest": data / "train.jsonl"})
-    result = pretraining.pretrain(load_recipe(DEMO, overrides + ["data.max_bad_fraction=0.5"]))
-    assert result.bad_samples >= 2 and result.final_step == 6
+    # 2 bad rows of 18 (11%, above the default 5%): the check waits for `data.bad_fraction_min_samples` (100).
+    result = pretraining.pretrain(load_recipe(DEMO, overrides))
+    assert result.bad_samples >= 1 and result.final_step == 6
+    state = json.loads((tmp_path / "run" / "checkpoints" / "step_00000006" / "trainer_state.json").read_text())
+    # 6 steps of 4 rows read: each bad row is dropped from its batch and counted once, nothing replaces it.
+    assert state["samples_seen"] + state["bad_samples"] == 24 and state["bad_samples"] == result.bad_samples
     log = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [record["bad_samples"] for record in log if "bad_samples" in record][-1] == result.bad_samples
 
+    strict = ["data.max_bad_fraction=0.01", "data.bad_fraction_min_samples=4", f"run.output_dir={tmp_path / 'strict'}"]
     with pytest.raises(RuntimeError, match="max_bad_fraction"):
-        pretraining.pretrain(
-            load_recipe(DEMO, overrides + ["data.max_bad_fraction=0.01", "run.output_dir=" + str(tmp_path / "strict")])
-        )
+        pretraining.pretrain(load_recipe(DEMO, overrides + strict))
 
 
 # Gradient caching --------------------------------------------------------------------------------------------------

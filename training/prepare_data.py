@@ -7,10 +7,12 @@
 Every video is sampled at `--fps` with the processor's exact rules, shrunk to shortest edge `--size`, and
 re-encoded as H.264 with a keyframe every `--keyframe-interval` seconds; images become JPEGs of the same size.
 Files are processed in parallel (`--workers`), shards are written in manifest order with a done-marker each,
-so running the same command again resumes after the last finished shard. Bad files are skipped and listed in
-OUTPUT_DIR/bad_files.jsonl; OUTPUT_DIR/report.json sums up the run. Train on the result by naming the folder as
-the data source (e.g. `data.train_manifest=data/train_shards`). The exit status is 1 when more than
-`--max-bad-fraction` of the files were bad.
+so running the same command again resumes after the last finished shard, and the same input gives the same
+shard bytes. Bad files (unreadable, or more than `--max-clip-frames` frames) are skipped and listed in
+OUTPUT_DIR/bad_files.jsonl; OUTPUT_DIR/report.json sums up the run. A manifest row without a caption (missing,
+null, empty, or not a string) stops the command before any work, naming the rows (exit status 2). Train on the
+result by naming the folder as the data source (e.g. `data.train_manifest=data/train_shards`). The exit status
+is 1 when more than `--max-bad-fraction` of the files were bad.
 """
 
 import argparse
@@ -32,6 +34,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--preset", default="fast", help="x264 preset")
     parser.add_argument("--tune", default="fastdecode", help="x264 tune ('none' to disable)")
     parser.add_argument("--max-frames", type=int, default=None, help="keep at most this many frames per video")
+    parser.add_argument(
+        "--max-clip-frames",
+        type=int,
+        default=PrepareSettings.max_clip_frames,
+        help="refuse (as a bad file) a video that would hold more frames than this (0: no bound)",
+    )
     parser.add_argument("--samples-per-shard", type=int, default=64)
     parser.add_argument("--workers", type=int, default=None, help="worker processes (default: all cores; 0: none)")
     parser.add_argument("--decode-backend", choices=["auto", "pyav", "decord"], default="auto")
@@ -50,17 +58,22 @@ def main(argv: list[str] | None = None) -> int:
         tune=None if args.tune == "none" else args.tune,
         samples_per_shard=args.samples_per_shard,
         max_frames=args.max_frames,
+        max_clip_frames=args.max_clip_frames or None,
     )
-    report = prepare_shards(
-        args.manifest,
-        args.output_dir,
-        settings,
-        workers=args.workers,
-        decode_backend=args.decode_backend,
-        decode_timeout=args.decode_timeout,
-        task_timeout=args.task_timeout,
-        progress=not args.quiet,
-    )
+    try:
+        report = prepare_shards(
+            args.manifest,
+            args.output_dir,
+            settings,
+            workers=args.workers,
+            decode_backend=args.decode_backend,
+            decode_timeout=args.decode_timeout,
+            task_timeout=args.task_timeout,
+            progress=not args.quiet,
+        )
+    except (ValueError, FileNotFoundError) as error:  # a manifest or settings problem, found before any work
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     print(
         f"{report.prepared} of {report.total} files prepared into {report.shards} shards in {report.output_dir} "
         f"({report.bytes / 2**20:.1f} MiB, {report.seconds:.1f} s; {report.resumed_shards} shards were already done); "

@@ -69,6 +69,16 @@ def _files(folder: Path) -> list[Path]:
     return sorted(path for path in folder.rglob("*") if path.is_file())
 
 
+def write_manifest(checkpoint: Path) -> None:
+    """Record the size and SHA-256 of every file of `checkpoint`; written last, so its presence means complete."""
+    files = {
+        path.relative_to(checkpoint).as_posix(): {"bytes": path.stat().st_size, "sha256": _sha256(path)}
+        for path in _files(checkpoint)
+        if path.name != MANIFEST_FILE
+    }
+    (checkpoint / MANIFEST_FILE).write_text(json.dumps({"files": files}, indent=1))
+
+
 def verify(checkpoint: Path) -> str | None:
     """What is wrong with `checkpoint` (a missing, resized or changed file, an unreadable state), or None when
     every file matches the manifest written when it was saved."""
@@ -180,11 +190,7 @@ class CheckpointManager:
                 if self.metrics_log is not None and self.metrics_log.is_file():
                     state.metrics_bytes = self.metrics_log.stat().st_size
                 (partial / STATE_FILE).write_text(json.dumps(asdict(state), indent=2))
-                files = {
-                    path.relative_to(partial).as_posix(): {"bytes": path.stat().st_size, "sha256": _sha256(path)}
-                    for path in _files(partial)
-                }
-                (partial / MANIFEST_FILE).write_text(json.dumps({"files": files}, indent=1))
+                write_manifest(partial)
                 _fsync_tree(partial)
         except Exception as error:
             shutil.rmtree(partial, ignore_errors=True)

@@ -31,11 +31,20 @@ sources must share a modality.
 
 Bad samples
 -----------
-A sample that cannot be read or decoded is *skipped and counted*: the dataset moves on to the next sample of the
-same source and reports how many it skipped in the batch's ``skipped`` tensor, so batches keep their size (which
-contrastive training across processes relies on) and the training loop stops once too large a fraction of the
-data is bad (``data.max_bad_fraction``). Damaged tar shards and samples without media or caption count the same
-way. Decoding happens in DataLoader workers, under the processor's decode timeout.
+A sample that cannot be read or decoded (any decoding error in a DataLoader worker, memory errors included) is
+*dropped and counted once*: it never reaches a batch, no other sample takes its place (so no sample appears twice
+in an epoch), and the batch reports the number of samples it lost in its ``skipped`` count. Map-style batches
+therefore shrink by their bad samples; streams fill their batches with the next good samples (each failure is
+counted in the following good sample). With several processes, `equalize_batch` trims every process's batch to
+the smallest one (a warning names the good samples left out of that step), and a micro-batch with no decodable
+sample on some process is skipped by every process, so all processes always train on batches of one size. The
+training loop stops once more than ``data.max_bad_fraction`` of the samples read were bad, checked from
+``data.bad_fraction_min_samples`` samples on (so one early bad clip cannot stop a run). Damaged tar shards and
+shard samples without media count the same way.
+
+Captions must be non-empty strings. A manifest row whose caption is missing, null, empty, whitespace-only or not
+a string (a number), or a manifest that is not UTF-8, is refused when the manifest is loaded, with the file and
+row named; a tar-shard sample with such a caption (or a non-UTF-8 ``txt``) is a bad sample, counted as above.
 """
 
 from __future__ import annotations
@@ -59,6 +68,7 @@ from videofirst.recipe import DataSection
 from videofirst.shards import (
     IMAGE_EXTENSIONS,
     VIDEO_EXTENSIONS,
+    caption_problem,
     expand_braces,
     index_tar_shard,
     iter_tar_samples,
@@ -73,7 +83,8 @@ MANIFEST_SUFFIXES = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet
 METADATA_FILES = ("metadata.jsonl", "metadata.csv", "metadata.parquet", "metadata.json")
 ROW_COLUMNS = ("media", "modality", "caption", "start", "end", "offset", "size", "error")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
-_BAD_SAMPLE_ERRORS = (VideoDecodingError, ValueError, OSError, EOFError)
+# What reading or decoding one sample may raise (allocation failures included): a bad sample, never a crash.
+_BAD_SAMPLE_ERRORS = (VideoDecodingError, ValueError, OSError, EOFError, RuntimeError, MemoryError)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -207,7 +218,14 @@ def load_manifest(path: str | Path) -> datasets.Dataset:
     if not path.is_file():
         raise FileNotFoundError(f"Manifest not found: {path}")
     builder = MANIFEST_SUFFIXES.get(path.suffix.lower(), "json")
-    rows = datasets.load_dataset(builder, data_files=str(path), split="train")
+    try:
+        rows = datasets.load_dataset(builder, data_files=str(path), split="train")
+        # The JSON reader keeps invalid UTF-8 in string columns (it would fail later, in a worker): check now.
+        rows.data.table.validate(full=True)
+    except Exception as error:  # the CSV reader fails, wrapped in a DatasetGenerationError
+        if _caused_by(error, UnicodeDecodeError) or "UTF8" in str(error):
+            raise ValueError(_not_utf8(path)) from error
+        raise
     media = [column for column in MEDIA_COLUMNS if column in rows.column_names]
     text = [column for column in TEXT_COLUMNS if column in rows.column_names]
     if len(media) != 1 or not text:
@@ -217,6 +235,7 @@ def load_manifest(path: str | Path) -> datasets.Dataset:
         )
     root = path.parent.resolve()
     media_column, text_column = media[0], text[0]
+    _check_captions(path, rows[text_column], text_column)
 
     def normalise(row: dict[str, Any]) -> dict[str, Any]:
         name = row[media_column]
@@ -230,7 +249,7 @@ def load_manifest(path: str | Path) -> datasets.Dataset:
         return {
             "media": None if media_path is None else str(media_path if media_path.is_absolute() else root / media_path),
             "modality": modality or "video",
-            "caption": str(row[text_column] or ""),
+            "caption": row[text_column],
             "start": row.get("start"),
             "end": row.get("end"),
             "offset": None,
@@ -239,6 +258,40 @@ def load_manifest(path: str | Path) -> datasets.Dataset:
         }
 
     return rows.map(normalise, remove_columns=rows.column_names)
+
+
+def _check_captions(path: Path, captions: Sequence[Any], column: str) -> None:
+    """Refuse a manifest whose captions are not all non-empty strings, naming the rows (counted from 1)."""
+    problems = []
+    for number, caption in enumerate(captions, start=1):
+        problem = caption_problem(caption)
+        if problem is not None:
+            problems.append(f"row {number} ({problem})")
+    if problems:
+        shown = ", ".join(problems[:10]) + (f" and {len(problems) - 10} more" if len(problems) > 10 else "")
+        raise ValueError(f"{path}: every `{column}` must be a non-empty string; {shown}.")
+
+
+def _caused_by(error: BaseException | None, kind: type[BaseException]) -> bool:
+    while error is not None:
+        if isinstance(error, kind):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def _not_utf8(path: Path) -> str:
+    """Where a text manifest stops being UTF-8."""
+    with open(path, "rb") as handle:
+        for number, line in enumerate(handle, start=1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as error:
+                return (
+                    f"{path} is not UTF-8: line {number}, byte {error.start + 1} ({line[: error.end + 20]!r}); "
+                    "save the manifest as UTF-8."
+                )
+    return f"{path} is not UTF-8; save the manifest as UTF-8."
 
 
 def load_shards(paths: Sequence[str]) -> datasets.Dataset:
@@ -253,7 +306,8 @@ def load_shards(paths: Sequence[str]) -> datasets.Dataset:
         rows.extend(shard_rows)
     if not rows:
         raise ValueError(f"The shards {list(paths)[:3]}... hold no samples.")
-    return datasets.Dataset.from_list([{column: row[column] for column in ROW_COLUMNS} for row in rows])
+    # The sample key names a bad sample in warnings (``shard.tar#key``).
+    return datasets.Dataset.from_list([{column: row[column] for column in (*ROW_COLUMNS, "key")} for row in rows])
 
 
 def _error_row(media: str, error: str) -> dict:
@@ -355,17 +409,16 @@ def _source_modality(rows: datasets.Dataset) -> str:
 class MediaTextDataset(Dataset):
     """Rows of one source; each item is one decoded clip (or image) with its caption.
 
-    Decoding happens in `__getitem__`, i.e. in the DataLoader workers. A row that fails to decode is
-    logged and the next row is tried; the item reports how many rows it skipped.
+    Decoding happens in `__getitem__`, i.e. in the DataLoader workers. A row that fails to decode is logged and
+    its item carries no pixels and ``skipped=1``: the collator drops it from the batch (nothing takes its place).
     """
 
-    def __init__(self, rows: datasets.Dataset, video_processor, data: DataSection, max_skips: int = 16):
+    def __init__(self, rows: datasets.Dataset, video_processor, data: DataSection):
         if len(rows) == 0:
             raise ValueError("The source has no rows.")
         self.rows = rows
         self.video_processor = video_processor
         self.data = data
-        self.max_skips = min(max_skips, len(rows))
         self.modality = _source_modality(rows)
 
     def __len__(self) -> int:
@@ -375,17 +428,13 @@ class MediaTextDataset(Dataset):
         return load_media(row, self.video_processor, self.data)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        for skipped in range(self.max_skips):
-            row = self.rows[(index + skipped) % len(self.rows)]
-            try:
-                pixels = self._load(row)
-            except _BAD_SAMPLE_ERRORS as error:
-                logger.warning("Skipping %s: %s", _describe(row), error)
-                continue
-            return {"pixels": pixels, "modality": row["modality"], "caption": row["caption"], "skipped": skipped}
-        raise RuntimeError(
-            f"{self.max_skips} consecutive samples from row {index} could not be decoded; the data looks broken."
-        )
+        row = self.rows[index]
+        try:
+            pixels = self._load(row)
+        except _BAD_SAMPLE_ERRORS as error:
+            logger.warning("Skipping %s: %s: %s", _describe(row), type(error).__name__, error)
+            return {"pixels": None, "modality": row["modality"], "caption": row["caption"], "skipped": 1}
+        return {"pixels": pixels, "modality": row["modality"], "caption": row["caption"], "skipped": 0}
 
 
 class MixedMediaTextDataset(Dataset):
@@ -510,7 +559,7 @@ class _DecodeAndCount:
         try:
             pixels = load_media(row, self.video_processor, self.data)
         except _BAD_SAMPLE_ERRORS as error:
-            logger.warning("Skipping %s: %s", _describe(row), error)
+            logger.warning("Skipping %s: %s: %s", _describe(row), type(error).__name__, error)
             self.pending += 1
             return {"pixels": None, "modality": row["modality"], "caption": row["caption"], "skipped": 0}
         skipped, self.pending = self.pending, 0
@@ -552,14 +601,21 @@ def _was_decoded(row: dict[str, Any]) -> bool:  # a module-level function: pickl
 
 
 class MediaTextCollator:
-    """Stacks clips (padded, with a frame mask) or images, and tokenizes the captions."""
+    """Stacks clips (padded, with a frame mask) or images, and tokenizes the captions. Samples that failed to
+    decode (no pixels) are dropped; ``skipped`` (shape ``(1,)``, so that accelerate can concatenate batches)
+    counts the bad samples the batch stands for."""
 
     def __init__(self, tokenizer, tubelet_frames: int, max_text_length: int):
         self.tokenizer = tokenizer
         self.tubelet_frames = tubelet_frames
         self.max_text_length = max_text_length
 
-    def __call__(self, samples: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    def __call__(self, samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        skipped = torch.tensor([sum(int(sample["skipped"]) for sample in samples)])
+        samples = [sample for sample in samples if sample["pixels"] is not None]
+        if not samples:  # every sample failed: an empty batch that the loops skip (see `equalize_batch`)
+            empty = torch.zeros(0, 0, dtype=torch.long)
+            return {"input_ids": empty, "attention_mask": empty, "skipped": skipped, "captions": []}
         modalities = {sample["modality"] for sample in samples}
         if len(modalities) != 1:
             raise ValueError(f"A batch mixes modalities {sorted(modalities)}; keep video and image sources apart.")
@@ -573,7 +629,7 @@ class MediaTextCollator:
         batch = {
             "input_ids": text["input_ids"],
             "attention_mask": text["attention_mask"],
-            "skipped": torch.tensor([sample["skipped"] for sample in samples]),
+            "skipped": skipped,
             # The strings themselves, so evaluation pairs each clip with its caption even after skips.
             "captions": [sample["caption"] for sample in samples],
         }
@@ -583,6 +639,33 @@ class MediaTextCollator:
         else:
             batch["pixel_values_videos"], batch["video_frame_mask"] = pad_video_batch(pixels, self.tubelet_frames)
         return batch
+
+
+def equalize_batch(batch: dict[str, Any], accelerator) -> dict[str, Any]:
+    """`batch` trimmed to the smallest batch size over all processes (one tiny all-gather), so every process
+    trains on as many samples as the others after dropping bad ones. Trimmed samples are good samples left out
+    of this step (named in a warning); they are not counted as bad. A batch left empty is skipped by the
+    caller on every process (its ``skipped`` count still counts)."""
+    size = len(batch["captions"])
+    if accelerator.num_processes == 1:
+        return batch
+    smallest = int(accelerator.gather(torch.tensor([size], device=accelerator.device)).min())
+    if smallest == size:
+        return batch
+    logger.warning(
+        "Process %d: %d decodable samples of this batch left out (%s) so that every process trains on %d "
+        "(another process dropped more bad samples).",
+        accelerator.process_index, size - smallest, batch["captions"][smallest:], smallest,
+    )  # fmt: skip
+    if smallest == 0:  # nothing to keep: the empty batch of `MediaTextCollator`
+        empty = torch.zeros(0, 0, dtype=torch.long, device=batch["input_ids"].device)
+        return {"input_ids": empty, "attention_mask": empty, "skipped": batch["skipped"], "captions": []}
+    trimmed = {}
+    for key, value in batch.items():
+        if key != "skipped" and (torch.is_tensor(value) or isinstance(value, list)):
+            value = value[:smallest]  # every per-sample tensor (dim 0) and the caption list
+        trimmed[key] = value
+    return trimmed
 
 
 def training_sources(data: DataSection) -> str | list[dict[str, Any]]:

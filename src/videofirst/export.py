@@ -10,17 +10,20 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import logging
 import shutil
 from pathlib import Path
 from typing import Any
 
 from transformers import PreTrainedModel, ProcessorMixin
 
+from videofirst.checkpointing import CheckpointError, verify
 from videofirst.hub import ModelCardOptions, RunInfo, hub_model_id, load_results, with_run_eval, write_hub_files
 
 __all__ = ["export_checkpoint", "export_run"]
 
 _TRAINER_STATE = "trainer_state.json"
+logger = logging.getLogger(__name__)
 
 
 def export_checkpoint(
@@ -137,12 +140,11 @@ def _load_source(source: Path):
         if (source / "export" / "config.json").is_file():
             source = source / "export"
         else:
-            checkpoints = sorted((source / "checkpoints").glob("step_????????"))
-            checkpoints = [path for path in checkpoints if (path / _TRAINER_STATE).is_file()]
-            if not checkpoints:
-                raise FileNotFoundError(f"run {run_dir} has neither an export/ folder nor a completed checkpoint")
-            source = checkpoints[-1]
+            source = _newest_valid_checkpoint(run_dir)
     if (source / _TRAINER_STATE).is_file():
+        problem = verify(source)
+        if problem is not None:
+            raise CheckpointError(f"refusing to export {source}: {problem}")
         return (*_load_training_checkpoint(source), source.parent.parent)
     if (source / "config.json").is_file():
         model = VideoFirstModel.from_pretrained(source)
@@ -155,6 +157,21 @@ def _load_source(source: Path):
         f"{source} is neither a run folder (recipe.yaml), an exported checkpoint (config.json) nor a training "
         f"checkpoint ({_TRAINER_STATE})"
     )
+
+
+def _newest_valid_checkpoint(run_dir: Path) -> Path:
+    """The run's newest checkpoint whose files match its manifest; newer damaged ones are named in a warning."""
+    checkpoints = sorted((run_dir / "checkpoints").glob("step_????????"), reverse=True)
+    problems = []
+    for checkpoint in checkpoints:
+        problem = verify(checkpoint)
+        if problem is None:
+            if problems:
+                logger.warning("Exporting %s; newer checkpoints are damaged: %s", checkpoint.name, "; ".join(problems))
+            return checkpoint
+        problems.append(problem)
+    detail = f" (damaged: {'; '.join(problems)})" if problems else ""
+    raise FileNotFoundError(f"run {run_dir} has neither an export/ folder nor a valid checkpoint{detail}")
 
 
 def _load_training_checkpoint(checkpoint: Path):

@@ -187,8 +187,8 @@ def pretrain(recipe: PretrainRecipe) -> PretrainResult:
     for batch, slot in run.micro_batches(train_loader, desc="pretrain"):
         with run.accumulate(model):
             loss, kept = objective(batch, state.step, slot)
-            if images is not None:
-                image_batch = next(images)
+            image_batch = next(images) if images is not None else None
+            if image_batch is not None and image_batch["captions"]:  # empty: no image decoded on some process
                 image_loss, _ = objective(image_batch, state.step, slot + 500, recipe.data.image_loss_weight)
                 loss = loss + recipe.data.image_loss_weight * image_loss
             run.optimizer_step(model, optimizer)
@@ -233,8 +233,9 @@ def _evaluate(model, accelerator, recipe, eval_loader, processor, logger, step) 
             for index, batch in enumerate(eval_loader):
                 if recipe.eval.max_videos is not None and index * recipe.eval.batch_size >= recipe.eval.max_videos:
                     return
-                captions.extend(batch["captions"])
-                yield batch
+                if batch["captions"]:  # empty when every clip of the batch failed to decode
+                    captions.extend(batch["captions"])
+                    yield batch
 
         unwrapped = accelerator.unwrap_model(model)
         video_embeds = embed_videos(unwrapped, video_batches(), device=accelerator.device)

@@ -62,8 +62,10 @@ class DataSection:
     sampling: str = "fps"
     image_size: int = 224
     num_workers: int = 0
-    # The run stops once more than this fraction of the samples read so far failed to decode.
+    # The run stops once more than this fraction of the samples read so far failed to decode ...
     max_bad_fraction: float = 0.05
+    # ... checked once at least this many samples were read (one bad clip among the first few stops nothing).
+    bad_fraction_min_samples: int = 100
     # Training data as a weighted mix, e.g. [{source: data/clips_shards, weight: 3}, {source: img.jsonl, weight: 1}]:
     # each batch comes from one source, chosen by weight, deterministic by seed and epoch. Empty: `train_manifest`.
     # Any manifest field also takes a folder, tar shards or a Hub dataset id (see videofirst.data).
@@ -187,6 +189,7 @@ _RULES: dict[type, dict[str, tuple[Any, str]]] = {
         "image_size": (_positive, "at least 1"),
         "num_workers": (_non_negative, ">= 0"),
         "max_bad_fraction": (_fraction, "in [0, 1]"),
+        "bad_fraction_min_samples": (_non_negative, ">= 0"),
         "shuffle_buffer": (_positive, "at least 1"),
         "decode_backend": (lambda value: value in ("auto", "pyav", "decord"), "'auto', 'pyav' or 'decord'"),
         "keyframe_snap": (lambda value: value is None or value >= 0, "null or >= 0"),

@@ -61,6 +61,7 @@ RESUMABLE_CHANGES = (
     "data.eval_manifest",
     "data.num_workers",
     "data.max_bad_fraction",
+    "data.bad_fraction_min_samples",
 )
 # How a run was started, not what it is.
 _START_FLAGS = ("checkpoint.resume", "checkpoint.overwrite")

@@ -8,22 +8,25 @@ first dot of its file name, as in WebDataset). A sample has one media member (a 
 
 Reading: `index_tar_shard` lists the samples of a local shard with the byte range of their media member, so a
 map-style dataset reads any sample with one seek (`read_range`); `iter_tar_samples` reads a shard front to back
-(local or remote, e.g. ``hf://`` or ``https://`` through fsspec) for streaming. Unreadable or truncated shards
-and incomplete samples are reported as bad samples, never raised.
+(local or remote, e.g. ``hf://`` or ``https://`` through fsspec) for streaming. Unreadable or truncated shards,
+incomplete samples and samples whose caption is not a non-empty UTF-8 string are reported as bad samples,
+never raised.
 
 Preparing (`prepare_shards`, CLI ``training/prepare_data.py``): decoding dominates long-video training, so a
 collection is transcoded once. Each video is sampled at the training frame rate with the exact rules of
 `read_video_frames` (the frame on screen at every ``k / fps`` seconds of its clip), resized so its shortest
 edge is ``size``, and re-encoded as H.264 with a keyframe every ``keyframe_interval`` seconds, no B-frames, and
-x264's ``fastdecode`` tuning. Why transcoded mp4 rather than stored frames: the processor reads it unchanged
+x264's ``fastdecode`` tuning, byte-reproducibly (bit-exact muxing without version tags or creation time, one
+encoder and one scaler thread). Why transcoded mp4 rather than stored frames: the processor reads it unchanged
 (same sampling code, clip bounds, timestamps, checks), it is several times smaller than the same frames as
 JPEGs, and it keeps any lower sampling rate or sub-clip available; with short keyframe intervals a clip decodes
 from a nearby keyframe. Images are re-encoded as JPEG at the same size. Work is spread over a process pool (one
 task per file); shards are written in manifest order, each atomically, followed by a done-marker
-(``shard-000012.json``, which also lists the shard's bad files), so an interrupted run resumes at the first
-unfinished shard and rebuilds it byte for byte. A file that fails (bad input, decode error, or a worker stuck
-past the time limit, which is then killed) is skipped and listed in ``bad_files.jsonl``; ``report.json`` sums
-up the run.
+(``shard-000012.json``, which also lists the shard's bad files and the byte offset and size of every member),
+so an interrupted run resumes at the first unfinished shard and rebuilds it byte for byte. A file that fails
+(bad input, decode error, a clip longer than ``max_clip_frames`` frames, or a worker stuck past the time limit,
+which is then killed) is skipped and listed in ``bad_files.jsonl``; ``report.json`` sums up the run. The
+manifest is read with `videofirst.data.load_manifest`, which refuses rows without a proper caption up front.
 """
 
 from __future__ import annotations
@@ -53,7 +56,7 @@ SHARD_NAME = "shard-{:06d}.tar"
 SETTINGS_FILE = "prepared.json"
 REPORT_FILE = "report.json"
 BAD_FILES = "bad_files.jsonl"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: no B-frames (really), bit-exact muxing, real member offsets
 _CHUNK_FRAMES = 512  # frames decoded at once while transcoding (bounds a worker's memory)
 
 
@@ -97,18 +100,24 @@ def sample_row(key: str, shard: str, metadata: dict[str, bytes], media: tuple[st
             info = parsed if isinstance(parsed, dict) else {}
         except (UnicodeDecodeError, json.JSONDecodeError) as err:
             error = f"invalid json member: {err}"
-    caption = info.get("caption") or info.get("text")
+    caption = info.get("caption") if info.get("caption") is not None else info.get("text")
     if caption is None and "txt" in metadata:
-        caption = metadata["txt"].decode("utf-8", errors="replace").strip()
+        try:
+            caption = metadata["txt"].decode("utf-8").strip()
+        except UnicodeDecodeError as err:
+            error = error or f"the txt member is not UTF-8 ({err})"
     extension, modality = _media_extension([media[0]] if media else [])
+    problem = caption_problem(caption)
     if media is None:
         error = error or "sample has no video or image member"
-    elif not caption:
+    elif caption is None or (isinstance(caption, str) and problem is not None):
         error = error or "sample has no caption (txt, or caption/text in json)"
+    elif problem is not None:
+        error = error or f"the caption is {problem}"
     return {
         "media": shard,
         "modality": modality or str(info.get("modality") or "video"),
-        "caption": str(caption or ""),
+        "caption": caption if isinstance(caption, str) else "",
         "start": _seconds(info.get("start")),
         "end": _seconds(info.get("end")),
         "offset": media[1] if media else None,
@@ -116,6 +125,19 @@ def sample_row(key: str, shard: str, metadata: dict[str, bytes], media: tuple[st
         "key": key,
         "error": error,
     }
+
+
+def caption_problem(caption: Any) -> str | None:
+    """What is wrong with a caption (None when it is a non-empty string): "missing", "empty", "a number: 5"..."""
+    if caption is None:
+        return "missing"
+    if isinstance(caption, (int, float)) and not isinstance(caption, bool):
+        return f"a number: {caption!r}"
+    if not isinstance(caption, str):
+        return f"not a string: {caption!r}"
+    if not caption.strip():
+        return "empty" if not caption else "empty (whitespace only)"
+    return None
 
 
 def _seconds(value) -> float | None:
@@ -232,12 +254,17 @@ class TarShardWriter:
         self.samples: list[dict] = []
 
     def add(self, key: str, files: dict[str, bytes]) -> None:
+        """Adds one sample's members (``{extension: bytes}``, in that order) and records where each member's data
+        starts in the shard (``samples``, written to the shard's done-marker as its index)."""
         entry: dict[str, Any] = {"key": key}
         for extension, data in files.items():
             info = tarfile.TarInfo(f"{key}.{extension}")
-            info.size, info.mtime, info.mode = len(data), 0, 0o644
+            info.size, info.mtime, info.mode = len(data), 0, 0o644  # uid/gid 0 and empty owner names by default
             self.archive.addfile(info, io.BytesIO(data))
-            entry[extension] = {"offset": info.offset_data, "size": len(data)}
+            # The data ends at the archive's position, padded to a whole block (tarfile does not set offset_data
+            # when writing).
+            padded = -(-len(data) // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
+            entry[extension] = {"offset": self.archive.offset - padded, "size": len(data)}
         self.samples.append(entry)
 
     def close(self) -> int:
@@ -284,6 +311,31 @@ def _sampled_chunks(
             return
 
 
+def _check_frame_limit(source, fps, start, end, limit, decode_backend, decode_timeout) -> None:
+    """Refuse a clip with more than `limit` samples at `fps`: one probe for sample number `limit` (counted from
+    0), which exists exactly when there are more, costs one frame instead of the whole clip."""
+    from videofirst.modeling.video_processing_videofirst import VideoDecodingError, read_video_frames
+
+    probe = (start or 0.0) + limit / fps
+    if end is not None and probe >= end:
+        return
+    try:
+        read_video_frames(
+            source, fps=fps, num_frames=1, start=probe, end=end, size=16, max_frames=None,
+            backend=decode_backend, timeout=decode_timeout,
+        )  # fmt: skip
+    except ValueError as err:
+        if "at or after the end" in str(err):
+            return
+        raise
+    name = source if isinstance(source, str) else f"<{len(source)} bytes>"
+    raise VideoDecodingError(
+        name,
+        f"the clip would hold more than {limit} frames at {fps:g} FPS (its timestamps run past {probe:g} s: a very "
+        "long video or a timestamp gap); raise the bound (--max-clip-frames) or keep the first frames (--max-frames)",
+    )
+
+
 def transcode_video(
     source: str | bytes,
     *,
@@ -298,16 +350,23 @@ def transcode_video(
     decode_backend: str = "pyav",
     decode_timeout: float | None = 300.0,
     max_frames: int | None = None,
+    frame_limit: int | None = None,
 ) -> tuple[bytes, dict[str, Any]]:
     """Samples a video (or its clip ``[start, end)``) at `fps` with the rules of `read_video_frames`, shrinks it
     to shortest edge `size`, and encodes it as H.264 mp4 (yuv420p, no B-frames, a keyframe every
     `keyframe_interval` seconds; x264's ``tune=fastdecode`` by default: no CABAC nor deblocking, which about
     halves decoding time for some 10% more bytes at the same quality).
 
+    `max_frames` keeps the first frames of a longer clip; `frame_limit` refuses (before decoding it) a clip that
+    would hold more frames than that, e.g. a few frames with a huge timestamp gap.
+
     Returns the mp4 bytes and facts about the result (frames, frame size, and the source times of its first
     and last frame). Raises `VideoDecodingError` for a bad input.
     """
     import av
+
+    if frame_limit is not None and (max_frames is None or max_frames > frame_limit):
+        _check_frame_limit(source, fps, start, end, frame_limit, decode_backend, decode_timeout)
 
     rate = Fraction(fps).limit_denominator(1000)
     gop = max(1, round(keyframe_interval * fps))
@@ -319,17 +378,22 @@ def transcode_video(
     height, width = _even(frames.shape[1]), _even(frames.shape[2])  # yuv420p needs even sides
     facts = {"frames": 0, "fps": float(fps), "height": height, "width": width, "source_first_time": float(times[0])}
     buffer = io.BytesIO()
-    with av.open(buffer, mode="w", format="mp4") as container:
+    # Byte-reproducible output: no muxer or encoder version tags, no creation time, one encoder thread, and the
+    # RGB -> YUV conversion on one thread (PyAV's implicit one uses threaded swscale, whose bytes vary from call
+    # to call). The pool parallelises over files.
+    with av.open(buffer, mode="w", format="mp4", container_options={"fflags": "+bitexact"}) as container:
         stream = container.add_stream("libx264", rate=rate)
         stream.height, stream.width, stream.pix_fmt = height, width, "yuv420p"
         stream.gop_size = gop
-        stream.codec_context.thread_count = 1  # the pool parallelises; one thread keeps the bytes reproducible
-        stream.options = {"crf": str(crf), "preset": preset, "bframes": "0", "keyint_min": str(gop)}
-        if tune:
-            stream.options = {**stream.options, "tune": tune}
+        codec = stream.codec_context
+        codec.thread_count = 1
+        codec.max_b_frames = 0  # x264 has no "bframes" option under that name: set the generic one
+        codec.flags |= av.codec.context.Flags.bitexact
+        stream.options = {"crf": str(crf), "preset": preset, "keyint_min": str(gop), **({"tune": tune} if tune else {})}
         while frames is not None:
             for array in frames:
                 frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(array[:height, :width]), format="rgb24")
+                frame = frame.reformat(format="yuv420p", threads=1)
                 frame.pts, frame.time_base = facts["frames"], 1 / rate
                 for packet in stream.encode(frame):
                     container.mux(packet)
@@ -372,7 +436,11 @@ class PrepareSettings:
     preset: str = "fast"
     tune: str | None = "fastdecode"
     samples_per_shard: int = 64
+    # Keep at most this many frames of each video (None: all) ...
     max_frames: int | None = None
+    # ... and refuse (as a bad file) a clip that would hold more than this many (a timestamp gap can make a
+    # 3-frame file last 100000 s). None: no bound.
+    max_clip_frames: int | None = 18_000
     format_version: int = FORMAT_VERSION
 
 
@@ -416,6 +484,7 @@ def prepare_one(row_index: int, row: dict[str, Any], settings: PrepareSettings, 
                 decode_backend=options.get("decode_backend", "pyav"),
                 decode_timeout=options.get("decode_timeout"),
                 max_frames=settings.max_frames,
+                frame_limit=settings.max_clip_frames,
             )
             media = {"mp4": data}
     except Exception as err:  # every failure is a bad file, reported, never fatal

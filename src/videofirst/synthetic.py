@@ -345,7 +345,10 @@ def write_video(
             "keyint_min": str(gop),
         }
         for array in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(array, format="rgb24")):
+            # Converted here on one thread: PyAV's implicit conversion uses threaded swscale, whose output
+            # varies from call to call.
+            frame = av.VideoFrame.from_ndarray(array, format="rgb24").reformat(format="yuv420p", threads=1)
+            for packet in stream.encode(frame):
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)

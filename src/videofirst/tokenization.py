@@ -8,7 +8,6 @@ vocabulary; its pieces and scores become a `tokenizers` Unigram model with BERT-
 """
 
 import argparse
-import json
 import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -22,19 +21,11 @@ SPECIAL_TOKENS["mask_token"] = "[MASK]"
 
 
 def read_captions(manifest: str | Path) -> list[str]:
-    """Captions of a JSONL or CSV manifest (`caption` or `text` column)."""
-    manifest = Path(manifest)
-    if manifest.suffix == ".csv":
-        import csv
+    """Captions of a manifest (or any data source), read and checked like the training data
+    (`videofirst.data.load_manifest`: non-empty strings, UTF-8, errors naming the file and row)."""
+    from videofirst.data import source_captions  # here: the data pipeline is not needed to train a tokenizer
 
-        with manifest.open(newline="") as handle:
-            rows = list(csv.DictReader(handle))
-    else:
-        rows = [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]
-    captions = [row.get("caption") or row.get("text") for row in rows]
-    if not any(captions):
-        raise ValueError(f"{manifest} has no `caption` or `text` column to train a tokenizer on.")
-    return [caption for caption in captions if caption]
+    return source_captions(str(manifest))
 
 
 def train_sentencepiece_tokenizer(

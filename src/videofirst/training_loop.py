@@ -53,6 +53,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from videofirst.checkpointing import CheckpointError, CheckpointManager, TrainerState
+from videofirst.data import equalize_batch
 from videofirst.recipe import Recipe
 from videofirst.run_folder import RunFolder, RunFolderError, exit_with_launcher, flat_config
 from videofirst.run_logging import RunLogger, tracker_names
@@ -101,10 +102,11 @@ def check_finite(loss: torch.Tensor, accelerator: Accelerator) -> None:
     )
 
 
-def check_bad_fraction(state: TrainerState, limit: float) -> None:
-    """Stop the run once more than `limit` of the samples read so far could not be decoded."""
+def check_bad_fraction(state: TrainerState, limit: float, min_samples: int = 0) -> None:
+    """Stop the run once more than `limit` of the samples read so far could not be decoded, from `min_samples`
+    samples read on (a single bad clip among the first few is no evidence of broken data)."""
     total = state.samples_seen + state.bad_samples
-    if total and state.bad_samples / total > limit:
+    if total and total >= min_samples and state.bad_samples / total > limit:
         raise RuntimeError(
             f"{state.bad_samples} of {total} samples could not be decoded ({state.bad_samples / total:.1%}), "
             f"more than `data.max_bad_fraction` = {limit:.1%}. Check the data (see the warnings above)."
@@ -118,10 +120,13 @@ def batches_from(loader, accelerator: Accelerator, epoch: int, skip: int):
 
 
 def cycle_batches(loader, accelerator: Accelerator, start_batch: int) -> Iterator[Any]:
-    """Endless batches, starting at global batch index `start_batch` (so resuming continues the stream)."""
+    """Endless batches, starting at global batch index `start_batch` (so resuming continues the stream), of one
+    size on every process (`equalize_batch`; a batch left empty by bad samples is yielded empty on every process,
+    for the caller to pass over, so that positions stay aligned with the steps)."""
     epoch, skip = divmod(start_batch, len(loader))
     while True:
-        yield from batches_from(loader, accelerator, epoch, skip)
+        for batch in batches_from(loader, accelerator, epoch, skip):
+            yield equalize_batch(batch, accelerator)
         epoch, skip = epoch + 1, 0
 
 
@@ -226,7 +231,8 @@ class TrainingRun:
     def micro_batches(self, loader, desc: str) -> Iterator[tuple[Any, int]]:
         """`(batch, slot)` from where the run stands until `optim.max_steps` optimizer steps are done, epoch after
         epoch, under a progress bar; `slot` numbers the micro-batches of the current optimizer step (for
-        `reseed`). Each micro-batch must end with `end_micro_batch`."""
+        `reseed`). Batches have one size on every process (`equalize_batch`); a batch left empty by bad samples
+        is counted and passed over on every process. Each micro-batch must end with `end_micro_batch`."""
         state, max_steps = self.state, self.recipe.optim.max_steps
         self._progress = tqdm(
             total=max_steps, initial=state.step, disable=not self.accelerator.is_main_process, desc=desc
@@ -234,6 +240,10 @@ class TrainingRun:
         self._slot = 0
         while state.step < max_steps:
             for batch in batches_from(loader, self.accelerator, state.epoch, state.batches_in_epoch):
+                batch = equalize_batch(batch, self.accelerator)
+                if not batch["captions"]:
+                    self._count(batch, videos=0)
+                    continue
                 yield batch, self._slot
                 if state.step >= max_steps:
                     break
@@ -273,15 +283,7 @@ class TrainingRun:
         samples were bad. When it completed an optimizer step, step the scheduler and the state, and return the
         loss averaged over processes; else (gradients still accumulate) None."""
         accelerator, state = self.accelerator, self.state
-        state.batches_in_epoch += 1
-        skipped = int(accelerator.reduce(batch["skipped"].to(accelerator.device).sum(), "sum"))
-        videos = int(accelerator.reduce(torch.tensor(videos, device=accelerator.device)))
-        state.bad_samples += skipped
-        state.samples_seen += videos
-        if tokens is not None:
-            tokens = int(accelerator.reduce(torch.tensor(tokens, device=accelerator.device)))
-        self.logger.count(videos, tokens or 0)
-        check_bad_fraction(state, self.recipe.data.max_bad_fraction)
+        self._count(batch, videos, tokens)
         self._slot += 1
         if not accelerator.sync_gradients:
             return None
@@ -293,6 +295,20 @@ class TrainingRun:
         loss_value = accelerator.reduce(loss.detach(), "mean").item()
         self._progress.set_postfix(loss=f"{loss_value:.4f}")
         return loss_value
+
+    def _count(self, batch, videos: int, tokens: int | None = None) -> None:
+        """A consumed micro-batch: its position, and its clips and bad samples summed over processes."""
+        accelerator, state = self.accelerator, self.state
+        state.batches_in_epoch += 1
+        skipped = int(accelerator.reduce(batch["skipped"].to(accelerator.device).sum(), "sum"))
+        videos = int(accelerator.reduce(torch.tensor(videos, device=accelerator.device)))
+        state.bad_samples += skipped
+        state.samples_seen += videos
+        if tokens is not None:
+            tokens = int(accelerator.reduce(torch.tensor(tokens, device=accelerator.device)))
+        self.logger.count(videos, tokens or 0)
+        data = self.recipe.data
+        check_bad_fraction(state, data.max_bad_fraction, data.bad_fraction_min_samples)
 
     def due(self, every: int) -> bool:
         """Whether something done every `every` optimizer steps and at the last one (logging, saving) is due now."""

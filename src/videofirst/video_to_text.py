@@ -396,6 +396,8 @@ class _Evaluator:
         for index, batch in enumerate(self.eval_loader):
             if recipe.eval.max_videos is not None and index * recipe.eval.batch_size >= recipe.eval.max_videos:
                 break
+            if not batch["captions"]:  # every clip of the batch failed to decode
+                continue
             videos = batch["pixel_values_videos"].to(device)
             frame_mask = batch["video_frame_mask"].to(device)
             with torch.no_grad():
