@@ -18,7 +18,10 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
 from transformers.models.auto.modeling_auto import AutoModel
-from transformers.utils import ModelOutput
+from transformers.processing_utils import Unpack
+from transformers.utils import ModelOutput, TransformersKwargs
+from transformers.utils.generic import can_return_tuple
+from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
 from .configuration_videofirst import VideoFirstConfig, VideoFirstVisionConfig, tube_grid
 from .masking_videofirst import TokenGroups, TokenSelection, select_tokens
@@ -310,7 +313,10 @@ class VideoFirstAttention(nn.Module):
         self.v_proj = nn.Linear(self.embed_dim, self.embed_dim, bias=config.qkv_bias)
         self.out_proj = nn.Linear(self.embed_dim, self.embed_dim)
 
-    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The attended tokens and, on the eager path, the attention weights `(batch, heads, tokens, tokens)`."""
         input_shape = hidden_states.shape[:-1]
         hidden_shape = (*input_shape, self.num_heads, self.head_dim)
         query = self.q_proj(hidden_states).view(hidden_shape).transpose(1, 2)
@@ -320,7 +326,7 @@ class VideoFirstAttention(nn.Module):
         attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
             self.config._attn_implementation, eager_attention_forward
         )
-        attn_output, _ = attention_interface(
+        attn_output, attn_weights = attention_interface(
             self,
             query,
             key,
@@ -330,7 +336,7 @@ class VideoFirstAttention(nn.Module):
             scaling=self.scaling,
             dropout=self.dropout if self.training else 0.0,
         )
-        return self.out_proj(attn_output.reshape(*input_shape, self.embed_dim))
+        return self.out_proj(attn_output.reshape(*input_shape, self.embed_dim)), attn_weights
 
 
 # Activations whose derivative `GeluLinear` computes itself: `hidden_act` to F.gelu's `approximate`.
@@ -450,8 +456,8 @@ class VideoFirstEncoderLayer(GradientCheckpointingLayer):
         if layout.spatial is None:
             batch_size, length, dim = hidden_states.shape
             per_frame = hidden_states.reshape(-1, layout.grid[1], dim)
-            return self.self_attn(per_frame).reshape(batch_size, length, dim)
-        packed = self.self_attn(layout.spatial.pack(hidden_states), layout.spatial_mask)
+            return self.self_attn(per_frame)[0].reshape(batch_size, length, dim)
+        packed = self.self_attn(layout.spatial.pack(hidden_states), layout.spatial_mask)[0]
         return layout.spatial.unpack(packed, hidden_states)
 
     def _temporal_attention(self, hidden_states: torch.Tensor, layout: AttentionLayout) -> torch.Tensor:
@@ -459,16 +465,16 @@ class VideoFirstEncoderLayer(GradientCheckpointingLayer):
             batch_size, length, dim = hidden_states.shape
             steps, spatial = layout.grid
             per_position = hidden_states.reshape(batch_size, steps, spatial, dim).transpose(1, 2)
-            attended = self.temporal_attn(per_position.reshape(-1, steps, dim))
+            attended = self.temporal_attn(per_position.reshape(-1, steps, dim))[0]
             attended = attended.reshape(batch_size, spatial, steps, dim).transpose(1, 2)
             return attended.reshape(batch_size, length, dim)
-        packed = self.temporal_attn(layout.temporal.pack(hidden_states), layout.temporal_mask)
+        packed = self.temporal_attn(layout.temporal.pack(hidden_states), layout.temporal_mask)[0]
         return layout.temporal.unpack(packed, hidden_states)
 
     def forward(self, hidden_states: torch.Tensor, layout: AttentionLayout) -> torch.Tensor:
         normed = self.layer_norm1(hidden_states)
         if self.attention_type == "joint":
-            hidden_states = hidden_states + self.self_attn(normed, layout.joint_mask)
+            hidden_states = hidden_states + self.self_attn(normed, layout.joint_mask)[0]
         else:
             hidden_states = hidden_states + self._spatial_attention(normed, layout)
         if self.attention_type == "factorized":
@@ -487,15 +493,11 @@ class VideoFirstEncoder(nn.Module):
         self.layers = nn.ModuleList([VideoFirstEncoderLayer(config) for _ in range(config.num_hidden_layers)])
         self.gradient_checkpointing = False
 
-    def forward(
-        self, hidden_states: torch.Tensor, layout: AttentionLayout, output_hidden_states: bool = False
-    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
-        all_hidden_states = (hidden_states,) if output_hidden_states else None
+    def forward(self, hidden_states: torch.Tensor, layout: AttentionLayout) -> torch.Tensor:
+        # Hidden states and attention weights are recorded by hooks (`_can_record_outputs`), not returned here.
         for layer in self.layers:
             hidden_states = layer(hidden_states, layout)
-            if output_hidden_states:
-                all_hidden_states = all_hidden_states + (hidden_states,)
-        return hidden_states, all_hidden_states
+        return hidden_states
 
 
 class VideoFirstAttentionPoolingHead(nn.Module):
@@ -510,7 +512,7 @@ class VideoFirstAttentionPoolingHead(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
         probe = self.probe.expand(hidden_states.shape[0], -1, -1)
-        pooled = self.attention(probe, hidden_states, key_mask)
+        pooled = self.attention(probe, hidden_states, key_mask)[0]
         pooled = pooled + self.mlp(self.layernorm(pooled))
         return pooled[:, 0]
 
@@ -520,7 +522,7 @@ class VideoFirstPoolingAttention(VideoFirstAttention):
 
     def forward(
         self, query_states: torch.Tensor, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None
-    ) -> torch.Tensor:
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         batch_size = hidden_states.shape[0]
         query = self.q_proj(query_states).view(batch_size, -1, self.num_heads, self.head_dim).transpose(1, 2)
         key = self.k_proj(hidden_states).view(batch_size, -1, self.num_heads, self.head_dim).transpose(1, 2)
@@ -528,10 +530,10 @@ class VideoFirstPoolingAttention(VideoFirstAttention):
         attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
             self.config._attn_implementation, eager_attention_forward
         )
-        attn_output, _ = attention_interface(
+        attn_output, attn_weights = attention_interface(
             self, query, key, value, attention_mask, is_causal=False, scaling=self.scaling, dropout=0.0
         )
-        return self.out_proj(attn_output.reshape(batch_size, -1, self.embed_dim))
+        return self.out_proj(attn_output.reshape(batch_size, -1, self.embed_dim)), attn_weights
 
 
 class VideoFirstPreTrainedModel(PreTrainedModel):
@@ -542,14 +544,45 @@ class VideoFirstPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _no_split_modules = ["VideoFirstEncoderLayer"]
     _supports_sdpa = True
+    # Not declared: flash attention takes no additive float masks, and the masks here are per-key float masks
+    # (`additive_key_mask`) over packed per-frame / per-position groups; flex attention would need a BlockMask
+    # per layout. Neither has been checked against eager, so only SDPA and eager are offered.
     _supports_flash_attn = False
     _supports_flex_attn = False
     _supports_attention_backend = True
+    _can_record_outputs = {
+        # Per layer: its output, after the input of the first layer (as CLIP records them).
+        "hidden_states": VideoFirstEncoderLayer,
+        # Per layer: the joint (or, factorized and frame-level, the spatial) self-attention weights, eager only.
+        "attentions": OutputRecorder(VideoFirstAttention, index=1, layer_name="self_attn"),
+    }
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """`PreTrainedModel.save_pretrained`, refusing a model that holds unmerged adapter layers.
+
+        Layers injected by `peft` (LoRA: `videofirst.apply_adaptation(method="lora")`) rename the weights they wrap
+        (`q_proj.base_layer.weight`, `q_proj.lora_A...`): such a checkpoint would reload with those weights missing
+        and the LoRA ones unexpected, i.e. a randomly initialised model. Merge them first. Adapters added through
+        transformers' own `add_adapter` are saved as a peft adapter folder by transformers, as usual.
+        """
+        wrapped = [
+            name
+            for name, module in self.named_modules()
+            if isinstance(getattr(module, "base_layer", None), nn.Module) and hasattr(module, "merge")
+        ]
+        if wrapped and not getattr(self, "_hf_peft_config_loaded", False):
+            raise ValueError(
+                f"{type(self).__name__} holds {len(wrapped)} unmerged adapter layer(s) (e.g. `{wrapped[0]}`); its "
+                "checkpoint would not reload. Merge them into the weights first with "
+                "`videofirst.merge_adaptation(model)` (or peft's `merge_and_unload()`), then save."
+            )
+        return super().save_pretrained(save_directory, *args, **kwargs)
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module):
-        config = self.config.vision_config if isinstance(self.config, VideoFirstConfig) else self.config
-        std = config.initializer_range
+        # The dual config holds the vision settings in `vision_config`. No class check: remote code loads the
+        # configuration and modeling files as separate modules, so the config's class need not be ours.
+        std = getattr(self.config, "vision_config", self.config).initializer_range
         if isinstance(module, VideoFirstEmbeddings):
             init.trunc_normal_(module.spatial_position_embedding, std=std)
             if hasattr(module, "temporal_position_embedding"):
@@ -574,9 +607,9 @@ class VideoFirstPreTrainedModel(PreTrainedModel):
             init.copy_(module.temporal_layer_norm.bias, module.layer_norm1.bias)
             init.zeros_(module.temporal_gate)
         elif isinstance(module, VideoFirstModel):
-            init.constant_(module.logit_scale, self.config.logit_scale_init_value)
+            init.constant_(module.logit_scale, module.config.logit_scale_init_value)
             if module.logit_bias is not None:
-                init.constant_(module.logit_bias, self.config.logit_bias_init_value)
+                init.constant_(module.logit_bias, module.config.logit_bias_init_value)
         elif isinstance(module, (nn.Linear, nn.Conv2d, nn.Conv3d)):
             init.trunc_normal_(module.weight, std=std)
             if module.bias is not None:
@@ -586,10 +619,32 @@ class VideoFirstPreTrainedModel(PreTrainedModel):
             init.zeros_(module.bias)
 
 
+# What `**kwargs` of the forward methods may hold: the output flags (`return_dict` is taken by the decorators).
+OUTPUT_FLAGS = frozenset({"output_attentions", "output_hidden_states"})
+
+
+def check_no_unexpected_kwargs(method: str, kwargs: dict) -> None:
+    """Raise on keyword arguments `method` would otherwise ignore (a typo such as `video_frame_mak=`)."""
+    unexpected = sorted(set(kwargs) - OUTPUT_FLAGS)
+    if unexpected:
+        raise TypeError(
+            f"{method}() got unexpected keyword argument(s) {unexpected}; besides its named arguments it takes "
+            f"{sorted(OUTPUT_FLAGS | {'return_dict'})}."
+        )
+
+
 class VideoFirstVisionModel(VideoFirstPreTrainedModel):
-    """The video tower: tubelets (or image patches), optional token dropping, a ViT encoder and pooling."""
+    """The video tower: tubelets (or image patches), optional token dropping, a ViT encoder and pooling.
+
+    `from_pretrained` also takes a full [`VideoFirstModel`] checkpoint and loads its video tower: the weights of
+    `vision_model.*` there are this model's (`base_model_prefix`), as `CLIPVisionModel` loads a CLIP checkpoint.
+    """
 
     config: VideoFirstVisionConfig
+    # A full checkpoint stores this tower under `vision_model.`; loading strips that prefix. The rest of a full
+    # checkpoint (text tower, projections, temperature) is not part of this model.
+    base_model_prefix = "vision_model"
+    _keys_to_ignore_on_load_unexpected = [r"^text_model\.", r"^(video|text)_projection\.", r"^logit_(scale|bias)$"]
     input_modalities = ("video", "image")
 
     def __init__(self, config: VideoFirstVisionConfig):
@@ -727,16 +782,16 @@ class VideoFirstVisionModel(VideoFirstPreTrainedModel):
             tokens = tokens.gather(1, indices[:, :, None].expand(-1, -1, tokens.shape[-1]))
         return tokens, grid, selection
 
+    @capture_outputs(tie_last_hidden_states=False)
     def forward(
         self,
         pixel_values_videos: torch.Tensor | None = None,
         pixel_values: torch.Tensor | None = None,
         video_frame_mask: torch.Tensor | None = None,
         mask_ratio: float | None = None,
-        output_hidden_states: bool | None = None,
         generator: torch.Generator | None = None,
-        **kwargs,
-    ) -> VideoFirstVisionModelOutput:
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> VideoFirstVisionModelOutput | tuple:
         r"""
         pixel_values_videos (`torch.FloatTensor` of shape `(batch, frames, channels, height, width)`):
             Videos; `frames` must be a multiple of the tubelet length.
@@ -750,12 +805,13 @@ class VideoFirstVisionModel(VideoFirstPreTrainedModel):
             Fraction of tokens to drop. Defaults to `config.mask_ratio` for videos in training mode and to 0
             otherwise (evaluation, images).
         generator (`torch.Generator`, *optional*): source of randomness for the token drop.
+        output_hidden_states, output_attentions, return_dict: as for every transformers model. The hidden states
+            are those of the kept tokens (`token_indices`) before the final LayerNorm; the attention weights are
+            each layer's joint (factorized and frame-level: per-frame spatial) self-attention, eager attention only.
         """
+        check_no_unexpected_kwargs(f"{type(self).__name__}.forward", kwargs)
         if (pixel_values_videos is None) == (pixel_values is None):
             raise ValueError("Pass exactly one of `pixel_values_videos` (videos) and `pixel_values` (images).")
-        output_hidden_states = (
-            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
-        )
         if pixel_values_videos is not None:
             self._check_video(pixel_values_videos, video_frame_mask)
             if mask_ratio is None:
@@ -775,8 +831,7 @@ class VideoFirstVisionModel(VideoFirstPreTrainedModel):
             tokens = self.pre_layernorm(tokens)
 
         layout = self._layout(selection, grid, batch_size, tokens.dtype)
-        hidden_states, all_hidden_states = self.encoder(tokens, layout, output_hidden_states)
-        hidden_states = self.post_layernorm(hidden_states)
+        hidden_states = self.post_layernorm(self.encoder(tokens, layout))
 
         token_mask = None if selection is None or selection.all_valid else selection.valid
         if self.config.pooling == "cls":
@@ -792,7 +847,6 @@ class VideoFirstVisionModel(VideoFirstPreTrainedModel):
         return VideoFirstVisionModelOutput(
             last_hidden_state=hidden_states,
             pooler_output=pooled,
-            hidden_states=all_hidden_states,
             token_indices=None if selection is None else selection.indices,
             token_mask=token_mask,
         )
@@ -846,45 +900,60 @@ class VideoFirstModel(VideoFirstPreTrainedModel):
         """The temperature multiplier, `exp(logit_scale)` clamped to `max_logit_scale` as in CLIP."""
         return self.logit_scale.exp().clamp(max=self.config.max_logit_scale)
 
+    @can_return_tuple
     def get_video_features(
         self,
         pixel_values_videos: torch.Tensor,
         video_frame_mask: torch.Tensor | None = None,
         mask_ratio: float | None = None,
-        **kwargs,
-    ) -> BaseModelOutputWithPooling:
-        r"""Embed videos; `pooler_output` is the L2-normalised projected embedding `(batch, projection_dim)`."""
+        generator: torch.Generator | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> VideoFirstVisionModelOutput | tuple:
+        r"""Embed videos: the video tower's output with `pooler_output` replaced by the L2-normalised projected
+        embedding `(batch, projection_dim)` (as CLIP's `get_image_features`, plus the normalisation)."""
+        check_no_unexpected_kwargs(f"{type(self).__name__}.get_video_features", kwargs)
         vision_outputs = self.vision_model(
             pixel_values_videos=pixel_values_videos,
             video_frame_mask=video_frame_mask,
             mask_ratio=mask_ratio,
+            generator=generator,
+            return_dict=True,
             **kwargs,
         )
-        return self._project_vision(vision_outputs)
+        vision_outputs.pooler_output = self._vision_embeds(vision_outputs)
+        return vision_outputs
 
+    @can_return_tuple
     def get_image_features(
-        self, pixel_values: torch.Tensor, mask_ratio: float | None = None, **kwargs
-    ) -> BaseModelOutputWithPooling:
+        self, pixel_values: torch.Tensor, mask_ratio: float | None = None, **kwargs: Unpack[TransformersKwargs]
+    ) -> VideoFirstVisionModelOutput | tuple:
         r"""Embed images through the 2D patch path; `pooler_output` is the normalised projected embedding."""
-        vision_outputs = self.vision_model(pixel_values=pixel_values, mask_ratio=mask_ratio, **kwargs)
-        return self._project_vision(vision_outputs)
+        check_no_unexpected_kwargs(f"{type(self).__name__}.get_image_features", kwargs)
+        vision_outputs = self.vision_model(pixel_values=pixel_values, mask_ratio=mask_ratio, return_dict=True, **kwargs)
+        vision_outputs.pooler_output = self._vision_embeds(vision_outputs)
+        return vision_outputs
 
-    def _project_vision(self, vision_outputs: VideoFirstVisionModelOutput) -> BaseModelOutputWithPooling:
-        embeds = F.normalize(self.video_projection(vision_outputs.pooler_output), dim=-1)
-        return BaseModelOutputWithPooling(
-            last_hidden_state=vision_outputs.last_hidden_state,
-            pooler_output=embeds,
-            hidden_states=vision_outputs.hidden_states,
-        )
+    def _vision_embeds(self, vision_outputs: VideoFirstVisionModelOutput) -> torch.Tensor:
+        return F.normalize(self.video_projection(vision_outputs.pooler_output), dim=-1)
 
+    @can_return_tuple
     def get_text_features(
         self,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
-        **kwargs,
-    ) -> BaseModelOutputWithPooling:
-        r"""Embed texts; `pooler_output` is the L2-normalised projected embedding `(batch, projection_dim)`."""
-        text_outputs = self.text_model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> BaseModelOutputWithPooling | tuple:
+        r"""Embed texts: the text tower's last hidden state, hidden states and attentions, and as `pooler_output`
+        the L2-normalised projected embedding `(batch, projection_dim)`."""
+        check_no_unexpected_kwargs(f"{type(self).__name__}.get_text_features", kwargs)
+        # Only what the caller gave: not every text tower takes `token_type_ids` / `position_ids`.
+        optional = {"token_type_ids": token_type_ids, "position_ids": position_ids}
+        text_kwargs = {name: value for name, value in optional.items() if value is not None}
+        text_outputs = self.text_model(
+            input_ids=input_ids, attention_mask=attention_mask, return_dict=True, **text_kwargs, **kwargs
+        )
         hidden_states = text_outputs.last_hidden_state
         if self.config.text_pooling == "pooler":
             pooled = text_outputs.pooler_output
@@ -895,11 +964,16 @@ class VideoFirstModel(VideoFirstPreTrainedModel):
         else:
             weights = attention_mask.to(hidden_states.dtype)[:, :, None]
             pooled = (hidden_states * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
-        embeds = F.normalize(self.text_projection(pooled), dim=-1)
+        # A new output rather than an assignment: a tower without a pooler returned `pooler_output=None`, which
+        # `ModelOutput` leaves out of its keys (and tuples).
         return BaseModelOutputWithPooling(
-            last_hidden_state=hidden_states, pooler_output=embeds, hidden_states=text_outputs.hidden_states
+            last_hidden_state=hidden_states,
+            pooler_output=F.normalize(self.text_projection(pooled), dim=-1),
+            hidden_states=text_outputs.hidden_states,
+            attentions=text_outputs.attentions,
         )
 
+    @can_return_tuple
     def forward(
         self,
         pixel_values_videos: torch.Tensor | None = None,
@@ -910,8 +984,10 @@ class VideoFirstModel(VideoFirstPreTrainedModel):
         return_loss: bool | None = None,
         mask_ratio: float | None = None,
         token_type_ids: torch.Tensor | None = None,
-        **kwargs,
-    ) -> VideoFirstOutput:
+        position_ids: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> VideoFirstOutput | tuple:
         r"""
         Scores every video (or image) against every text of the batch.
 
@@ -921,18 +997,35 @@ class VideoFirstModel(VideoFirstPreTrainedModel):
         return_loss (`bool`, *optional*): also return the loss of `config.loss_type` over this batch. The
             training scripts use `videofirst.losses`, which gathers embeddings across processes.
         mask_ratio (`float`, *optional*): token drop ratio for the videos (see [`VideoFirstVisionModel`]).
+        generator (`torch.Generator`, *optional*): source of randomness for the token drop.
+        output_hidden_states, output_attentions, return_dict: as for every transformers model; both towers'
+            hidden states and attentions are in `vision_model_output` and `text_model_output`.
         """
+        check_no_unexpected_kwargs(f"{type(self).__name__}.forward", kwargs)
         if input_ids is None:
             raise ValueError("`input_ids` are required; use `get_video_features` to embed videos alone.")
         if pixel_values_videos is not None:
             vision_outputs = self.vision_model(
-                pixel_values_videos=pixel_values_videos, video_frame_mask=video_frame_mask, mask_ratio=mask_ratio
+                pixel_values_videos=pixel_values_videos,
+                video_frame_mask=video_frame_mask,
+                mask_ratio=mask_ratio,
+                generator=generator,
+                return_dict=True,
+                **kwargs,
             )
         else:
-            vision_outputs = self.vision_model(pixel_values=pixel_values, mask_ratio=mask_ratio)
-        video_embeds = self._project_vision(vision_outputs).pooler_output
-        text_kwargs = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
-        text_outputs = self.get_text_features(input_ids=input_ids, attention_mask=attention_mask, **text_kwargs)
+            vision_outputs = self.vision_model(
+                pixel_values=pixel_values, mask_ratio=mask_ratio, return_dict=True, **kwargs
+            )
+        video_embeds = self._vision_embeds(vision_outputs)
+        text_outputs = self.get_text_features(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
+            return_dict=True,
+            **kwargs,
+        )
         text_embeds = text_outputs.pooler_output
 
         logits_per_text = self.scaled_logit_scale() * text_embeds @ video_embeds.t()

@@ -163,7 +163,9 @@ def test_adapters_are_saved_and_reloaded(tmp_path):
         for layer in model.vision_model.encoder.layers:
             layer.adapter.up.weight.normal_(std=0.1)
     model.eval().save_pretrained(tmp_path)
-    loaded = AutoModel.from_pretrained(tmp_path).eval()
+    loaded, info = AutoModel.from_pretrained(tmp_path, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"], info
+    loaded.eval()
     assert loaded.config.vision_config.adapter_bottleneck == 8
     torch.testing.assert_close(
         loaded.get_video_features(pixel_values_videos=videos()).pooler_output,
@@ -197,9 +199,26 @@ def test_lora_merges_into_an_ordinary_checkpoint(tmp_path):
     torch.testing.assert_close(model.get_video_features(pixel_values_videos=inputs).pooler_output, adapted)
 
     checkpoint = export_checkpoint(model, None, tmp_path / "merged")
-    loaded = AutoModel.from_pretrained(checkpoint).eval()
+    loaded, info = AutoModel.from_pretrained(checkpoint, output_loading_info=True)
     assert isinstance(loaded, VideoFirstModel)
-    torch.testing.assert_close(loaded.get_video_features(pixel_values_videos=inputs).pooler_output, adapted)
+    assert not info["missing_keys"] and not info["unexpected_keys"], info
+    torch.testing.assert_close(loaded.eval().get_video_features(pixel_values_videos=inputs).pooler_output, adapted)
+
+
+def test_unmerged_lora_refuses_to_save(tmp_path):
+    """An unmerged LoRA checkpoint would reload as random weights; saving it is an error that says to merge."""
+    pytest.importorskip("peft")
+    model = tiny_model()
+    apply_adaptation(model, method="lora", lora_rank=4)
+    with pytest.raises(ValueError, match="merge_adaptation"):
+        model.save_pretrained(tmp_path / "direct")
+    with pytest.raises(ValueError, match="unmerged adapter layer"):
+        export_checkpoint(model, None, tmp_path / "export")
+    assert not (tmp_path / "direct" / "model.safetensors").exists()
+    assert not (tmp_path / "export" / "model.safetensors").exists()
+    merge_adaptation(model).save_pretrained(tmp_path / "merged")
+    _, info = AutoModel.from_pretrained(tmp_path / "merged", output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"], info
 
 
 # Multi-resolution (TubeViT-style) patchification.

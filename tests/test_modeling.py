@@ -10,7 +10,13 @@ import torch
 from tiny_models import tiny_config, tiny_model, tiny_vision_config
 from transformers import AutoConfig, AutoModel
 
-from videofirst import VideoFirstConfig, VideoFirstModel, VideoFirstVisionConfig, export_checkpoint
+from videofirst import (
+    VideoFirstConfig,
+    VideoFirstModel,
+    VideoFirstVisionConfig,
+    VideoFirstVisionModel,
+    export_checkpoint,
+)
 
 ATTENTION_TYPES = ["joint", "factorized", "frame"]
 
@@ -212,14 +218,19 @@ def test_gradient_checkpointing_gives_same_loss_and_gradients(attention_type):
         assert torch.allclose(grads_plain[name], grads_ckpt[name], atol=1e-6), name
 
 
-def test_every_parameter_gets_a_gradient():
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_every_parameter_gets_a_gradient(checkpointing):
+    """Every parameter but the image-only 2D patch kernel learns from a video batch (with activation checkpointing
+    too): nothing else would leave DDP with a parameter that got no gradient."""
     model = tiny_model(attention_type="factorized").train()
+    if checkpointing:
+        model.activation_checkpointing_enable()
     with torch.no_grad():
         for layer in model.vision_model.encoder.layers:
             layer.temporal_gate.fill_(0.1)  # a closed gate blocks the temporal branch's gradient
     model(pixel_values_videos=videos(), **text_inputs(), return_loss=True).loss.backward()
-    no_grad = [n for n, p in model.named_parameters() if p.grad is None and "patch_embedding" not in n]
-    assert no_grad == []
+    no_grad = [n for n, p in model.named_parameters() if p.grad is None]
+    assert no_grad == ["vision_model.embeddings.patch_embedding.weight", "vision_model.embeddings.patch_embedding.bias"]
 
 
 def test_longer_and_larger_inputs_interpolate_positions():
@@ -254,6 +265,91 @@ def test_contrastive_loss_matches_reference():
     assert torch.allclose(logits, scale * out.text_embeds @ out.video_embeds.t(), atol=1e-5)
 
 
+@pytest.mark.parametrize("attention_type", ATTENTION_TYPES)
+def test_output_flags_and_return_dict_are_honoured(attention_type):
+    model = tiny_model(attention_type=attention_type).eval()
+    model.set_attn_implementation("eager")
+    inputs = {"pixel_values_videos": videos(), **text_inputs()}
+    out = model(**inputs, output_attentions=True, output_hidden_states=True)
+    vision, text = out.vision_model_output, out.text_model_output
+    # The input of the first layer, then every layer's output (before the final LayerNorm, as CLIP).
+    assert len(vision.hidden_states) == 3 and vision.hidden_states[0].shape == (2, 32, 32)
+    assert torch.allclose(model.vision_model.post_layernorm(vision.hidden_states[-1]), vision.last_hidden_state)
+    # One attention map per layer: over all 32 tokens (joint) or per frame over its 16 (factorized, frame).
+    expected = (2, 4, 32, 32) if attention_type == "joint" else (4, 4, 16, 16)
+    assert len(vision.attentions) == 2 and vision.attentions[0].shape == expected
+    assert torch.allclose(vision.attentions[0].sum(-1), torch.ones(expected[:-1]))
+    assert len(text.hidden_states) == 2 and len(text.attentions) == 1
+    plain = model(**inputs)
+    assert plain.vision_model_output.hidden_states is None and plain.vision_model_output.attentions is None
+
+    as_tuple = model(**inputs, return_dict=False)
+    assert isinstance(as_tuple, tuple) and torch.equal(as_tuple[0], plain.logits_per_video)
+    features = model.get_video_features(pixel_values_videos=videos(), output_hidden_states=True)
+    assert len(features.hidden_states) == 3 and features.pooler_output.shape == (2, 16)
+    assert isinstance(model.get_video_features(pixel_values_videos=videos(), return_dict=False), tuple)
+    text_features = model.get_text_features(**text_inputs(), output_attentions=True, return_dict=False)
+    assert isinstance(text_features, tuple) and torch.equal(text_features[1], plain.text_embeds)
+    image_features = model.get_image_features(pixel_values=torch.randn(2, 3, 32, 32), output_attentions=True)
+    assert len(image_features.attentions) == 2
+    vision_only = model.vision_model(pixel_values_videos=videos(), return_dict=False)
+    assert isinstance(vision_only, tuple) and torch.equal(vision_only[0], plain.vision_model_output.last_hidden_state)
+
+
+def test_unknown_keyword_arguments_are_errors():
+    """A misspelt argument (`video_frame_mak`) must not run silently without it."""
+    model = tiny_model().eval()
+    mask = torch.ones(2, 4)
+    calls = {
+        "forward": lambda **kw: model(pixel_values_videos=videos(), **text_inputs(), **kw),
+        "get_video_features": lambda **kw: model.get_video_features(pixel_values_videos=videos(), **kw),
+        "get_image_features": lambda **kw: model.get_image_features(pixel_values=torch.randn(2, 3, 32, 32), **kw),
+        "get_text_features": lambda **kw: model.get_text_features(**text_inputs(), **kw),
+        "VideoFirstVisionModel.forward": lambda **kw: model.vision_model(pixel_values_videos=videos(), **kw),
+    }
+    for name, call in calls.items():
+        with pytest.raises(TypeError, match="video_frame_mak"):
+            call(video_frame_mak=mask)
+        print(name, "rejects a misspelt argument")
+
+
+def test_init_weights_with_a_configuration_class_from_another_module():
+    """Remote code imports the configuration and modeling files as separate modules: the config the model gets is
+    not an instance of the modeling file's `VideoFirstConfig`, and initialisation must not depend on that."""
+    import importlib.util
+
+    import videofirst.modeling.configuration_videofirst as configuration
+
+    spec = importlib.util.spec_from_file_location("separate_configuration_copy", configuration.__file__)
+    copy = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(copy)
+    config = copy.VideoFirstConfig(**{**tiny_config().to_dict(), "loss_type": "sigmoid"})
+    assert not isinstance(config, VideoFirstConfig)
+    model = VideoFirstModel(config)
+    assert model.logit_bias.item() == config.logit_bias_init_value
+    std = model.vision_model.embeddings.spatial_position_embedding.std().item()
+    assert 0.01 < std < 0.03  # initializer_range 0.02, read from the vision config
+
+
+def test_vision_model_loads_the_tower_of_a_full_checkpoint(tmp_path):
+    model = tiny_model(attention_type="factorized", pooling="attention").eval()
+    model.save_pretrained(tmp_path / "full")
+    tower, info = VideoFirstVisionModel.from_pretrained(tmp_path / "full", output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"], info
+    expected = model.vision_model.state_dict()
+    assert tower.state_dict().keys() == expected.keys()
+    for name, tensor in tower.state_dict().items():
+        assert torch.equal(tensor, expected[name]), name
+    assert torch.equal(
+        tower.eval()(pixel_values_videos=videos()).pooler_output,
+        model.vision_model(pixel_values_videos=videos()).pooler_output,
+    )
+    # The tower saved on its own reloads with nothing missing or left over either.
+    tower.save_pretrained(tmp_path / "tower")
+    _, info = VideoFirstVisionModel.from_pretrained(tmp_path / "tower", output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"], info
+
+
 def test_save_and_load_round_trip(tmp_path):
     model = tiny_model(attention_type="factorized", pooling="attention").eval()
     model.save_pretrained(tmp_path)
@@ -279,8 +375,14 @@ def test_remote_code_load_without_the_package(tmp_path):
         import sys, torch
         sys.modules["videofirst"] = None  # make the installed package unimportable
         from transformers import AutoModel
+        from transformers import AutoConfig
         model = AutoModel.from_pretrained({str(checkpoint)!r}, trust_remote_code=True).eval()
         assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+        # Paths that initialise weights: a fresh model, and a checkpoint with a new parameter to initialise.
+        config = AutoConfig.from_pretrained({str(checkpoint)!r}, trust_remote_code=True)
+        AutoModel.from_config(config, trust_remote_code=True)
+        sigmoid = AutoModel.from_pretrained({str(checkpoint)!r}, trust_remote_code=True, loss_type="sigmoid")
+        assert sigmoid.logit_bias.item() == -10.0
         inputs = torch.load({str(tmp_path / "inputs.pt")!r})
         torch.save(model.get_video_features(pixel_values_videos=inputs).pooler_output, {str(tmp_path / "out.pt")!r})
         """

@@ -16,7 +16,10 @@ Methods (`AdaptationConfig.method`):
 * `"adapters"`: bottleneck MLP adapters after every feed-forward block (added to the model and its config,
   zero-initialised so the model is unchanged at the start).
 * `"lora"`: LoRA (through `peft`) on the attention and feed-forward projections of every encoder layer;
-  [`merge_adaptation`] folds it back into the weights.
+  [`merge_adaptation`] folds it back into the weights. Until then the model refuses `save_pretrained` (and so
+  `export_checkpoint` and `push_to_hub`): the LoRA layers rename the weights they wrap, so such a checkpoint
+  would reload with those weights missing. Training checkpoints (accelerate's `save_state`) keep the LoRA
+  layers for resuming; the run's export is merged.
 * `"temporal"`: the temporal attention blocks, their norms and gates of a `attention_type="factorized"` model.
 
 In every method the video-specific input embedding, i.e. the 3D tubelet kernel (or the TubeViT kernels) and
@@ -173,7 +176,8 @@ def merge_adaptation(model: nn.Module) -> nn.Module:
     """Fold LoRA updates into the weights they adapt and remove the LoRA layers, in place; returns `model`.
 
     The result has the plain parameter names again, so `save_pretrained` / `export_checkpoint` write an
-    ordinary checkpoint. Adapters are part of the architecture (`adapter_bottleneck`) and stay.
+    ordinary checkpoint that reloads with no missing or unexpected keys (before merging they refuse to save).
+    Adapters are part of the architecture (`adapter_bottleneck`) and stay.
     """
     try:
         from peft.tuners.tuners_utils import BaseTunerLayer

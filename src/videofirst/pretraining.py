@@ -139,8 +139,11 @@ class ContrastiveObjective:
 
 def pretrain(recipe: PretrainRecipe) -> PretrainResult:
     optim = recipe.optim
-    # No dispatching: every process reads its own batches (streamed sources carry caption lists).
-    run = TrainingRun(recipe, dispatch_batches=False)
+    # No dispatching: every process reads its own batches (streamed sources carry caption lists). Co-trained images
+    # take their own forward pass, which leaves the video kernels unused (and the video pass the image kernel), so
+    # DDP is told to look for unused parameters; without images `apply_adaptation` freezes the image kernel instead.
+    co_train_images = recipe.data.image_manifest is not None
+    run = TrainingRun(recipe, dispatch_batches=False, find_unused_parameters=co_train_images)
     accelerator, run_dir = run.accelerator, run.run_dir
 
     with accelerator.main_process_first():

@@ -48,7 +48,7 @@ from typing import Any
 import torch
 import yaml
 from accelerate import Accelerator, DataLoaderConfiguration
-from accelerate.utils import ProjectConfiguration, broadcast_object_list, set_seed
+from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, broadcast_object_list, set_seed
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -142,9 +142,10 @@ class TrainingRun:
     releases the lock (so does `close`, when the run ends otherwise in a process that goes on).
     """
 
-    def __init__(self, recipe: Recipe, *, dispatch_batches: bool | None = None):
+    def __init__(self, recipe: Recipe, *, dispatch_batches: bool | None = None, find_unused_parameters: bool = False):
         """`dispatch_batches` as accelerate's `DataLoaderConfiguration` takes it (None: accelerate's default,
-        False: every process reads its own batches)."""
+        False: every process reads its own batches). `find_unused_parameters` is DDP's: for a model whose forward
+        passes each leave some trainable parameters unused."""
         self.recipe = recipe
         self.run_dir = Path(recipe.run.output_dir)
         optim = recipe.optim
@@ -154,6 +155,7 @@ class TrainingRun:
             log_with=tracker_names(recipe.run.trackers) or None,
             project_config=ProjectConfiguration(project_dir=str(self.run_dir), logging_dir=str(self.run_dir / "logs")),
             dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, dispatch_batches=dispatch_batches),
+            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=find_unused_parameters)],
         )
         set_seed(recipe.run.seed)
         exit_with_launcher()
