@@ -20,6 +20,7 @@ from typing import Any, TypeVar, overload
 import yaml
 
 from videofirst.adaptation import AdaptationConfig
+from videofirst.modeling.video_processing_videofirst import SAMPLING_MODES
 
 
 @dataclass
@@ -196,7 +197,7 @@ _RULES: dict[type, dict[str, tuple[Any, str]]] = {
         "max_text_length": (_positive, "at least 1"),
         "num_frames": (_positive, "at least 1"),
         "fps": (_positive, "> 0"),
-        "sampling": (lambda value: value in ("fps", "uniform"), "'fps' or 'uniform'"),
+        "sampling": (lambda value: value in SAMPLING_MODES, " or ".join(map(repr, SAMPLING_MODES))),
         "image_size": (_positive, "at least 1"),
         "num_workers": (_non_negative, ">= 0"),
         "max_bad_fraction": (_fraction, "in [0, 1]"),
