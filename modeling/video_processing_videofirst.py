@@ -1313,7 +1313,7 @@ def _import_av():
         from av.video.reformatter import VideoReformatter  # noqa: F401
     except ImportError as err:
         raise ImportError(
-            "decode_backend='pyav' needs PyAV (`pip install av`); the default backend is decord."
+            "decode_backend='pyav' needs PyAV (`pip install av`); without it, decode_backend='auto' uses decord."
         ) from err
     return av
 
