@@ -49,6 +49,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from videofirst.checkpointing import CheckpointManager, TrainerState
+from videofirst.determinism import configure_determinism
 from videofirst.recipe import Recipe
 from videofirst.run_logging import RunLogger, tracker_names
 
@@ -142,6 +143,7 @@ class TrainingRun:
             dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, dispatch_batches=dispatch_batches),
         )
         set_seed(recipe.run.seed)
+        configure_determinism(recipe.run.deterministic, self.accelerator.device)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.checkpoints = CheckpointManager(
             self.run_dir / "checkpoints", self.accelerator, recipe.checkpoint.keep_last
