@@ -27,6 +27,7 @@ from videofirst.losses import contrastive_loss, sigmoid_loss
 from videofirst.synthetic import write_synthetic_dataset
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "training" / "benchmarks"))  # the benchmark scripts' modules
 BATCH, FRAMES = 32, 64
 PASSES = 3
 
@@ -172,7 +173,6 @@ def test_masked_path_equals_the_index_lookup_it_replaced():
 def test_sweep_compares_the_former_position_lookup_with_todays():
     """The benchmark's baseline (`_measure.indexed_kept_positions`) is the former lookup: same values, and the sweep's
     "positions" groups time it against today's path in one process."""
-    sys.path.insert(0, str(REPO / "training" / "benchmarks"))
     import _measure
     import sweep
 
@@ -185,6 +185,14 @@ def test_sweep_compares_the_former_position_lookup_with_todays():
     for name in ("positions", "positions_f64"):
         assert [spec.position_lookup for spec in groups[name]] == ["indexed", "gathered"]
         assert {spec.mask_ratio for spec in groups[name]} == {0.75}
+
+
+def test_position_benchmark_runs_and_checks_repeatability(tmp_path):
+    import positions
+
+    assert positions.main(["--quick", "--out", str(tmp_path)]) == 0
+    text = (tmp_path / "positions.csv").read_text()
+    assert "gathered_repeatable" in text and "former / gather" in (tmp_path / "positions.md").read_text()
 
 
 # The recipe switch -------------------------------------------------------------------------------------------------
