@@ -10,6 +10,7 @@ Each test runs the same backward pass three times and compares every gradient bi
 """
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -270,6 +271,22 @@ def test_video_tower_compiles_with_fullgraph(attention_type, mask_ratio):
         output.pooler_output.square().sum().backward()
         outputs.append((output.pooler_output.detach(), model.embeddings.spatial_position_embedding.grad.clone()))
     torch.testing.assert_close(outputs[1], outputs[0])
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    shutil.which(os.environ.get("CC", "cc")) is None and shutil.which("gcc") is None,
+    reason="inductor's CPU backend compiles C++ and no C compiler (cc, gcc or $CC) is on PATH",
+)
+def test_video_tower_compiles_with_inductor():
+    """The default backend end to end (generated C++ kernels), evaluation mode: the eager tower's embeddings."""
+    torch._dynamo.reset()
+    model = randomised(VideoFirstVisionModel(long_range_vision_config(hidden_size=32, num_frames=4))).eval()
+    videos = torch.randn(2, 4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = model(pixel_values_videos=videos).pooler_output
+        compiled = torch.compile(model, fullgraph=True)(pixel_values_videos=videos).pooler_output
+    torch.testing.assert_close(compiled, expected, rtol=1e-4, atol=1e-5)
 
 
 # SIGKILL and resume at the long-range benchmark's size ------------------------------------------------------------
