@@ -41,6 +41,13 @@ def _compact(candidates: torch.LongTensor, keep: torch.BoolTensor, grid_size: in
     return TokenSelection(indices=indices.masked_fill(~valid, 0), valid=valid, all_valid=bool(valid.all()))
 
 
+def _all_valid(candidates: torch.LongTensor) -> TokenSelection:
+    """Every row keeps all its `candidates`, sorted. Unlike [`_compact`], the shapes depend on no tensor's values,
+    so `torch.compile(fullgraph=True)` traces masked training without padding."""
+    indices, _ = candidates.sort(dim=1)
+    return TokenSelection(indices=indices, valid=torch.ones_like(indices, dtype=torch.bool), all_valid=True)
+
+
 def select_tokens(
     grid: tuple[int, int],
     batch_size: int,
@@ -72,12 +79,10 @@ def select_tokens(
     if mask_type == "random":
         noise = torch.rand(batch_size, grid_size, device=device, generator=generator)
         if token_valid is None:
-            real_count = torch.full((batch_size,), grid_size, device=device)
-        else:
-            # Padded tokens sort after every real one and are then cut by the per-sample count.
-            noise = noise.masked_fill(~token_valid, 2.0)
-            real_count = token_valid.sum(dim=1)
-        keep_count = torch.round((1.0 - mask_ratio) * real_count).long().clamp(min=1)
+            return _all_valid(noise.argsort(dim=1)[:, : max(1, round((1.0 - mask_ratio) * grid_size))])
+        # Padded tokens sort after every real one and are then cut by the per-sample count.
+        noise = noise.masked_fill(~token_valid, 2.0)
+        keep_count = torch.round((1.0 - mask_ratio) * token_valid.sum(dim=1)).long().clamp(min=1)
         ranked = noise.argsort(dim=1)
         keep = torch.arange(grid_size, device=device)[None, :] < keep_count[:, None]
         return _compact(ranked, keep, grid_size)
@@ -89,10 +94,8 @@ def select_tokens(
     times = torch.arange(num_times, device=device)
     candidates = (times[None, :, None] * num_spatial + kept_spatial[:, None, :]).flatten(1)
     if token_valid is None:
-        keep = torch.ones_like(candidates, dtype=torch.bool)
-    else:
-        keep = token_valid.gather(1, candidates)
-    return _compact(candidates, keep, grid_size)
+        return _all_valid(candidates)
+    return _compact(candidates, token_valid.gather(1, candidates), grid_size)
 
 
 class TokenGroups:

@@ -139,7 +139,9 @@ def add_positions(tokens: torch.Tensor, *tables: torch.Tensor) -> torch.Tensor:
     tables) the sum is promoted out of place, as a plain `+` would.
     """
     for table in tables:
-        tokens = tokens.add_(table) if torch.result_type(tokens, table) == tokens.dtype else tokens + table
+        # `promote_types`, not `result_type`: dtypes only, so `torch.compile(fullgraph=True)` traces it.
+        in_place = torch.promote_types(tokens.dtype, table.dtype) == tokens.dtype
+        tokens = tokens.add_(table) if in_place else tokens + table
     return tokens
 
 
@@ -259,8 +261,24 @@ class VideoFirstEmbeddings(nn.Module):
         # Advanced indices on dims 0, 1, 4, 6 (split by slices) lead the result: (B, K, t, C, h, w).
         patches = videos[batch, step, :, :, position // cols, :, position % cols, :]
         patches = patches.transpose(2, 3).reshape(batch_size, token_indices.shape[1], -1)
-        tokens = add_positions(F.linear(patches, weight, kernel.bias), spatial[position], temporal[step])
-        return tokens, (steps, rows, cols)
+        tokens = F.linear(patches, weight, kernel.bias)
+        return add_positions(tokens, self.kept_positions(spatial, temporal, token_indices)), (steps, rows, cols)
+
+    @staticmethod
+    def kept_positions(spatial: torch.Tensor, temporal: torch.Tensor, token_indices: torch.LongTensor) -> torch.Tensor:
+        """`(B, K, dim)` position embeddings of the kept tokens `token_indices` of a `(steps, rows * cols)` grid.
+
+        Deterministic backward by construction. The positions of the whole grid (no batch dimension: small) are
+        gathered per sample from a batch-expanded view. A sample keeps each grid position at most once (its
+        padding repeats position 0 but gets an exactly zero gradient), so the gather's backward adds at most one
+        nonzero gradient into each (sample, position), which is exact in any order, and the sum over samples is a
+        dense reduction. Indexing the tables with all samples' positions at once (`spatial[position]`) instead
+        accumulates many samples' gradients into one row, which parallel CPU threads (and CUDA atomics) do in no
+        fixed order: the tables' gradients then differ between identical runs.
+        """
+        grid = (temporal[:, None] + spatial[None]).flatten(0, 1)  # (steps * rows * cols, dim)
+        batch_size, dim = token_indices.shape[0], grid.shape[-1]
+        return grid.expand(batch_size, -1, -1).gather(1, token_indices[:, :, None].expand(-1, -1, dim))
 
     def tube_token_valid(self, frame_valid: torch.BoolTensor, height: int, width: int) -> torch.BoolTensor:
         """`(B, T)` real-frame flags to `(B, tokens)` flags of the TubeViT tokens that see only real frames.

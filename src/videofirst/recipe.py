@@ -30,6 +30,8 @@ class RunSection:
     log_every: int = 5
     # Trackers beside the always-on JSONL log: "auto" uses TensorBoard when it is installed.
     trackers: str = "auto"
+    # Deterministic algorithms (`videofirst.determinism`): None is on for CPU runs, off on GPUs (faster kernels).
+    deterministic: bool | None = None
 
 
 @dataclass

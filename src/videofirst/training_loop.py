@@ -54,6 +54,7 @@ from tqdm.auto import tqdm
 
 from videofirst.checkpointing import CheckpointError, CheckpointManager, TrainerState
 from videofirst.data import equalize_batch
+from videofirst.determinism import configure_determinism
 from videofirst.recipe import Recipe
 from videofirst.run_folder import RunFolder, RunFolderError, exit_with_launcher, flat_config
 from videofirst.run_logging import RunLogger, tracker_names
@@ -158,6 +159,7 @@ class TrainingRun:
             kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=find_unused_parameters)],
         )
         set_seed(recipe.run.seed)
+        configure_determinism(recipe.run.deterministic, self.accelerator.device)
         exit_with_launcher()
         self.checkpoints = CheckpointManager(
             self.run_dir / "checkpoints",

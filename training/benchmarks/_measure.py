@@ -96,6 +96,8 @@ class Spec:
     adaptation: str = "full"  # full | last_layers | adapters | lora (`videofirst.adaptation` methods)
     train_patch_embedding: bool = True
     checkpointing: bool = False
+    # "indexed": the masked path's former position lookup (`indexed_kept_positions`), the sweep's "positions" baseline.
+    position_lookup: str = "gathered"
     attn_implementation: str = "sdpa"
     text_tower: bool = False  # full dual encoder with a BERT-medium text tower (the `limit` benchmark)
     bf16_autocast: bool = False  # mixed precision as the recipes' `mixed_precision: bf16`
@@ -434,7 +436,18 @@ def _videofirst(spec: Spec) -> Any:
     )
     if spec.checkpointing:
         model.activation_checkpointing_enable()
+    if spec.position_lookup == "indexed":
+        model.vision_model.embeddings.kept_positions = indexed_kept_positions
     return model
+
+
+def indexed_kept_positions(spatial: Any, temporal: Any, token_indices: Any) -> Any:
+    """The kept tokens' positions as the masked path looked them up before `VideoFirstEmbeddings.kept_positions`:
+    both tables indexed at all samples' kept (step, position) at once, added in place. Its backward accumulates many
+    samples' gradients into one table row in no fixed order (nondeterministic with 2+ threads and on GPUs); kept here
+    only as the speed baseline of the deterministic path."""
+    positions = spatial.shape[0]
+    return spatial[token_indices % positions].add_(temporal[token_indices // positions])
 
 
 def _peer(spec: Spec) -> tuple[Any, str]:
@@ -801,6 +814,7 @@ def describe(spec: Spec) -> dict:
         "adaptation": spec.adaptation,
         "train_patch_embedding": spec.train_patch_embedding,
         "checkpointing": spec.checkpointing,
+        "position_lookup": spec.position_lookup,
         "batch_size": spec.batch_size,
         "hidden_size": spec.hidden_size,
         "layers": spec.num_layers,

@@ -11,7 +11,10 @@ Configurations (every one a training step of the video tower alone, see `_measur
 * adaptation: last 4 layers (tubelet kernel frozen, the paper's long stage; and trained), adapters (width 64),
   LoRA (rank 8), against full training;
 * tokenisation: coarse tubelets 4x16x16 and 2x32x32, TubeViT's default kernel mix, against 2x16x16;
-* frames: joint attention without masking and with 75 % random masking, for each frame count.
+* frames: joint attention without masking and with 75 % random masking, for each frame count;
+* positions: 75 % random masking with the kept tokens' positions gathered per sample (deterministic, today's path)
+  against the former lookup that indexed the tables at all samples' positions at once (`--groups positions`), at
+  the base frame count and at 64 frames: `x thr` of the gathered row is its speed over the former path's.
 
 Each group's first row is its reference: the `x thr` / `x peak` columns are ratios to it, measured in the same
 group (one interleaved timing process; memory per configuration in its own process).
@@ -72,6 +75,11 @@ def design_groups(
             ],
         ),
     ]
+    for count in sorted({base.frames, 64}):
+        suffix = "" if count == base.frames else f"_f{count}"
+        masked = variant(f"random75{suffix}", frames=count, mask_ratio=0.75)
+        indexed = dataclasses.replace(masked, name=f"random75{suffix}_indexed_positions", position_lookup="indexed")
+        groups.append((f"positions{suffix}", [indexed, masked]))
     for count in sorted(set(frames) | set(masked_frames)):
         specs = []
         if count in frames:
