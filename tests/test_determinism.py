@@ -11,15 +11,14 @@ Each test runs the same backward pass three times and compares every gradient bi
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
+from test_pretraining import kill_at_checkpoint
 from tiny_models import TINY_TEXT_CONFIG
 
 from videofirst import VideoFirstConfig, VideoFirstModel, VideoFirstVisionConfig, VideoFirstVisionModel
@@ -337,15 +336,7 @@ def test_resume_after_sigkill_equals_uninterrupted_run_at_long_range_size(tmp_pa
 
     interrupted = tmp_path / "interrupted"
     process = run_pretraining(interrupted, data)
-    checkpoint = interrupted / "checkpoints" / "step_00000004"
-    deadline = time.monotonic() + 400
-    while not checkpoint.exists() and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert checkpoint.exists(), "the run never reached its step-4 checkpoint"
-    if process.poll() is None:
-        process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert not (interrupted / "export").exists(), "the run finished before it could be killed"
+    kill_at_checkpoint(process, interrupted, step=4, timeout=400)
 
     assert "Resumed from" in finished(run_pretraining(interrupted, data, "--resume"), interrupted)
     expected = load_file(str(reference / "export" / "model.safetensors"))

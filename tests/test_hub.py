@@ -24,11 +24,10 @@ from huggingface_hub import HfApi, ModelCard, hf_hub_download
 from huggingface_hub.errors import RepositoryNotFoundError
 from PIL import Image
 from safetensors.torch import save_file
-from tiny_models import tiny_model
+from tiny_models import tiny_model, tiny_processor
 from transformers import BertTokenizerFast, pipeline
 from video_fixtures import write_video
 from videofirst.modeling.processing_videofirst import VideoFirstProcessor
-from videofirst.modeling.video_processing_videofirst import VideoFirstVideoProcessor
 
 from videofirst.checkpointing import CheckpointError, TrainerState, write_manifest
 from videofirst.export import export_checkpoint, export_run
@@ -96,13 +95,7 @@ def work(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def processor(work) -> VideoFirstProcessor:
-    (work / "vocab.txt").write_text("\n".join(VOCAB) + "\n")
-    video_processor = VideoFirstVideoProcessor(
-        size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}, num_frames=4
-    )
-    return VideoFirstProcessor(
-        video_processor=video_processor, tokenizer=BertTokenizerFast(vocab=str(work / "vocab.txt"))
-    )
+    return tiny_processor(work, VOCAB)
 
 
 @pytest.fixture(scope="module")

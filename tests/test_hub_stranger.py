@@ -20,11 +20,9 @@ import pytest
 import torch
 from hub_server import EndpointServer, HubStandIn
 from huggingface_hub import HfApi
-from tiny_models import tiny_model
-from transformers import BertTokenizerFast
+from tiny_models import tiny_model, tiny_processor
 from video_fixtures import write_video
 from videofirst.modeling.processing_videofirst import VideoFirstProcessor
-from videofirst.modeling.video_processing_videofirst import VideoFirstVideoProcessor
 
 from videofirst.export import export_checkpoint
 from videofirst.hub import ModelCardOptions, push_to_hub
@@ -50,13 +48,7 @@ def work(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def processor(work) -> VideoFirstProcessor:
-    (work / "vocab.txt").write_text("\n".join(VOCAB) + "\n")
-    video_processor = VideoFirstVideoProcessor(
-        size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}, num_frames=4
-    )
-    return VideoFirstProcessor(
-        video_processor=video_processor, tokenizer=BertTokenizerFast(vocab=str(work / "vocab.txt"))
-    )
+    return tiny_processor(work, VOCAB)
 
 
 @pytest.fixture(scope="module")

@@ -67,6 +67,19 @@ def run_script(args: list[str], timeout: float = 300, launcher: list[str] | None
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=REPO)
 
 
+def kill_at_checkpoint(process: subprocess.Popen, run_dir: Path, step: int, timeout: float) -> None:
+    """SIGKILL the training `process` as soon as its step-`step` checkpoint exists (before it can export)."""
+    checkpoint = run_dir / "checkpoints" / f"step_{step:08d}"
+    deadline = time.monotonic() + timeout
+    while not checkpoint.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert checkpoint.exists(), f"the run never reached its step-{step} checkpoint"
+    if process.poll() is None:
+        process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (run_dir / "export").exists(), "the run finished before it could be killed"
+
+
 def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
     return load_file(str(run_dir / "export" / "model.safetensors"))
 
@@ -173,15 +186,7 @@ def test_resume_after_sigkill_equals_uninterrupted_run(tiny_data, tmp_path):
     interrupted = tmp_path / "interrupted"
     args = [str(PRETRAIN), "--config", str(DEMO), *tiny_overrides(tiny_data, interrupted)]
     process = subprocess.Popen([sys.executable, *args], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    checkpoint = interrupted / "checkpoints" / "step_00000004"
-    deadline = time.monotonic() + 240
-    while not checkpoint.exists() and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert checkpoint.exists(), "the run never reached its step-4 checkpoint"
-    if process.poll() is None:
-        process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert not (interrupted / "export").exists(), "the run finished before it could be killed"
+    kill_at_checkpoint(process, interrupted, step=4, timeout=240)
 
     resumed = run_script([*tiny_overrides(tiny_data, interrupted), "--resume"])
     assert resumed.returncode == 0, resumed.stderr[-4000:]

@@ -1,6 +1,10 @@
 """Tiny VideoFirst configurations shared by the tests (CPU, milliseconds per forward)."""
 
-from videofirst import VideoFirstConfig, VideoFirstModel
+from pathlib import Path
+
+from transformers import BertTokenizerFast
+
+from videofirst import VideoFirstConfig, VideoFirstModel, VideoFirstProcessor, VideoFirstVideoProcessor
 
 TINY_TEXT_CONFIG = {
     "model_type": "bert",
@@ -38,3 +42,14 @@ def tiny_config(text_overrides: dict | None = None, **vision_overrides) -> Video
 
 def tiny_model(**vision_overrides) -> VideoFirstModel:
     return VideoFirstModel(tiny_config(**vision_overrides))
+
+
+def tiny_processor(folder: Path, vocab: list[str]) -> VideoFirstProcessor:
+    """A processor for 32 px, 4-frame clips with a WordPiece tokenizer over `vocab` (written to `folder`)."""
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    video_processor = VideoFirstVideoProcessor(
+        size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}, num_frames=4
+    )
+    return VideoFirstProcessor(
+        video_processor=video_processor, tokenizer=BertTokenizerFast(vocab=str(folder / "vocab.txt"))
+    )
