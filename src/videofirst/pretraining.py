@@ -18,6 +18,7 @@ from torch import nn
 
 from videofirst.adaptation import apply_adaptation, merge_adaptation
 from videofirst.data import build_dataloader, training_sources
+from videofirst.distributed import exportable_model, shard_model
 from videofirst.evaluation import embed_texts, embed_videos, retrieval_metrics
 from videofirst.export import export_checkpoint
 from videofirst.losses import contrastive_loss, sigmoid_loss
@@ -151,6 +152,7 @@ def pretrain(recipe: PretrainRecipe) -> PretrainResult:
     if optim.activation_checkpointing:
         model.activation_checkpointing_enable()
     accelerator.print(adaptation.describe())
+    model = shard_model(model, accelerator)  # FSDP2 only; before the optimizer, which holds the shards
 
     optimizer = build_optimizer(model, optim)
     scheduler = build_scheduler(optimizer, optim)
@@ -210,16 +212,16 @@ def pretrain(recipe: PretrainRecipe) -> PretrainResult:
 
     if recipe.data.eval_manifest and run.eval_due(at_end=True):
         metrics = _evaluate(model, accelerator, recipe, eval_loader, processor, logger, state.step)
+    trained = exportable_model(model, accelerator)  # every process: FSDP2 gathers its shards
     # LoRA weights are folded in, so the export is an ordinary checkpoint.
-    export_dir = run.finish(
-        lambda: export_checkpoint(merge_adaptation(accelerator.unwrap_model(model)), processor, run_dir / "export")
-    )
+    export_dir = run.finish(lambda: export_checkpoint(merge_adaptation(trained), processor, run_dir / "export"))
     return PretrainResult(run_dir, export_dir, state.step, metrics, state.bad_samples)
 
 
 def _evaluate(model, accelerator, recipe, eval_loader, processor, logger, step) -> dict[str, float]:
     """Text-to-video and video-to-text retrieval on the held-out manifest, on the main process."""
     metrics: dict[str, float] = {}
+    evaluated = exportable_model(model, accelerator)  # every process: FSDP2 gathers an unsharded copy
     if accelerator.is_main_process:
         captions: list[str] = []
 
@@ -230,9 +232,8 @@ def _evaluate(model, accelerator, recipe, eval_loader, processor, logger, step) 
                 captions.extend(batch["captions"])
                 yield batch
 
-        unwrapped = accelerator.unwrap_model(model)
-        video_embeds = embed_videos(unwrapped, video_batches(), device=accelerator.device)
-        text_embeds = embed_texts(unwrapped, processor.tokenizer, captions, recipe.eval.batch_size)
+        video_embeds = embed_videos(evaluated, video_batches(), device=accelerator.device)
+        text_embeds = embed_texts(evaluated, processor.tokenizer, captions, recipe.eval.batch_size)
         metrics = retrieval_metrics(text_embeds @ video_embeds.t(), list(range(len(captions))))
         metrics["chance_recall@1"] = 1.0 / len(captions)
         logger.log({f"eval/{key}": value for key, value in metrics.items()}, step)

@@ -1,0 +1,174 @@
+"""Scale-out pieces the training loops share: FSDP2 on CPU process groups, sharded-checkpoint reading, and the
+data-parallel wrapper's options.
+
+- `enable_fsdp2_on_cpu`: accelerate (1.x) promotes a process group to FSDP only on accelerator devices (its
+  `AcceleratorState` keeps a gloo `MULTI_CPU` group as plain DDP and drops the FSDP plugin without a word). An
+  accelerate FSDP config launched on CPU processes is switched to FSDP here, loudly, so the same config and the
+  same accelerate code paths (`fully_shard`, sharded `save_state` / `load_state`, full state dict gathering) run
+  on CPU processes as on GPUs.
+- `full_state_dict`: the model's weights as plain tensors on every process, whatever the wrapper (FSDP2
+  gathers its shards: every process must call it).
+- `load_sharded_model`: the weights of a sharded (torch.distributed.checkpoint) accelerate checkpoint, read in one
+  process, e.g. to export it.
+- `ddp_kwargs`: how DDP must be configured for a recipe (frozen parts, activation checkpointing, image batches).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator, DistributedDataParallelKwargs, PartialState
+from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "ddp_kwargs",
+    "enable_fsdp2_on_cpu",
+    "exportable_model",
+    "full_state_dict",
+    "load_sharded_model",
+    "sharded_model_folder",
+]
+
+# What accelerate's `save_state` writes for the first model under FSDP with SHARDED_STATE_DICT.
+SHARDED_MODEL_FOLDER = "pytorch_model_fsdp_0"
+
+
+def enable_fsdp2_on_cpu(accelerator: Accelerator) -> bool:
+    """Switch a CPU process group launched with an accelerate FSDP2 config (ACCELERATE_USE_FSDP) to FSDP2; returns
+    whether it did. Call right after creating the `Accelerator`, before `prepare`. A no-op anywhere else."""
+    state = accelerator.state
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() != "true":
+        return False
+    if state.distributed_type != DistributedType.MULTI_CPU:
+        return False
+    plugin = FullyShardedDataParallelPlugin()
+    if plugin.fsdp_version != 2:
+        raise ValueError(
+            "FSDP on CPU processes is supported with FSDP2 only (`fsdp_version: 2` in the accelerate config); "
+            f"the config asks for version {plugin.fsdp_version}."
+        )
+    if state.mixed_precision != "no":
+        plugin.set_mixed_precision(state.mixed_precision)
+    # Both singletons: every new `AcceleratorState()` copies the process-level `PartialState` over its own fields.
+    PartialState().distributed_type = DistributedType.FSDP
+    state.distributed_type = DistributedType.FSDP
+    state.fsdp_plugin = plugin
+    logger.warning(
+        "accelerate keeps CPU (gloo) process groups as DDP and ignores the FSDP config there; switched this "
+        "%d-process CPU group to FSDP2 (fully_shard over %s) as the config asks.",
+        accelerator.num_processes,
+        plugin.transformer_cls_names_to_wrap,
+    )
+    return True
+
+
+def shard_model(model: torch.nn.Module, accelerator: Accelerator) -> torch.nn.Module:
+    """Under FSDP2, shard `model` with torch's `fully_shard` before `accelerator.prepare` (which then keeps it as
+    is); elsewhere return it unchanged. Call before building the optimizer, so that it holds the sharded
+    parameters.
+
+    Why not leave it to accelerate: `fully_shard` refuses scalar parameters, and the temperature (`logit_scale`,
+    `logit_bias`) is one. Each layer class the accelerate config names (`fsdp_transformer_layer_cls_to_wrap`) is
+    its own unit, the rest of the model the root unit; the scalars stay out of the sharding, replicated, and their
+    gradients are averaged over processes by a hook (FSDP2 averages the sharded ones the same way).
+    """
+    if not accelerator.is_fsdp2:
+        return model
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    plugin = accelerator.state.fsdp_plugin
+    if not plugin.transformer_cls_names_to_wrap:
+        raise ValueError(
+            "FSDP2 needs `fsdp_transformer_layer_cls_to_wrap` in the accelerate config "
+            "(VideoFirstEncoderLayer,BertLayer)."
+        )
+    # Resolves the class names (an error names a missing one); accelerate's own call in `prepare` is then a no-op,
+    # as it would not recognise the classes once `fully_shard` has renamed them.
+    plugin.set_auto_wrap_policy(model)
+    layer_classes = tuple(plugin.auto_wrap_policy.keywords["transformer_layer_cls"])
+    model = model.to(accelerator.device)
+    kwargs = {
+        "mesh": init_device_mesh(accelerator.device.type, (accelerator.num_processes,)),
+        "reshard_after_forward": plugin.reshard_after_forward,
+        "mp_policy": plugin.mixed_precision_policy or MixedPrecisionPolicy(),
+        "offload_policy": plugin.cpu_offload,
+    }
+    layers = [module for module in model.modules() if isinstance(module, layer_classes)]
+    for layer in layers:
+        fully_shard(layer, **kwargs)
+    scalars = {param for param in model.parameters() if param.ndim == 0}
+    fully_shard(model, **{**kwargs, "reshard_after_forward": False}, ignored_params=scalars)
+    world = accelerator.num_processes
+
+    def average_gradient(param: torch.Tensor) -> None:
+        torch.distributed.all_reduce(param.grad)  # sum: gloo has no average
+        param.grad.div_(world)
+
+    for param in scalars:
+        if param.requires_grad:
+            param.register_post_accumulate_grad_hook(average_gradient)
+    return model
+
+
+def full_state_dict(model: torch.nn.Module, accelerator: Accelerator) -> dict[str, torch.Tensor]:
+    """The unwrapped model's weights as plain CPU tensors (FSDP2 shards gathered). Every process must call it."""
+    if accelerator.is_fsdp2:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        # Every process receives the full weights: the model is small enough to export on the main process.
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True, broadcast_from_rank0=False)
+        return get_model_state_dict(model, options=options)
+    return {name: tensor.detach().cpu() for name, tensor in accelerator.unwrap_model(model).state_dict().items()}
+
+
+def sharded_model_folder(checkpoint: str | Path) -> Path | None:
+    """The sharded model folder of an accelerate checkpoint, or None if it holds a full model file."""
+    folder = Path(checkpoint) / SHARDED_MODEL_FOLDER
+    return folder if (folder / ".metadata").is_file() else None
+
+
+def load_sharded_model(folder: str | Path) -> dict[str, torch.Tensor]:
+    """All weights of a torch.distributed.checkpoint folder (as accelerate's FSDP `save_state` writes it), read in
+    this one process without a process group."""
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    with tempfile.TemporaryDirectory() as scratch:
+        merged = Path(scratch) / "model.pt"
+        dcp_to_torch_save(folder, merged)
+        state = torch.load(merged, map_location="cpu", weights_only=True)
+    # accelerate saves the model's state under the key "model".
+    state = state.get("model", state)
+    return {name: tensor for name, tensor in state.items() if torch.is_tensor(tensor)}
+
+
+def exportable_model(model: torch.nn.Module, accelerator: Accelerator) -> torch.nn.Module | None:
+    """The trained model as an ordinary module to export on the main process (None on the others). Every process
+    must call it: under FSDP2 the shards are gathered into a fresh, unsharded copy."""
+    if not accelerator.is_fsdp2:
+        return accelerator.unwrap_model(model)
+    weights = full_state_dict(model, accelerator)
+    if not accelerator.is_main_process:
+        return None
+    # fully_shard swaps the class for a subclass of (FSDPModule, original class); rebuild the original one.
+    from torch.distributed.fsdp import FSDPModule
+
+    original = next(cls for cls in type(model).__mro__ if not issubclass(cls, FSDPModule))
+    plain = original(model.config)
+    plain.load_state_dict(weights, strict=True)
+    return plain
+
+
+def ddp_kwargs(
+    *, activation_checkpointing: bool, frozen_parameters: bool, images: bool
+) -> DistributedDataParallelKwargs:
+    """DDP's options for a recipe."""
+    return DistributedDataParallelKwargs(
+        find_unused_parameters=images or frozen_parameters, static_graph=activation_checkpointing and not images
+    )
