@@ -1,6 +1,7 @@
 """Scale-out that has run: FSDP2 and DDP over two CPU (gloo) processes, two "nodes" on the loopback, bf16 mixed
 precision, and torch.compile under masking. The GPU acceptance script is exercised in its --dry-run mode."""
 
+import csv
 import json
 import os
 import signal
@@ -222,6 +223,7 @@ def fresh_accelerator_state():
     AcceleratorState._reset_state(reset_partial_state=True)
 
 
+@pytest.mark.slow
 def test_bf16_mixed_precision_trains_close_to_fp32(tiny_data, tmp_path, fresh_accelerator_state):
     from accelerate.state import AcceleratorState
 
@@ -229,7 +231,8 @@ def test_bf16_mixed_precision_trains_close_to_fp32(tiny_data, tmp_path, fresh_ac
 
     for precision in ("no", "bf16"):
         AcceleratorState._reset_state(reset_partial_state=True)
-        overrides = {"optim.mixed_precision": precision, "optim.max_steps": 4, **EXACT}
+        # Quoted: a bare `no` is YAML for false.
+        overrides = {"optim.mixed_precision": f"'{precision}'", "optim.max_steps": 4, **EXACT}
         pretrain(load_recipe(DEMO, tiny_overrides(tiny_data, tmp_path / precision, **overrides)))
     fp32, bf16 = losses(tmp_path / "no"), losses(tmp_path / "bf16")
     assert len(bf16) == 4 and all(torch.isfinite(torch.tensor(bf16)))
@@ -265,6 +268,7 @@ def test_compiled_towers_do_not_recompile_for_every_token_count():
     torch._dynamo.reset()
 
 
+@pytest.mark.slow
 def test_compile_runs_in_the_training_loop(tiny_data, tmp_path, fresh_accelerator_state):
     from videofirst.pretraining import pretrain
 
@@ -272,3 +276,40 @@ def test_compile_runs_in_the_training_loop(tiny_data, tmp_path, fresh_accelerato
     result = pretrain(load_recipe(DEMO, tiny_overrides(tiny_data, tmp_path / "run", **overrides)))
     assert result.final_step == 2 and all(torch.isfinite(torch.tensor(losses(tmp_path / "run"))))
     torch._dynamo.reset()
+
+
+# GPU acceptance script -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_gpu_acceptance_dry_run_runs_every_step(tmp_path):
+    script = REPO / "training" / "benchmarks" / "gpu_acceptance.py"
+    result = subprocess.run(
+        [sys.executable, str(script), "--dry-run", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=2400,
+        cwd=REPO,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    with open(tmp_path / "acceptance.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["step"] for row in rows] == ["demo_bf16", "peers", "limit", "efficiency", "fsdp2"]
+    assert "final loss" in rows[0]["result"] and "final loss" in rows[-1]["result"]
+    assert all(float(row["seconds"]) > 0 for row in rows)
+    assert "| limit |" in (tmp_path / "acceptance.md").read_text()
+    assert "switched this 2-process CPU group to FSDP2" in (tmp_path / "fsdp2" / "output.log").read_text()
+
+
+def test_gpu_acceptance_fails_loudly_without_a_gpu(tmp_path):
+    script = REPO / "training" / "benchmarks" / "gpu_acceptance.py"
+    result = subprocess.run(
+        [sys.executable, str(script), "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
+    )
+    assert result.returncode == 1 and "no CUDA GPU" in result.stderr
+    assert not (tmp_path / "acceptance.csv").exists()

@@ -27,6 +27,7 @@ from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "compile_towers",
     "ddp_kwargs",
     "enable_fsdp2_on_cpu",
     "exportable_model",
@@ -117,6 +118,16 @@ def shard_model(model: torch.nn.Module, accelerator: Accelerator) -> torch.nn.Mo
     return model
 
 
+def compile_towers(model: torch.nn.Module, backend: str = "inductor") -> torch.nn.Module:
+    """Compile the vision and text towers in place (`Module.compile`: parameter names, checkpoints and the DDP /
+    FSDP2 wrappers are unchanged). `dynamic=None`: a dimension that changes between steps (kept tokens under
+    masking, frames, the last smaller batch) is recompiled once as dynamic, not once per new size. Graph breaks
+    are allowed (`fullgraph=False`): the towers run data-dependent masking code."""
+    for tower in (model.vision_model, model.text_model):
+        tower.compile(backend=backend, dynamic=None, fullgraph=False)
+    return model
+
+
 def full_state_dict(model: torch.nn.Module, accelerator: Accelerator) -> dict[str, torch.Tensor]:
     """The unwrapped model's weights as plain CPU tensors (FSDP2 shards gathered). Every process must call it."""
     if accelerator.is_fsdp2:
@@ -165,10 +176,19 @@ def exportable_model(model: torch.nn.Module, accelerator: Accelerator) -> torch.
     return plain
 
 
-def ddp_kwargs(
-    *, activation_checkpointing: bool, frozen_parameters: bool, images: bool
-) -> DistributedDataParallelKwargs:
-    """DDP's options for a recipe."""
-    return DistributedDataParallelKwargs(
-        find_unused_parameters=images or frozen_parameters, static_graph=activation_checkpointing and not images
-    )
+def ddp_kwargs(recipe) -> DistributedDataParallelKwargs:
+    """DDP's options for a recipe (any `videofirst.recipe.Recipe`), chosen rather than left to defaults:
+
+    - `find_unused_parameters` only with image co-training (`data.image_manifest`): a video forward pass leaves
+      the 2D patch kernel without a gradient and an image pass the tubelet kernel and temporal positions, and DDP
+      must be told so (it then walks the graph after every forward pass, which costs time, hence not by default).
+      Frozen parts (`requires_grad=False`: frozen text tower, tubelet kernel, lower layers) are not DDP's
+      concern: it only registers trainable parameters. The 2D kernel of video-only runs is frozen by
+      `videofirst.adaptation`, so it is not an unused parameter there.
+    - `static_graph=False`: activation checkpointing here is transformers' non-reentrant one, which replays the
+      forward inside backward without changing which parameters get gradients, so DDP needs no static-graph
+      mode for it; and with images the set of used parameters alternates between the two passes of a step,
+      which a static graph would forbid.
+    """
+    images = getattr(recipe.data, "image_manifest", None) is not None
+    return DistributedDataParallelKwargs(find_unused_parameters=images, static_graph=False)

@@ -18,7 +18,7 @@ from torch import nn
 
 from videofirst.adaptation import apply_adaptation, merge_adaptation
 from videofirst.data import build_dataloader, training_sources
-from videofirst.distributed import exportable_model, shard_model
+from videofirst.distributed import compile_towers, exportable_model, shard_model
 from videofirst.evaluation import embed_texts, embed_videos, retrieval_metrics
 from videofirst.export import export_checkpoint
 from videofirst.losses import contrastive_loss, sigmoid_loss
@@ -152,6 +152,8 @@ def pretrain(recipe: PretrainRecipe) -> PretrainResult:
     if optim.activation_checkpointing:
         model.activation_checkpointing_enable()
     accelerator.print(adaptation.describe())
+    if optim.compile:
+        compile_towers(model, optim.compile_backend)
     model = shard_model(model, accelerator)  # FSDP2 only; before the optimizer, which holds the shards
 
     optimizer = build_optimizer(model, optim)

@@ -49,7 +49,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from videofirst.checkpointing import CheckpointManager, TrainerState
-from videofirst.distributed import enable_fsdp2_on_cpu
+from videofirst.distributed import ddp_kwargs, enable_fsdp2_on_cpu
 from videofirst.recipe import Recipe
 from videofirst.run_logging import RunLogger, tracker_names
 
@@ -141,6 +141,7 @@ class TrainingRun:
             log_with=tracker_names(recipe.run.trackers) or None,
             project_config=ProjectConfiguration(project_dir=str(self.run_dir), logging_dir=str(self.run_dir / "logs")),
             dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, dispatch_batches=dispatch_batches),
+            kwargs_handlers=[ddp_kwargs(recipe)],
         )
         enable_fsdp2_on_cpu(self.accelerator)
         set_seed(recipe.run.seed)
