@@ -41,6 +41,12 @@ def _compact(candidates: torch.LongTensor, keep: torch.BoolTensor, grid_size: in
     return TokenSelection(indices=indices.masked_fill(~valid, 0), valid=valid, all_valid=bool(valid.all()))
 
 
+def _generator(generator: torch.Generator | None) -> dict:
+    """`generator=` for torch.rand only when there is one: `torch.rand(..., generator=None)` does not trace with
+    symbolic sizes (torch.compile with dynamic shapes), the call without it does."""
+    return {} if generator is None else {"generator": generator}
+
+
 def select_tokens(
     grid: tuple[int, int],
     batch_size: int,
@@ -70,7 +76,7 @@ def select_tokens(
         return _compact(candidates, token_valid, grid_size)
 
     if mask_type == "random":
-        noise = torch.rand(batch_size, grid_size, device=device, generator=generator)
+        noise = torch.rand(batch_size, grid_size, device=device, **_generator(generator))
         if token_valid is None:
             real_count = torch.full((batch_size,), grid_size, device=device)
         else:
@@ -84,7 +90,7 @@ def select_tokens(
 
     # Tube masking: one spatial subset per sample, repeated over all real time steps.
     spatial_keep = max(1, round((1.0 - mask_ratio) * num_spatial))
-    noise = torch.rand(batch_size, num_spatial, device=device, generator=generator)
+    noise = torch.rand(batch_size, num_spatial, device=device, **_generator(generator))
     kept_spatial = noise.argsort(dim=1)[:, :spatial_keep]
     times = torch.arange(num_times, device=device)
     candidates = (times[None, :, None] * num_spatial + kept_spatial[:, None, :]).flatten(1)
