@@ -1,16 +1,17 @@
-"""Scale-out pieces the training loops share: FSDP2 on CPU process groups, sharded-checkpoint reading, and the
-data-parallel wrapper's options.
+"""Scale-out pieces the training loops share: FSDP2 (also on CPU process groups), DDP's options, compiling.
 
-- `enable_fsdp2_on_cpu`: accelerate (1.x) promotes a process group to FSDP only on accelerator devices (its
+- `enable_fsdp2_on_cpu`: accelerate (1.16) promotes a process group to FSDP only on accelerator devices (its
   `AcceleratorState` keeps a gloo `MULTI_CPU` group as plain DDP and drops the FSDP plugin without a word). An
-  accelerate FSDP config launched on CPU processes is switched to FSDP here, loudly, so the same config and the
-  same accelerate code paths (`fully_shard`, sharded `save_state` / `load_state`, full state dict gathering) run
-  on CPU processes as on GPUs.
-- `full_state_dict`: the model's weights as plain tensors on every process, whatever the wrapper (FSDP2
-  gathers its shards: every process must call it).
-- `load_sharded_model`: the weights of a sharded (torch.distributed.checkpoint) accelerate checkpoint, read in one
-  process, e.g. to export it.
-- `ddp_kwargs`: how DDP must be configured for a recipe (frozen parts, activation checkpointing, image batches).
+  accelerate FSDP2 config launched on CPU processes is switched to FSDP2 here, with a warning, so the same config
+  and the same accelerate code (sharded `save_state` / `load_state`, optimizer re-binding) run on CPU processes
+  as on GPUs.
+- `shard_model`: `fully_shard` of the layers the config names and of the rest, keeping the scalar temperature out
+  (fully_shard refuses scalars) with its gradient averaged by hand.
+- `exportable_model`: the trained weights gathered into an ordinary module, for evaluation and
+  export on the main process.
+- `sharded_model_folder` / `load_sharded_model`: a sharded checkpoint's weights, read in one process (export).
+- `ddp_kwargs`: DDP's options for a recipe (image co-training, frozen parts, activation checkpointing).
+- `compile_towers`: `optim.compile`.
 """
 
 from __future__ import annotations
@@ -31,7 +32,6 @@ __all__ = [
     "ddp_kwargs",
     "enable_fsdp2_on_cpu",
     "exportable_model",
-    "full_state_dict",
     "load_sharded_model",
     "sharded_model_folder",
 ]
@@ -128,17 +128,6 @@ def compile_towers(model: torch.nn.Module, backend: str = "inductor") -> torch.n
     return model
 
 
-def full_state_dict(model: torch.nn.Module, accelerator: Accelerator) -> dict[str, torch.Tensor]:
-    """The unwrapped model's weights as plain CPU tensors (FSDP2 shards gathered). Every process must call it."""
-    if accelerator.is_fsdp2:
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-        # Every process receives the full weights: the model is small enough to export on the main process.
-        options = StateDictOptions(full_state_dict=True, cpu_offload=True, broadcast_from_rank0=False)
-        return get_model_state_dict(model, options=options)
-    return {name: tensor.detach().cpu() for name, tensor in accelerator.unwrap_model(model).state_dict().items()}
-
-
 def sharded_model_folder(checkpoint: str | Path) -> Path | None:
     """The sharded model folder of an accelerate checkpoint, or None if it holds a full model file."""
     folder = Path(checkpoint) / SHARDED_MODEL_FOLDER
@@ -164,11 +153,13 @@ def exportable_model(model: torch.nn.Module, accelerator: Accelerator) -> torch.
     must call it: under FSDP2 the shards are gathered into a fresh, unsharded copy."""
     if not accelerator.is_fsdp2:
         return accelerator.unwrap_model(model)
-    weights = full_state_dict(model, accelerator)
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    from torch.distributed.fsdp import FSDPModule
+
+    weights = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if not accelerator.is_main_process:
         return None
     # fully_shard swaps the class for a subclass of (FSDPModule, original class); rebuild the original one.
-    from torch.distributed.fsdp import FSDPModule
 
     original = next(cls for cls in type(model).__mro__ if not issubclass(cls, FSDPModule))
     plain = original(model.config)
