@@ -18,7 +18,7 @@ from torch import nn
 
 from videofirst.adaptation import apply_adaptation, merge_adaptation
 from videofirst.data import build_dataloader, training_sources
-from videofirst.distributed import compile_towers, exportable_model, shard_model
+from videofirst.distributed import compile_towers, enable_fsdp2_on_cpu, exportable_model, shard_model
 from videofirst.evaluation import embed_texts, embed_videos, retrieval_metrics
 from videofirst.export import export_checkpoint
 from videofirst.losses import contrastive_loss, sigmoid_loss
@@ -143,6 +143,7 @@ def pretrain(recipe: PretrainRecipe) -> PretrainResult:
     # No dispatching: every process reads its own batches (streamed sources carry caption lists).
     run = TrainingRun(recipe, dispatch_batches=False)
     accelerator, run_dir = run.accelerator, run.run_dir
+    enable_fsdp2_on_cpu(accelerator)  # an FSDP2 config on CPU processes, which accelerate would run as DDP
 
     with accelerator.main_process_first():
         data_paths = prepare_data(recipe, run_dir)

@@ -49,7 +49,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from videofirst.checkpointing import CheckpointManager, TrainerState
-from videofirst.distributed import ddp_kwargs, enable_fsdp2_on_cpu
+from videofirst.distributed import ddp_kwargs
 from videofirst.recipe import Recipe
 from videofirst.run_logging import RunLogger, tracker_names
 
@@ -143,7 +143,6 @@ class TrainingRun:
             dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, dispatch_batches=dispatch_batches),
             kwargs_handlers=[ddp_kwargs(recipe)],
         )
-        enable_fsdp2_on_cpu(self.accelerator)
         set_seed(recipe.run.seed)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.checkpoints = CheckpointManager(
