@@ -48,6 +48,12 @@ def _all_valid(candidates: torch.LongTensor) -> TokenSelection:
     return TokenSelection(indices=indices, valid=torch.ones_like(indices, dtype=torch.bool), all_valid=True)
 
 
+def _generator(generator: torch.Generator | None) -> dict:
+    """`generator=` for torch.rand only when there is one: `torch.rand(..., generator=None)` does not trace with
+    symbolic sizes (torch.compile with dynamic shapes), the call without it does."""
+    return {} if generator is None else {"generator": generator}
+
+
 def select_tokens(
     grid: tuple[int, int],
     batch_size: int,
@@ -77,7 +83,7 @@ def select_tokens(
         return _compact(candidates, token_valid, grid_size)
 
     if mask_type == "random":
-        noise = torch.rand(batch_size, grid_size, device=device, generator=generator)
+        noise = torch.rand(batch_size, grid_size, device=device, **_generator(generator))
         if token_valid is None:
             return _all_valid(noise.argsort(dim=1)[:, : max(1, round((1.0 - mask_ratio) * grid_size))])
         # Padded tokens sort after every real one and are then cut by the per-sample count.
@@ -89,7 +95,7 @@ def select_tokens(
 
     # Tube masking: one spatial subset per sample, repeated over all real time steps.
     spatial_keep = max(1, round((1.0 - mask_ratio) * num_spatial))
-    noise = torch.rand(batch_size, num_spatial, device=device, generator=generator)
+    noise = torch.rand(batch_size, num_spatial, device=device, **_generator(generator))
     kept_spatial = noise.argsort(dim=1)[:, :spatial_keep]
     times = torch.arange(num_times, device=device)
     candidates = (times[None, :, None] * num_spatial + kept_spatial[:, None, :]).flatten(1)

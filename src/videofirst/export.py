@@ -92,7 +92,7 @@ def export_run(
       checkpoint when the run has not exported yet;
     * an exported checkpoint folder (`config.json`); if it sits in a run folder (`<run>/export`) the run's record
       is used too;
-    * a training checkpoint `<run>/checkpoints/step_XXXXXXXX` (accelerate state of a single-process, DDP or
+    * a training checkpoint `<run>/checkpoints/step_XXXXXXXX` (accelerate state of a single-process, DDP, FSDP2 or
       plain-CPU run): the model is rebuilt from the run's recipe and loaded with that step's weights.
 
     The card gets the run's recipe and log, `results` (files or records, see `videofirst.hub.load_results`) and,
@@ -185,18 +185,21 @@ def _load_training_checkpoint(checkpoint: Path):
     run_dir = checkpoint.parent.parent
     if not (run_dir / "recipe.yaml").is_file():
         raise FileNotFoundError(f"{checkpoint} is not inside a run folder: {run_dir / 'recipe.yaml'} is missing")
-    weights = checkpoint / "model.safetensors"
-    if not weights.is_file():
+    from videofirst.distributed import load_sharded_model, sharded_model_folder
+
+    weights = sharded_model_folder(checkpoint) or checkpoint / "model.safetensors"
+    if not weights.exists():
         raise FileNotFoundError(
-            f"{weights} not found: only single-model accelerate checkpoints saved with safetensors are supported "
-            "(for FSDP or DeepSpeed runs, export the run's final export/ folder)"
+            f"{weights} not found: accelerate checkpoints with one model saved with safetensors (single process, "
+            "DDP) or sharded by FSDP are supported (for DeepSpeed runs, export the run's final export/ folder)"
         )
     recipe = load_recipe(run_dir / "recipe.yaml")
     tokenizer = Path(recipe.data.tokenizer) if recipe.data.tokenizer else run_dir / "tokenizer"
     processor = build_processor(recipe, tokenizer)
     model = build_model(recipe, processor)
     apply_adaptation(model, recipe.adaptation, train_images=recipe.data.image_manifest is not None)
-    missing, unexpected = model.load_state_dict(load_file(str(weights)), strict=False)
+    state = load_sharded_model(weights) if weights.is_dir() else load_file(str(weights))
+    missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise ValueError(
             f"{weights} does not match the run's model: "

@@ -18,6 +18,7 @@ from torch import nn
 
 from videofirst.adaptation import apply_adaptation, merge_adaptation
 from videofirst.data import build_dataloader, training_sources
+from videofirst.distributed import compile_towers, enable_fsdp2_on_cpu, exportable_model, shard_model
 from videofirst.evaluation import embed_texts, embed_videos, retrieval_metrics
 from videofirst.export import export_checkpoint
 from videofirst.losses import contrastive_loss, sigmoid_loss
@@ -139,12 +140,11 @@ class ContrastiveObjective:
 
 def pretrain(recipe: PretrainRecipe) -> PretrainResult:
     optim = recipe.optim
-    # No dispatching: every process reads its own batches (streamed sources carry caption lists). Co-trained images
-    # take their own forward pass, which leaves the video kernels unused (and the video pass the image kernel), so
-    # DDP is told to look for unused parameters; without images `apply_adaptation` freezes the image kernel instead.
-    co_train_images = recipe.data.image_manifest is not None
-    run = TrainingRun(recipe, dispatch_batches=False, find_unused_parameters=co_train_images)
+    # No dispatching: every process reads its own batches (streamed sources carry caption lists). DDP looks for
+    # unused parameters only when images co-train (`distributed.ddp_kwargs`).
+    run = TrainingRun(recipe, dispatch_batches=False)
     accelerator, run_dir = run.accelerator, run.run_dir
+    enable_fsdp2_on_cpu(accelerator)  # an FSDP2 config on CPU processes, which accelerate would run as DDP
 
     with accelerator.main_process_first():
         data_paths = prepare_data(recipe, run_dir)
@@ -154,6 +154,9 @@ def pretrain(recipe: PretrainRecipe) -> PretrainResult:
     if optim.activation_checkpointing:
         model.activation_checkpointing_enable()
     accelerator.print(adaptation.describe())
+    if optim.compile:
+        compile_towers(model, optim.compile_backend)
+    model = shard_model(model, accelerator)  # FSDP2 only; before the optimizer, which holds the shards
 
     optimizer = build_optimizer(model, optim)
     scheduler = build_scheduler(optimizer, optim)
@@ -213,12 +216,11 @@ def pretrain(recipe: PretrainRecipe) -> PretrainResult:
 
     if recipe.data.eval_manifest and run.eval_due(at_end=True):
         metrics = _evaluate(model, accelerator, recipe, eval_loader, processor, logger, state.step)
+    trained = exportable_model(model, accelerator)  # every process: FSDP2 gathers its shards
     # LoRA weights are folded in, so the export is an ordinary checkpoint; its card carries the run's record and
     # its last held-out evaluation.
     export_dir = run.finish(
-        lambda folder: export_checkpoint(
-            merge_adaptation(accelerator.unwrap_model(model)), processor, folder, run_dir=run_dir
-        )
+        lambda folder: export_checkpoint(merge_adaptation(trained), processor, folder, run_dir=run_dir)
     )
     return PretrainResult(run_dir, export_dir, state.step, metrics, state.bad_samples)
 
@@ -226,6 +228,7 @@ def pretrain(recipe: PretrainRecipe) -> PretrainResult:
 def _evaluate(model, accelerator, recipe, eval_loader, processor, logger, step) -> dict[str, float]:
     """Text-to-video and video-to-text retrieval on the held-out manifest, on the main process."""
     metrics: dict[str, float] = {}
+    evaluated = exportable_model(model, accelerator)  # every process: FSDP2 gathers an unsharded copy
     if accelerator.is_main_process:
         captions: list[str] = []
 
@@ -237,9 +240,8 @@ def _evaluate(model, accelerator, recipe, eval_loader, processor, logger, step) 
                     captions.extend(batch["captions"])
                     yield batch
 
-        unwrapped = accelerator.unwrap_model(model)
-        video_embeds = embed_videos(unwrapped, video_batches(), device=accelerator.device)
-        text_embeds = embed_texts(unwrapped, processor.tokenizer, captions, recipe.eval.batch_size)
+        video_embeds = embed_videos(evaluated, video_batches(), device=accelerator.device)
+        text_embeds = embed_texts(evaluated, processor.tokenizer, captions, recipe.eval.batch_size)
         metrics = retrieval_metrics(text_embeds @ video_embeds.t(), list(range(len(captions))))
         metrics["chance_recall@1"] = 1.0 / len(captions)
         logger.log({f"eval/{key}": value for key, value in metrics.items()}, step)

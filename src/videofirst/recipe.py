@@ -123,6 +123,10 @@ class OptimSection:
     max_grad_norm: float = 1.0
     mixed_precision: str = "no"
     activation_checkpointing: bool = False
+    # torch.compile the two towers (shapes that change, e.g. kept-token counts, become dynamic after one
+    # recompile); `compile_backend` as torch.compile takes it.
+    compile: bool = False
+    compile_backend: str = "inductor"
 
 
 @dataclass

@@ -48,13 +48,14 @@ from typing import Any
 import torch
 import yaml
 from accelerate import Accelerator, DataLoaderConfiguration
-from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, broadcast_object_list, set_seed
+from accelerate.utils import ProjectConfiguration, broadcast_object_list, set_seed
 from torch import nn
 from tqdm.auto import tqdm
 
 from videofirst.checkpointing import CheckpointError, CheckpointManager, TrainerState
 from videofirst.data import equalize_batch
 from videofirst.determinism import configure_determinism
+from videofirst.distributed import ddp_kwargs
 from videofirst.recipe import Recipe
 from videofirst.run_folder import RunFolder, RunFolderError, exit_with_launcher, flat_config
 from videofirst.run_logging import RunLogger, tracker_names
@@ -143,10 +144,9 @@ class TrainingRun:
     releases the lock (so does `close`, when the run ends otherwise in a process that goes on).
     """
 
-    def __init__(self, recipe: Recipe, *, dispatch_batches: bool | None = None, find_unused_parameters: bool = False):
+    def __init__(self, recipe: Recipe, *, dispatch_batches: bool | None = None):
         """`dispatch_batches` as accelerate's `DataLoaderConfiguration` takes it (None: accelerate's default,
-        False: every process reads its own batches). `find_unused_parameters` is DDP's: for a model whose forward
-        passes each leave some trainable parameters unused."""
+        False: every process reads its own batches). DDP's options follow the recipe (`distributed.ddp_kwargs`)."""
         self.recipe = recipe
         self.run_dir = Path(recipe.run.output_dir)
         optim = recipe.optim
@@ -156,7 +156,7 @@ class TrainingRun:
             log_with=tracker_names(recipe.run.trackers) or None,
             project_config=ProjectConfiguration(project_dir=str(self.run_dir), logging_dir=str(self.run_dir / "logs")),
             dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, dispatch_batches=dispatch_batches),
-            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=find_unused_parameters)],
+            kwargs_handlers=[ddp_kwargs(recipe)],
         )
         set_seed(recipe.run.seed)
         configure_determinism(recipe.run.deterministic, self.accelerator.device)
