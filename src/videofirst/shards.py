@@ -321,7 +321,7 @@ def _check_frame_limit(source, fps, start, end, limit, decode_backend, decode_ti
         return
     try:
         read_video_frames(
-            source, fps=fps, num_frames=1, start=probe, end=end, size=16, max_frames=None,
+            source, fps=fps, num_frames=1, sampling="window", start=probe, end=end, size=16, max_frames=None,
             backend=decode_backend, timeout=decode_timeout,
         )  # fmt: skip
     except ValueError as err:

@@ -74,8 +74,8 @@ def launch(*args: str) -> list[str]:
 
 def demo_args(run_dir: Path, dry_run: bool, *extra: str) -> list[str]:
     data = run_dir / "data"
-    args = [str(PRETRAIN), f"run.output_dir={run_dir}", f"data.train_manifest={data / 'train.jsonl'}"]
-    args.append(f"data.eval_manifest={data / 'test.jsonl'}")
+    args = [str(PRETRAIN), f"run.output_dir={run_dir}", f"data.synthetic.folder={data}"]
+    args += [f"data.train_manifest={data / 'train.jsonl'}", f"data.eval_manifest={data / 'test.jsonl'}"]
     return args + (TINY_DEMO if dry_run else []) + list(extra)
 
 
