@@ -169,7 +169,12 @@ CASES = {
         ["a blue square, then a red circle", "a red circle, then a blue square"],
         ["a red circle, then a blue square", "a red circle, then a green cross"],
         {},
-        {"event_sequence_accuracy": 0.0, "event_position_accuracy": 0.25, "event_set_accuracy": 0.5},
+        {
+            "event_sequence_accuracy": 0.0,
+            "event_position_accuracy": 0.25,
+            "event_set_accuracy": 0.5,
+            "colour_position_accuracy": 0.5,
+        },
     ),
 }
 

@@ -469,6 +469,8 @@ def test_training_loop_logs_exports_and_resumes_exactly(tiny_data, tmp_path, mon
     assert steps[-1]["xattn_gate"] > steps[0]["xattn_gate"] > 0  # the gates open
     assert log[-1]["step"] == 6 and "eval/rougeL" in log[-1]
     assert {"rougeL", "loss", "exact_match"} <= full.metrics.keys() and len(full.samples) == 4
+    # Synthetic order-of-events references: the events are read back too.
+    assert {"event_sequence_accuracy", "event_position_accuracy", "event_set_accuracy"} <= full.metrics.keys()
     assert (full.export_dir / "config.json").is_file() and (full.export_dir / "tokenizer.json").is_file()
 
     # Interrupted at step 5 (the last checkpoint is step 3), then resumed: the same final weights.
@@ -558,7 +560,11 @@ def test_event_sequence_metrics_count_order_position_and_set():
         "event_sequence_accuracy": pytest.approx(1 / 3),
         "event_position_accuracy": pytest.approx((3 + 1 + 1) / 9),
         "event_set_accuracy": pytest.approx(2 / 3),
+        "colour_position_accuracy": pytest.approx((3 + 1 + 1) / 9),
     }
+    # The colour alone counts for the colour accuracy.
+    shapes_wrong = event_sequence_metrics(["a red cross, then a blue cross, then a green circle"], references[:1])
+    assert shapes_wrong["colour_position_accuracy"] == 1.0 and shapes_wrong["event_position_accuracy"] == 0.0
     # An extra event breaks the exact sequence but no position.
     extra = event_sequence_metrics([references[0] + ", then a red circle"], references[:1])
     assert extra["event_sequence_accuracy"] == 0.0 and extra["event_position_accuracy"] == 1.0

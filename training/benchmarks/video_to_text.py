@@ -182,6 +182,7 @@ class Benchmark:
             f"data.train_manifest={data / 'train.jsonl'}",
             f"data.eval_manifest={data / 'test.jsonl'}",
             *(QUICK_OVERRIDES if args.quick else []),
+            *args.set,
         ]
         recipe = self.recipe([])
         tokenizer_dir = prepare_data(recipe, self.work).tokenizer
@@ -221,7 +222,8 @@ class Benchmark:
                 f"data.eval_manifest={recipe.data.eval_manifest}",
             ]
             if self.args.quick:
-                overrides += ["data.synthetic.num_videos=24", "optim.max_steps=4", "optim.batch_size=8"]
+                overrides += ["optim.max_steps=4", "optim.batch_size=8"]
+            overrides += [f"data.synthetic.num_videos={recipe.data.synthetic.num_videos}"]
             pretrain(load_recipe(CONFIGS / "demo.yaml", overrides))
         return AutoModel.from_pretrained(export).vision_model
 
@@ -263,6 +265,7 @@ METRICS = [
     ("event_sequence_accuracy", "event sequence"),
     ("event_position_accuracy", "event / position"),
     ("event_set_accuracy", "event set"),
+    ("colour_position_accuracy", "colour / position"),
     ("qa_second_accuracy", 'QA "second?"'),
     ("rougeL", "Rouge-L"),
     ("cider", "CIDEr-D"),
@@ -324,6 +327,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2], help="none: no table")
     parser.add_argument("--sweep-seeds", type=int, nargs="*", default=[0], help="none: no sweep")
     parser.add_argument("--quick", action="store_true", help="toy sizes: checks the machinery only")
+    parser.add_argument("--set", nargs="*", default=[], help="recipe overrides (key=value) for every run")
     parser.add_argument("--name", default="video_to_text", help="stem of the result files")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the models are tiny)")
     args = parser.parse_args(argv)

@@ -19,7 +19,8 @@ at "then" into events, an event being the first palette colour and the first pal
 that names none counts as a wrong event). `event_sequence_accuracy` is the fraction of videos whose caption names
 exactly the reference events in the reference order; `event_position_accuracy` the fraction of reference events
 named at their position; `event_set_accuracy` the fraction of videos whose caption names the reference events in
-any order. All are fractions in [0, 1].
+any order; `colour_position_accuracy` the fraction of reference events whose colour is named at their position.
+All are fractions in [0, 1].
 """
 
 _KWARGS_DESCRIPTION = """
@@ -27,13 +28,15 @@ Args:
     predictions (`list` of `str`): one generated caption per video.
     references (`list` of `str`): the reference caption of each video (`videofirst.synthetic` grammar).
 Returns:
-    `event_sequence_accuracy`, `event_position_accuracy`, `event_set_accuracy` (`float` in [0, 1]).
+    `event_sequence_accuracy`, `event_position_accuracy`, `event_set_accuracy`, `colour_position_accuracy`
+    (`float` in [0, 1]).
 Examples:
     >>> metric = EventSequence()
-    >>> metric.compute(
+    >>> result = metric.compute(
     ...     predictions=["a blue square, then a red circle"], references=["a red circle, then a blue square"]
     ... )
-    {'event_sequence_accuracy': 0.0, 'event_position_accuracy': 0.0, 'event_set_accuracy': 1.0}
+    >>> result["event_sequence_accuracy"], result["event_position_accuracy"], result["event_set_accuracy"]
+    (0.0, 0.0, 1.0)
 """
 
 
