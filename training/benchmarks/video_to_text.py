@@ -306,8 +306,9 @@ def write_results(
         writer.writerows(rows)
     table = [row for row in rows if row["setting"] == "demo settings" and row["condition"] != "sweep"]
     sweep = [row for row in rows if row["condition"] == "sweep"]
-    lines = [note, "", "Conditions (mean ± std over seeds, held-out clips):", ""]
+    lines = [note]
     if table:
+        lines += ["", "Conditions (mean ± std over seeds, held-out clips):", ""]
         lines += summary_table(table, "condition")
     if sweep:
         lines += ["", "Sweep (contrastive encoder; one setting changed from the demo's):", ""]
