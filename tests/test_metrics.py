@@ -173,7 +173,7 @@ CASES = {
             "event_sequence_accuracy": 0.0,
             "event_position_accuracy": 0.25,
             "event_set_accuracy": 0.5,
-            "colour_position_accuracy": 0.5,
+            "colour_position_accuracy": 0.25,
         },
     ),
 }
