@@ -44,6 +44,8 @@ class VideoFirstVideoToTextConfig(PreTrainedConfig):
         cross_attention_ffn (`bool`, defaults to `True`): follow each cross-attention with a gated feed-forward
             block (Flamingo's "gated xattn-dense").
         cross_attention_intermediate_size (`int`, *optional*): its width; defaults to 4x the language model's.
+        cross_attention_gate_init (`float`, defaults to 0.0): initial value of the tanh gates' parameters. 0 (as
+            Flamingo) makes the new model reproduce the language model exactly at the start.
         decoder_layers_path (`str`, *optional*): dotted path of the language model's `nn.ModuleList` of decoder
             layers (`"transformer.h"` for GPT-2, `"model.layers"` for Llama / Qwen). Found automatically when
             None: the module list whose layers are the model's `_no_split_modules`.
@@ -72,6 +74,7 @@ class VideoFirstVideoToTextConfig(PreTrainedConfig):
     cross_attention_num_heads: int | None = None
     cross_attention_ffn: bool = True
     cross_attention_intermediate_size: int | None = None
+    cross_attention_gate_init: float | int = 0.0
     decoder_layers_path: str | None = None
     freeze_vision_model: bool = True
     freeze_language_model: bool = True

@@ -201,7 +201,7 @@ class VideoFirstGatedCrossAttentionLayer(GradientCheckpointingLayer):
     """Flamingo's gated xattn-dense block: the language model's hidden states attend to the visual latents.
 
     `h = h + tanh(attention_gate) * xattn(ln(h), latents)`, then `h = h + tanh(ffn_gate) * ffn(ln(h))`. Both
-    gates start at 0, so a fresh layer returns `h` unchanged.
+    gates start at `config.cross_attention_gate_init` (0 by default, so that a fresh layer returns `h` unchanged).
     """
 
     def __init__(self, config: VideoFirstVideoToTextConfig):
@@ -325,10 +325,10 @@ class VideoFirstVideoToTextPreTrainedModel(PreTrainedModel):
         if isinstance(module, VideoFirstPerceiverResampler):
             init.trunc_normal_(module.latents, std=std)
         elif isinstance(module, VideoFirstGatedCrossAttentionLayer):
-            # Closed gates: the language model starts unchanged.
-            init.zeros_(module.attention_gate)
+            # Closed gates by default: the language model starts unchanged.
+            init.constant_(module.attention_gate, self.config.cross_attention_gate_init)
             if module.mlp is not None:
-                init.zeros_(module.ffn_gate)
+                init.constant_(module.ffn_gate, self.config.cross_attention_gate_init)
         elif isinstance(module, nn.Linear):
             init.trunc_normal_(module.weight, std=std)
             if module.bias is not None:

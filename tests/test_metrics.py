@@ -165,6 +165,17 @@ CASES = {
         {"cider": False},
         {"rougeL": (1.0 + 2 * 0.75 / 1.75) / 2},
     ),
+    "event_sequence": (
+        ["a blue square, then a red circle", "a red circle, then a blue square"],
+        ["a red circle, then a blue square", "a red circle, then a green cross"],
+        {},
+        {
+            "event_sequence_accuracy": 0.0,
+            "event_position_accuracy": 0.25,
+            "event_set_accuracy": 0.5,
+            "colour_position_accuracy": 0.25,
+        },
+    ),
 }
 
 

@@ -1,6 +1,7 @@
 """Video-to-text: the frozen VideoFirst encoder feeding a frozen causal language model (tiny models from configs)."""
 
 import copy
+import dataclasses
 import json
 import math
 import os
@@ -29,6 +30,13 @@ import videofirst.metrics
 import videofirst.video_to_text as video_to_text
 from videofirst.data import build_dataloader
 from videofirst.evaluation import multiple_choice_metrics
+from videofirst.event_order import (
+    event_order_option_scores,
+    event_order_questions,
+    event_phrase,
+    event_sequence_metrics,
+    parse_event_caption,
+)
 from videofirst.generation import (
     answer_log_likelihoods,
     caption_metrics,
@@ -41,7 +49,7 @@ from videofirst.generation import (
     sequence_log_likelihoods,
     train_caption_tokenizer,
 )
-from videofirst.synthetic import write_synthetic_dataset
+from videofirst.synthetic import COLOURS, SHAPES, sample_videos, write_synthetic_dataset
 
 LANGUAGE_MODELS = {
     "gpt2": {"model_type": "gpt2", "n_embd": 32, "n_layer": 2, "n_head": 4, "n_positions": 64},
@@ -434,6 +442,7 @@ def tiny_recipe(data: Path, run_dir: Path, **extra) -> video_to_text.VideoToText
         "model.resampler_num_latents": 4,
         "model.resampler_depth": 1,
         "model.resampler_num_attention_heads": 4,
+        "model.gate_init": 0.0,  # closed at the start, so that the test sees them open
         "model.prompt": "'caption:'",
         "optim.batch_size": 4,
         "optim.max_steps": 6,
@@ -460,6 +469,8 @@ def test_training_loop_logs_exports_and_resumes_exactly(tiny_data, tmp_path, mon
     assert steps[-1]["xattn_gate"] > steps[0]["xattn_gate"] > 0  # the gates open
     assert log[-1]["step"] == 6 and "eval/rougeL" in log[-1]
     assert {"rougeL", "loss", "exact_match"} <= full.metrics.keys() and len(full.samples) == 4
+    # Synthetic order-of-events references: the events are read back too.
+    assert {"event_sequence_accuracy", "event_position_accuracy", "event_set_accuracy"} <= full.metrics.keys()
     assert (full.export_dir / "config.json").is_file() and (full.export_dir / "tokenizer.json").is_file()
 
     # Interrupted at step 5 (the last checkpoint is step 3), then resumed: the same final weights.
@@ -526,3 +537,108 @@ def test_generated_captions_decode(caption_tokenizer):
         VideoFirstForConditionalGeneration(config), caption_tokenizer, videos(), prompt="caption:", max_new_tokens=5
     )
     assert len(captions) == 2 and all(isinstance(caption, str) for caption in captions)
+
+
+# Reading the events back (synthetic order-of-events captions) ------------------------------------------------------
+
+
+def test_event_parser_reads_back_the_generators_events():
+    # Truth from the data generator: every caption it writes parses to the events it drew.
+    for video in sample_videos(60, 4, 8.0, seed=3):
+        assert parse_event_caption(video.caption) == [(event.colour, event.shape) for event in video.events]
+    assert parse_event_caption("a red circle, then a blue blob, then") == [("red", "circle"), None]
+
+
+def test_event_sequence_metrics_count_order_position_and_set():
+    references = ["a red circle, then a blue square, then a green cross"] * 3
+    predictions = [
+        "a red circle, then a blue square, then a green cross",  # exact
+        "a blue square, then a red circle, then a green cross",  # same events, two swapped
+        "a red circle, then a red circle",  # one right position, an event missing
+    ]
+    assert event_sequence_metrics(predictions, references) == {
+        "event_sequence_accuracy": pytest.approx(1 / 3),
+        "event_position_accuracy": pytest.approx((3 + 1 + 1) / 9),
+        "event_set_accuracy": pytest.approx(2 / 3),
+        "colour_position_accuracy": pytest.approx((3 + 1 + 1) / 9),
+    }
+    # The colour alone counts for the colour accuracy.
+    shapes_wrong = event_sequence_metrics(["a red cross, then a blue cross, then a green circle"], references[:1])
+    assert shapes_wrong["colour_position_accuracy"] == 1.0 and shapes_wrong["event_position_accuracy"] == 0.0
+    # An extra event breaks the exact sequence but no position.
+    extra = event_sequence_metrics([references[0] + ", then a red circle"], references[:1])
+    assert extra["event_sequence_accuracy"] == 0.0 and extra["event_position_accuracy"] == 1.0
+    with pytest.raises(ValueError, match="not an order-of-events caption"):
+        event_sequence_metrics(["a red circle"], ["a dog runs"])
+
+
+def test_order_questions_ask_for_the_event_at_the_position():
+    rows = [
+        {"video": f"{video.index}.mp4", "events": [dataclasses.asdict(event) for event in video.events]}
+        for video in sample_videos(12, 3, 6.0, seed=0)
+    ]
+    questions = event_order_questions(rows, position=2, num_options=5, seed=1)
+    answers = set()
+    for row, question in zip(rows, questions):
+        events = [event_phrase((event["colour"], event["shape"])) for event in row["events"]]
+        assert question["question"] == "what happened second?" and len(set(question["options"])) == 5
+        assert question["options"][question["answer"]] == events[1]
+        assert set(events) <= set(question["options"])  # the video's other events are distractors
+        answers.add(question["answer"])
+    assert len(answers) > 1  # the answer's place is shuffled
+
+
+def test_order_question_scores_marginalise_the_events_before(caption_tokenizer):
+    torch.manual_seed(0)
+    model = tiny_model(resampler_num_latents=4)
+    open_gates(model)
+    latents = model.get_video_features(videos(2)).pooler_output
+    options = [["a red circle", "a blue square"], ["a green cross", "a red circle"]]
+    scores = event_order_option_scores(model, caption_tokenizer, options, 2, latents)
+    # Brute force: log sum over every other first event of P("first, then option" | video), one text at a time.
+    palette = [(colour, shape) for colour in COLOURS for shape in SHAPES]
+    for row, choices in enumerate(options):
+        for column, choice in enumerate(choices):
+            (answer,) = parse_event_caption(choice)
+            log_probs = []
+            for first in palette:
+                if first == answer:
+                    continue
+                text = encode_captions(caption_tokenizer, [f"{event_phrase(first)}, then {choice}"], add_eos=False)
+                labels = text.pop("labels")
+                logits = model(**text, visual_latents=latents[row : row + 1]).logits
+                log_probs.append(sequence_log_likelihoods(logits, labels, reduction="sum"))
+            expected = torch.logsumexp(torch.cat(log_probs), 0).item()
+            assert scores[row, column].item() == pytest.approx(expected, abs=1e-4)
+    # The language model alone scores an option the same whatever the video.
+    alone = event_order_option_scores(model, caption_tokenizer, [options[0], options[0]], 2, None)
+    assert torch.equal(alone[0], alone[1])
+
+
+def test_gate_learning_rate_and_initialisation(tmp_path):
+    recipe = video_to_text.load_video_to_text_recipe(DEMO, ["optim.learning_rate=0.002"])
+    model = tiny_model(cross_attention_gate_init=0.25)
+    assert all(layer.attention_gate.item() == 0.25 for layer in model.cross_attention_layers)
+    assert tiny_model().cross_attention_layers[0].attention_gate.item() == 0.0  # Flamingo's closed gates by default
+    optimizer = video_to_text.build_video_to_text_optimizer(model, recipe.optim, 10.0)
+    gates = {id(p) for layer in model.cross_attention_layers for n, p in layer.named_parameters() if "gate" in n}
+    grouped = [id(p) for group in optimizer.param_groups for p in group["params"]]
+    assert sorted(grouped) == sorted(id(p) for p in model.parameters() if p.requires_grad)  # each once
+    for group in optimizer.param_groups:
+        in_group = {id(p) for p in group["params"]}
+        assert in_group <= gates or not in_group & gates
+        assert group["lr"] == pytest.approx(0.02 if in_group <= gates else 0.002)
+    with pytest.raises(ValueError, match="gate_learning_rate_multiplier"):
+        video_to_text.build_video_to_text_optimizer(model, recipe.optim, 0.0)
+
+
+@pytest.mark.slow
+def test_video_to_text_benchmark_smoke(tmp_path):
+    script = Path(__file__).resolve().parents[1] / "training" / "benchmarks" / "video_to_text.py"
+    command = [sys.executable, str(script), "--quick", "--out", str(tmp_path / "out"), "--work", str(tmp_path)]
+    subprocess.run(command + ["--seeds", "0", "--sweep-seeds"], check=True, timeout=1800)
+    rows = (tmp_path / "out" / "video_to_text.csv").read_text().splitlines()
+    assert rows[0].startswith("condition,setting,seed") and len(rows) == 4  # header + the three conditions
+    table = (tmp_path / "out" / "video_to_text.md").read_text()
+    for condition in ("gates closed", "random tower", "contrastive encoder"):
+        assert f"| {condition} | 1 |" in table

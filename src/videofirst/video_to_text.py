@@ -28,6 +28,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokeni
 
 from videofirst.data import build_dataloader
 from videofirst.evaluation import load_multiple_choice_manifest
+from videofirst.event_order import event_sequence_metrics, is_event_caption
 from videofirst.generation import (
     caption_metrics,
     captioning_loss,
@@ -61,7 +62,9 @@ __all__ = [
     "VideoToTextModelSection",
     "VideoToTextRecipe",
     "VideoToTextResult",
+    "build_language_model",
     "build_video_to_text_model",
+    "build_video_to_text_optimizer",
     "load_video_to_text_recipe",
     "train_video_to_text",
 ]
@@ -95,6 +98,12 @@ class VideoToTextModelSection:
     resampler_num_attention_heads: int = 8
     cross_attention_every: int = 1
     cross_attention_ffn: bool = True
+    # Initial value of the tanh gates' parameters: 0 (Flamingo) starts the model as the language model alone.
+    gate_init: float = 0.0
+    # Learning rate of the gate parameters relative to `optim.learning_rate`. A gate at 0 passes no gradient to the
+    # cross-attention weights, and AdamW moves it by about one learning rate per step: at the base rate the gates
+    # open too slowly for a short run (training/benchmarks/video_to_text.py measures it).
+    gate_learning_rate_multiplier: float = 1.0
     # Text before every caption (e.g. "summary:"); generation starts from it.
     prompt: str = ""
     attn_implementation: str = "sdpa"
@@ -189,34 +198,50 @@ def train_language_model_on_text(
     return losses
 
 
+def build_language_model(recipe: VideoToTextRecipe, tokenizer, captions: list[str] | None, text_warmup: bool = True):
+    """The recipe's causal language model: `model.language_model_from`, or one built from `model.language_model`
+    and, with `text_warmup`, trained on `captions` alone for `model.language_model_text_steps`."""
+    section = recipe.model
+    language_model = _language_model(section, tokenizer)
+    if text_warmup and section.language_model_text_steps > 0 and section.language_model_from is None:
+        if not captions:
+            raise ValueError("`model.language_model_text_steps` needs the training captions.")
+        train_language_model_on_text(
+            language_model,
+            tokenizer,
+            captions,
+            section.language_model_text_steps,
+            batch_size=recipe.optim.batch_size,
+            learning_rate=recipe.optim.learning_rate,
+            max_length=recipe.data.max_text_length,
+            seed=recipe.run.seed,
+        )
+    return language_model
+
+
 def build_video_to_text_model(
-    recipe: VideoToTextRecipe, tokenizer, captions: list[str] | None = None, text_warmup: bool = True
+    recipe: VideoToTextRecipe,
+    tokenizer,
+    captions: list[str] | None = None,
+    text_warmup: bool = True,
+    *,
+    language_model=None,
+    vision_model: VideoFirstVisionModel | None = None,
 ) -> VideoFirstForConditionalGeneration:
     """The model a recipe describes: `model.init_from`, or a video tower and a language model joined by a new
     resampler and new cross-attention layers (the only trainable parts). `captions` feed
     `model.language_model_text_steps` for a language model built from config (skipped with `text_warmup=False`,
-    e.g. when a checkpoint will replace the weights)."""
+    e.g. when a checkpoint will replace the weights). `language_model` / `vision_model`: already built ones to use
+    instead of those the recipe names (a benchmark reuses them across runs); they become part of the model."""
     section = recipe.model
     if section.init_from is not None:
         model = VideoFirstForConditionalGeneration.from_pretrained(section.init_from)
         model.config.mask_ratio = section.mask_ratio
     else:
-        language_model = _language_model(section, tokenizer)
-        if text_warmup and section.language_model_text_steps > 0 and section.language_model_from is None:
-            if not captions:
-                raise ValueError("`model.language_model_text_steps` needs the training captions.")
-            train_language_model_on_text(
-                language_model,
-                tokenizer,
-                captions,
-                section.language_model_text_steps,
-                batch_size=recipe.optim.batch_size,
-                learning_rate=recipe.optim.learning_rate,
-                max_length=recipe.data.max_text_length,
-                seed=recipe.run.seed,
-            )
+        if language_model is None:
+            language_model = build_language_model(recipe, tokenizer, captions, text_warmup)
         model = VideoFirstForConditionalGeneration.from_vision_and_language_models(
-            _vision_tower(section, recipe.data),
+            vision_model if vision_model is not None else _vision_tower(section, recipe.data),
             language_model,
             mask_ratio=section.mask_ratio,
             resampler_num_latents=section.resampler_num_latents,
@@ -224,12 +249,40 @@ def build_video_to_text_model(
             resampler_num_attention_heads=section.resampler_num_attention_heads,
             cross_attention_every=section.cross_attention_every,
             cross_attention_ffn=section.cross_attention_ffn,
+            cross_attention_gate_init=section.gate_init,
         )
     model.set_attn_implementation(section.attn_implementation)
     vocabulary = model.get_input_embeddings().num_embeddings
     if len(tokenizer) > vocabulary:
         raise ValueError(f"The tokenizer has {len(tokenizer)} tokens but the language model only {vocabulary}.")
     return model
+
+
+def build_video_to_text_optimizer(
+    model: VideoFirstForConditionalGeneration, optim: OptimSection, gate_learning_rate_multiplier: float = 1.0
+) -> torch.optim.AdamW:
+    """AdamW over the trainable parameters (`videofirst.optimization.build_optimizer`), with the cross-attention
+    gates in a group of their own at `gate_learning_rate_multiplier` times the learning rate (the schedule scales
+    every group alike)."""
+    if gate_learning_rate_multiplier <= 0:
+        raise ValueError(f"`model.gate_learning_rate_multiplier` must be > 0, got {gate_learning_rate_multiplier}.")
+    optimizer = build_optimizer(model, optim)
+    if gate_learning_rate_multiplier == 1.0:
+        return optimizer
+    gates = {
+        id(parameter)
+        for layer in model.cross_attention_layers
+        for name, parameter in layer.named_parameters(recurse=False)
+        if name.endswith("_gate") and parameter.requires_grad
+    }
+    for group in optimizer.param_groups:
+        group["params"] = [parameter for parameter in group["params"] if id(parameter) not in gates]
+    gate_parameters = [parameter for parameter in model.parameters() if id(parameter) in gates]
+    optimizer.param_groups = [group for group in optimizer.param_groups if group["params"]]
+    optimizer.add_param_group(
+        {"params": gate_parameters, "weight_decay": 0.0, "lr": optim.learning_rate * gate_learning_rate_multiplier}
+    )
+    return optimizer
 
 
 def _tokenizer_source(recipe: VideoToTextRecipe) -> str | None:
@@ -296,7 +349,7 @@ def train_video_to_text(recipe: VideoToTextRecipe) -> VideoToTextResult:
         "the resampler and the cross-attention layers"
     )
 
-    optimizer = build_optimizer(model, optim)
+    optimizer = build_video_to_text_optimizer(model, optim, recipe.model.gate_learning_rate_multiplier)
     scheduler = build_scheduler(optimizer, optim)
     train_loader = build_dataloader(recipe.data, recipe.data.train_manifest, processor, optim.batch_size, shuffle=True)
     eval_loader = None
@@ -349,8 +402,9 @@ def _gate_summary(model: VideoFirstForConditionalGeneration) -> dict[str, float]
 
 
 class _Evaluator:
-    """Held-out captioning loss, generated captions scored with Rouge-L (and CIDEr), and optional zero-shot QA;
-    on the main process."""
+    """Held-out captioning loss, generated captions scored with Rouge-L (and CIDEr; on synthetic order-of-events
+    captions also the event-sequence metrics of `videofirst.event_order`), and optional zero-shot QA; on the main
+    process."""
 
     def __init__(self, recipe: VideoToTextRecipe, accelerator: Accelerator, processor, eval_loader, logger):
         self.recipe = recipe
@@ -421,6 +475,9 @@ class _Evaluator:
             )
             references += batch["captions"]
         metrics = caption_metrics(predictions, references)
+        if all(is_event_caption(reference) for reference in references):
+            # Synthetic order-of-events captions: also score the events and their order.
+            metrics.update(event_sequence_metrics(predictions, references))
         metrics["loss"] = sum(loss * weight for loss, weight in zip(losses, weights)) / sum(weights)
         exact = sum(_normalized(p) == _normalized(r) for p, r in zip(predictions, references))
         metrics["exact_match"] = exact / len(predictions)

@@ -24,6 +24,7 @@ METRICS: dict[str, str] = {
     "multiple_choice_qa": "MultipleChoiceQA",
     "zero_shot_classification": "ZeroShotClassification",
     "video_captioning": "VideoCaptioning",
+    "event_sequence": "EventSequence",
 }
 
 __all__ = ["METRICS", "load", "metric_path", *METRICS.values()]
