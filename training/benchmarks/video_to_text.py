@@ -179,6 +179,7 @@ class Benchmark:
         data = self.work / "data"
         self.base_overrides = [
             f"run.output_dir={self.work / 'video_to_text'}",
+            f"data.synthetic.folder={data}",
             f"data.train_manifest={data / 'train.jsonl'}",
             f"data.eval_manifest={data / 'test.jsonl'}",
             *(QUICK_OVERRIDES if args.quick else []),
@@ -218,6 +219,7 @@ class Benchmark:
             print(f"Pretraining the contrastive demo encoder into {export.parent} (seed 0) ...", flush=True)
             overrides = [
                 f"run.output_dir={export.parent}",
+                f"data.synthetic.folder={recipe.data.synthetic.folder}",
                 f"data.train_manifest={recipe.data.train_manifest}",
                 f"data.eval_manifest={recipe.data.eval_manifest}",
             ]
