@@ -76,8 +76,9 @@ def shard_model(model: torch.nn.Module, accelerator: Accelerator) -> torch.nn.Mo
 
     Why not leave it to accelerate: `fully_shard` refuses scalar parameters, and the temperature (`logit_scale`,
     `logit_bias`) is one. Each layer class the accelerate config names (`fsdp_transformer_layer_cls_to_wrap`) is
-    its own unit, the rest of the model the root unit; the scalars stay out of the sharding, replicated, and their
-    gradients are averaged over processes by a hook (FSDP2 averages the sharded ones the same way).
+    its own unit, the rest of the model the root unit; the scalars (and parameters with fewer rows than processes)
+    stay out of the sharding, replicated, and their gradients are averaged over processes by a hook (FSDP2
+    averages the sharded ones the same way).
     """
     if not accelerator.is_fsdp2:
         return model
@@ -101,18 +102,21 @@ def shard_model(model: torch.nn.Module, accelerator: Accelerator) -> torch.nn.Mo
         "mp_policy": plugin.mixed_precision_policy or MixedPrecisionPolicy(),
         "offload_policy": plugin.cpu_offload,
     }
+    world = accelerator.num_processes
     layers = [module for module in model.modules() if isinstance(module, layer_classes)]
     for layer in layers:
         fully_shard(layer, **kwargs)
-    scalars = {param for param in model.parameters() if param.ndim == 0}
-    fully_shard(model, **{**kwargs, "reshard_after_forward": False}, ignored_params=scalars)
-    world = accelerator.num_processes
+    # Scalars cannot be sharded; a parameter with fewer rows than processes (the (1, S, D) position tables) would
+    # leave a process an empty shard, whose AdamW step count the sharded optimizer save and load do not restore
+    # (resume then drifted from the uninterrupted run). Both stay replicated, their gradients averaged.
+    replicated = {param for param in model.parameters() if param.ndim == 0 or param.shape[0] < world}
+    fully_shard(model, **{**kwargs, "reshard_after_forward": False}, ignored_params=replicated)
 
     def average_gradient(param: torch.Tensor) -> None:
         torch.distributed.all_reduce(param.grad)  # sum: gloo has no average
         param.grad.div_(world)
 
-    for param in scalars:
+    for param in replicated:
         if param.requires_grad:
             param.register_post_accumulate_grad_hook(average_gradient)
     return model
