@@ -84,6 +84,10 @@ def bash_commands(code: str) -> list[str]:
     return [line for line in lines if line]
 
 
+def page_bash_commands(page: str) -> list[str]:
+    return [command for language, code in code_blocks(page) if language == "bash" for command in bash_commands(code)]
+
+
 def not_executed_reason(command: str) -> str | None:
     if command in NOT_EXECUTED:
         return NOT_EXECUTED[command]
@@ -118,16 +122,14 @@ def test_every_block_names_its_language():
 
 
 def test_every_listed_command_is_in_the_pages():
-    commands = {command for page in PAGES for lang, code in code_blocks(page) if lang == "bash"
-                for command in bash_commands(code)}
+    commands = {command for page in PAGES for command in page_bash_commands(page)}
     assert set(NOT_EXECUTED) <= commands, f"listed but in no page: {set(NOT_EXECUTED) - commands}"
 
 
 def test_readme_test_command_is_the_ci_command():
     ci = (REPO / ".ci" / "run").read_text()
     command = ci.split("# The README's test command:\n", 1)[1].strip()
-    readme_commands = [command for lang, code in code_blocks("README.md") if lang == "bash" for command in
-                       bash_commands(code)]
+    readme_commands = page_bash_commands("README.md")
     assert command in readme_commands
     assert readme_commands.index("accelerate launch training/pretrain.py") < readme_commands.index(command)
 
