@@ -196,6 +196,7 @@ def ran_pages(tmp_path_factory) -> dict[str, dict]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3000)  # the first page's setup runs every page: about 12 minutes on 2 busy CPU cores
 @pytest.mark.parametrize("page", PAGES)
 def test_page_runs_as_written(ran_pages, page):
     result = ran_pages[page]
