@@ -29,16 +29,12 @@ from transformers import BertTokenizerFast, pipeline
 from video_fixtures import write_video
 from videofirst.modeling.processing_videofirst import VideoFirstProcessor
 
+from videofirst.hub.cards import ModelCardOptions, render_model_card
+from videofirst.hub.cli import results_from_cli
 from videofirst.hub.export import export_checkpoint
-from videofirst.hub.publishing import (
-    BenchmarkResult,
-    ModelCardOptions,
-    load_results,
-    push_to_hub,
-    register_pipelines,
-    render_model_card,
-    results_from_cli,
-)
+from videofirst.hub.files import register_pipelines
+from videofirst.hub.push import push_to_hub
+from videofirst.hub.results import BenchmarkResult, load_results
 from videofirst.train.checkpointing import CheckpointError, TrainerState, write_manifest
 from videofirst.train.run_export import export_run
 
