@@ -348,7 +348,7 @@ def check_repo_id(repo_id: str) -> str:
     try:
         validate_repo_id(repo_id)
     except HFValidationError as error:
-        raise ValueError(f"invalid Hub repo id {repo_id!r}: {error}") from None
+        raise ValueError(f"invalid Hub repo_id {repo_id!r}: {error}") from None
     # The validator also accepts a bare name; the card's snippets and the push need the namespace.
     if repo_id.count("/") != 1:
         raise ValueError(f"repo_id must look like 'namespace/name', got {repo_id!r}")
