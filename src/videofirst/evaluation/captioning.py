@@ -397,6 +397,7 @@ def caption_metrics(
     if not predictions:
         raise ValueError("No predictions to score.")
     reference_lists = _as_reference_lists(references, len(predictions))
+    # rouge_score is the scorer `evaluate`'s "rouge" module wraps; that module is a Hub download, unusable offline.
     scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
     rouge = [
         scorer.score_multi(refs, prediction)["rougeL"].fmeasure
