@@ -63,7 +63,7 @@ PIPELINE_TAG = "video-classification"
 VIDEO_TO_TEXT_PIPELINE_TAG = "video-text-to-text"
 # The last line of a card names the repo id its snippets were rendered for (`card_for_repo` retargets them).
 _REPO_ID_MARKER = "<!-- videofirst-card repo_id={repo_id} -->"
-_REPO_ID_MARKER_PATTERN = re.compile(r"<!-- videofirst-card repo_id=([A-Za-z0-9._/-]+) -->")
+_REPO_ID_MARKER_PATTERN = re.compile(r"<!-- videofirst-card repo_id=(\S+) -->")
 
 
 def hub_cards_dir() -> Path:
@@ -369,7 +369,7 @@ def hub_model_id(reference: Any) -> str | None:
 def _placeholder_repo_id(name: str) -> str:
     slug = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.") or "videofirst-model"
     slug = re.sub(r"([-.])[-.]+", r"\1", slug)  # the Hub refuses '--' and '..'
-    return f"your-username/{slug[:90]}"
+    return f"your-username/{slug[:90].rstrip('-.')}"
 
 
 def card_for_repo(card: str, repo_id: str) -> str:
