@@ -36,7 +36,6 @@ import csv
 import dataclasses
 import json
 import os
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -59,6 +58,9 @@ from videofirst.video_to_text import (
     build_video_to_text_processor,
     load_video_to_text_recipe,
 )
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _report  # noqa: E402
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -276,12 +278,6 @@ METRICS = [
 ]
 
 
-def _mean_std(values: list[float]) -> str:
-    if len(values) == 1:
-        return f"{values[0]:.3f}"
-    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
-
-
 def summary_table(rows: list[dict], key: str) -> list[str]:
     groups: dict[str, list[dict]] = {}
     for row in rows:
@@ -292,7 +288,7 @@ def summary_table(rows: list[dict], key: str) -> list[str]:
         "|---|---:|" + "---:|" * len(columns),
     ]
     for name, members in groups.items():
-        cells = [_mean_std([float(member[column]) for member in members]) for column, _ in columns]
+        cells = [_report.mean_std([float(member[column]) for member in members]) for column, _ in columns]
         lines.append(f"| {name} | {len(members)} | " + " | ".join(cells) + " |")
     return lines
 
