@@ -60,6 +60,7 @@ def set_cpu_threads(threads: int) -> None:
 
 
 def device_description(device: str) -> str:
+    """The device, and on CPU the torch threads of each measuring process, for the result files' headers."""
     import platform
 
     import torch

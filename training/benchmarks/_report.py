@@ -69,6 +69,7 @@ STEP_COLUMNS = [
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:
+    """`rows` as CSV: every key of any row, in first-seen order; floats to 6 significant digits, lists as JSON."""
     import csv
 
     path.parent.mkdir(parents=True, exist_ok=True)
