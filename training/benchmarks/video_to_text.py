@@ -60,10 +60,10 @@ from videofirst.video_to_text import (
 )
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _cli  # noqa: E402
 import _report  # noqa: E402
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-RESULTS = Path(__file__).resolve().parent / "results"
 QA_POSITION = 2
 
 # Sweep rows: one setting changed at a time from the demo recipe (`key=value` recipe overrides).
@@ -320,7 +320,7 @@ def write_results(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default=str(RESULTS), help="folder of video_to_text.csv / .md")
+    parser.add_argument("--out", default=str(_cli.RESULTS), help="folder of video_to_text.csv / .md")
     parser.add_argument("--work", default="runs/benchmark_video_to_text", help="data, tokenizer and encoder")
     parser.add_argument("--encoder", help="a pretrained VideoFirst export (default: pretrain the demo's here)")
     parser.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2], help="none: no table")
