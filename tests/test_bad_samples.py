@@ -15,7 +15,8 @@ from videofirst.modeling.processing_videofirst import VideoFirstProcessor
 from videofirst.modeling.video_processing_videofirst import VideoFirstVideoProcessor
 
 import videofirst.data.loading as data_module
-from videofirst.data.loading import build_dataloader, load_source
+from videofirst.data.loading import build_dataloader
+from videofirst.data.sources import load_source
 from videofirst.recipe import DataSection, PretrainRecipe
 from videofirst.train.checkpointing import TrainerState
 from videofirst.train.loop import check_bad_fraction

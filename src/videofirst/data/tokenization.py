@@ -16,7 +16,7 @@ import sentencepiece
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast
 
-from videofirst.data.loading import source_captions
+from videofirst.data.sources import source_captions
 
 SPECIAL_TOKENS = {"pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS]", "sep_token": "[SEP]"}
 SPECIAL_TOKENS["mask_token"] = "[MASK]"
@@ -24,7 +24,7 @@ SPECIAL_TOKENS["mask_token"] = "[MASK]"
 
 def read_captions(manifest: str | Path) -> list[str]:
     """Captions of a manifest (or any data source), read and checked like the training data
-    (`videofirst.data.loading.load_manifest`: non-empty strings, UTF-8, errors naming the file and row)."""
+    (`videofirst.data.sources.load_manifest`: non-empty strings, UTF-8, errors naming the file and row)."""
     return source_captions(str(manifest))
 
 
