@@ -34,7 +34,8 @@ from videofirst.evaluation.captioning import (
     prepare_causal_tokenizer,
     train_caption_tokenizer,
 )
-from videofirst.evaluation.zero_shot import VideoClip, evaluate_retrieval
+from videofirst.evaluation.embedding import evaluate_retrieval
+from videofirst.evaluation.sets import VideoClip
 from videofirst.hub.publishing import eval_results, load_results, render_model_card
 
 REPO = Path(__file__).resolve().parents[1]

@@ -6,8 +6,7 @@ import torch.nn.functional as F
 from tiny_models import tiny_model
 from transformers import BertTokenizer
 
-from videofirst.evaluation.zero_shot import (
-    classification_metrics,
+from videofirst.evaluation.embedding import (
     embed_answer_options,
     embed_class_prompts,
     embed_texts,
@@ -17,9 +16,8 @@ from videofirst.evaluation.zero_shot import (
     evaluate_multiple_choice,
     evaluate_retrieval,
     flatten_captions,
-    multiple_choice_metrics,
-    retrieval_metrics,
 )
+from videofirst.evaluation.metrics import classification_metrics, multiple_choice_metrics, retrieval_metrics
 
 WORDS = (
     "a video of the person red blue green yellow circle square triangle then what did do first cook cut open "

@@ -205,7 +205,7 @@ def test_card_metadata_parses_and_carries_the_evaluation_results(exported):
     assert {"videofirst", "custom_code", "arxiv:2312.07395"} <= set(data.tags)
     expected = {(record["dataset"], key): value for record in RESULTS for key, value in record["metrics"].items()}
     found = {(result.dataset_name, result.metric_type): result.metric_value for result in data.eval_results}
-    assert found == expected  # fractions, videofirst.evaluation.zero_shot's names
+    assert found == expected  # fractions, videofirst.evaluation.metrics' names
     by_metric = {result.metric_type: result for result in data.eval_results}
     assert by_metric["t2v_recall@1"].task_type == "text-retrieval"
     assert by_metric["t2v_recall@1"].dataset_type == "msrvtt" and by_metric["t2v_recall@1"].dataset_split == "test-1k"

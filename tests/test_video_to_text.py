@@ -49,7 +49,7 @@ from videofirst.evaluation.event_order import (
     event_sequence_metrics,
     parse_event_caption,
 )
-from videofirst.evaluation.zero_shot import multiple_choice_metrics
+from videofirst.evaluation.metrics import multiple_choice_metrics
 
 LANGUAGE_MODELS = {
     "gpt2": {"model_type": "gpt2", "n_embd": 32, "n_layer": 2, "n_head": 4, "n_positions": 64},

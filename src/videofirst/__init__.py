@@ -13,17 +13,15 @@ from videofirst.evaluation.captioning import (
     export_video_to_text,
     generate_captions,
 )
-from videofirst.evaluation.zero_shot import (
-    classification_metrics,
+from videofirst.evaluation.embedding import (
     embed_texts,
     embed_videos,
     embed_videos_by_segments,
     evaluate_classification,
     evaluate_multiple_choice,
     evaluate_retrieval,
-    multiple_choice_metrics,
-    retrieval_metrics,
 )
+from videofirst.evaluation.metrics import classification_metrics, multiple_choice_metrics, retrieval_metrics
 from videofirst.hub.conversion import convert_checkpoint, convert_image_text_model, replace_text_tower
 from videofirst.hub.export import export_checkpoint
 from videofirst.hub.publishing import ModelCardOptions, push_to_hub, register_pipelines, render_model_card

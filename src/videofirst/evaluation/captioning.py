@@ -27,7 +27,9 @@ import torch
 import torch.nn.functional as F
 
 from videofirst.data.tokenization import train_sentencepiece_tokenizer
-from videofirst.evaluation.zero_shot import MultipleChoiceSet, evaluation_mode, multiple_choice_metrics
+from videofirst.evaluation.embedding import evaluation_mode
+from videofirst.evaluation.metrics import multiple_choice_metrics
+from videofirst.evaluation.sets import MultipleChoiceSet
 from videofirst.modeling.modeling_videofirst_video_to_text import VideoFirstForConditionalGeneration
 from videofirst.modeling.video_processing_videofirst import pad_video_batch, resolve_sampling
 
@@ -264,7 +266,7 @@ def answer_log_likelihoods(
     Question `i` is asked about video `i`. Each option is scored as the log-likelihood of its tokens after
     `[BOS] prompt_template.format(question=...)`, summed or length-normalised (`reduction`). The videos are encoded
     once and their latents shared by the options. Returns `(questions, options)` scores: the prediction is the
-    row-wise argmax (`videofirst.evaluation.zero_shot.multiple_choice_metrics` turns them into an accuracy).
+    row-wise argmax (`videofirst.evaluation.metrics.multiple_choice_metrics` turns them into an accuracy).
     """
     model = _unwrap(model)
     if len(questions) != len(options) or not questions:
@@ -309,7 +311,7 @@ def evaluate_video_question_answering(
     sampling: str | None = None,
 ) -> dict[str, float]:
     """Zero-shot multiple-choice QA (EgoSchema format,
-    `videofirst.evaluation.zero_shot.load_multiple_choice_manifest`) by
+    `videofirst.evaluation.sets.load_multiple_choice_manifest`) by
     answer likelihood. A video that fails to decode is reported and its questions are left out; `fps`,
     `num_frames` and `sampling` override the processor's frame sampling (an ambiguous request is an error).
 

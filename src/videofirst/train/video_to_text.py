@@ -38,7 +38,7 @@ from videofirst.evaluation.captioning import (
     prepare_causal_tokenizer,
 )
 from videofirst.evaluation.event_order import event_sequence_metrics, is_event_caption
-from videofirst.evaluation.zero_shot import load_multiple_choice_manifest
+from videofirst.evaluation.sets import load_multiple_choice_manifest
 from videofirst.modeling.configuration_videofirst import VideoFirstVisionConfig
 from videofirst.modeling.modeling_videofirst import VideoFirstModel, VideoFirstVisionModel
 from videofirst.modeling.modeling_videofirst_video_to_text import VideoFirstForConditionalGeneration
