@@ -27,7 +27,7 @@ from accelerate.utils import set_seed
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
 from videofirst.data.loading import build_dataloader
-from videofirst.data.tokenization import read_captions
+from videofirst.data.sources import source_captions, training_sources
 from videofirst.evaluation.captioning import (
     caption_metrics,
     captioning_loss,
@@ -337,7 +337,7 @@ def train_video_to_text(recipe: VideoToTextRecipe) -> VideoToTextResult:
     set_seed(recipe.run.seed)  # the new layers (and a language model built from config) start the same on resume
     # On resume the checkpoint holds the language model: its text-only warm-up need not run again.
     resuming = run.checkpoint_to_resume() is not None
-    captions = read_captions(recipe.data.train_manifest)
+    captions = source_captions(training_sources(recipe.data))
     model = build_video_to_text_model(recipe, tokenizer, captions, text_warmup=not resuming)
     processor = build_video_to_text_processor(recipe, model, tokenizer)
     if optim.activation_checkpointing:
@@ -351,7 +351,9 @@ def train_video_to_text(recipe: VideoToTextRecipe) -> VideoToTextResult:
 
     optimizer = build_video_to_text_optimizer(model, optim, recipe.model.gate_learning_rate_multiplier)
     scheduler = build_scheduler(optimizer, optim)
-    train_loader = build_dataloader(recipe.data, recipe.data.train_manifest, processor, optim.batch_size, shuffle=True)
+    train_loader = build_dataloader(
+        recipe.data, training_sources(recipe.data), processor, optim.batch_size, shuffle=True
+    )
     eval_loader = None
     if recipe.data.eval_manifest is not None:
         eval_loader = build_dataloader(
