@@ -1,11 +1,13 @@
 """Embedding helpers, one-call evaluations on tiny fixtures, and the segment-aggregation baseline."""
 
+import datasets
 import pytest
 import torch
 import torch.nn.functional as F
 from tiny_models import tiny_model
 from transformers import BertTokenizer
 
+from videofirst.data.sources import load_manifest
 from videofirst.evaluation.embedding import (
     embed_answer_options,
     embed_class_prompts,
@@ -18,6 +20,12 @@ from videofirst.evaluation.embedding import (
     flatten_captions,
 )
 from videofirst.evaluation.metrics import classification_metrics, multiple_choice_metrics, retrieval_metrics
+from videofirst.evaluation.sets import (
+    VideoClip,
+    load_classification_manifest,
+    load_multiple_choice_manifest,
+    load_retrieval_manifest,
+)
 
 WORDS = (
     "a video of the person red blue green yellow circle square triangle then what did do first cook cut open "
@@ -203,3 +211,74 @@ def test_zero_shot_classification_with_prompt_templates(model, tokenizer):
     assert classification_metrics(scores, best, (1,)) == {"top1_accuracy": 1.0}
     with pytest.raises(ValueError, match="contain"):
         embed_class_prompts(model, tokenizer, class_names, ["no placeholder"])
+
+
+# Evaluation sets from manifests ---------------------------------------------------------------------------------
+
+
+def test_evaluation_manifests_are_read_by_the_data_pipelines_reader(tmp_path):
+    """Any manifest format of the training data (Parquet, a `file_name` column, a `text` column) is an evaluation
+    set too, with its task columns (captions lists, options, answers, labels) and windows carried through."""
+    (tmp_path / "clips").mkdir()
+    rows = [
+        {"file_name": "clips/a.mp4", "text": ["a red circle", "a circle"], "question": "what?", "options": ["x", "y"],
+         "answer": 1, "label": "red", "start": 1.0, "end": 3.5},
+        {"file_name": "clips/b.mp4", "text": ["a blue square"], "question": "who?", "options": ["u", "v"],
+         "answer": 0, "label": "blue", "start": None, "end": None},
+    ]  # fmt: skip
+    parquet = tmp_path / "set.parquet"
+    datasets.Dataset.from_list(rows).to_parquet(str(parquet))
+    retrieval = load_retrieval_manifest(parquet)
+    assert retrieval.clips == [
+        VideoClip(str(tmp_path / "clips" / "a.mp4"), 1.0, 3.5),
+        VideoClip(str(tmp_path / "clips" / "b.mp4")),
+    ]
+    assert retrieval.texts == ["a red circle", "a circle", "a blue square"]
+    assert retrieval.video_ids_of_texts == [0, 0, 1]
+    assert [row["media"] for row in load_manifest(parquet, require_captions=False)] == [c.path for c in retrieval.clips]
+    questions = load_multiple_choice_manifest(parquet)
+    assert questions.options == [["x", "y"], ["u", "v"]] and questions.answers == [1, 0]
+    assert load_classification_manifest(parquet).labels == [1, 0]  # classes sorted: blue, red
+
+    # CSV: EgoSchema's `option N` columns, JSON lists in cells, empty windows.
+    csv_manifest = tmp_path / "set.csv"
+    csv_manifest.write_text(
+        'video,question,option 0,option 1,answer,caption,start\nclips/a.mp4,q?,no,yes,1,"[""one"", ""two""]",\n'
+    )
+    questions = load_multiple_choice_manifest(csv_manifest)
+    assert questions.options == [["no", "yes"]] and questions.clips == [VideoClip(str(tmp_path / "clips" / "a.mp4"))]
+    assert load_retrieval_manifest(csv_manifest).texts == ["one", "two"]
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("missing.jsonl", None, "Manifest not found"),
+        ("bad.jsonl", b'{"video": "a.mp4", "caption": "x"}\n{"video": \n', r"bad.jsonl:2 is not valid JSON"),
+        ("list.jsonl", b'{"video": "a.mp4", "caption": "x"}\n["a.mp4"]\n', "list.jsonl:2 must be a JSON object"),
+        ("empty.jsonl", b"\n", "has no rows"),
+        ("header.csv", b"video,caption\n", "has no rows"),
+        ("latin1.jsonl", b'{"video": "a.mp4", "caption": "caf\xe9"}\n', "is not UTF-8: line 1"),
+        ("novideo.jsonl", b'{"caption": "x"}\n', r"needs one of the columns \('video'"),
+        ("nofile.jsonl", b'{"video": "", "caption": "x"}\n', "Row 1 of .* names no media file"),
+        ("image.jsonl", b'{"image": "a.png", "caption": "x"}\n', "is an image"),
+        ("start.jsonl", b'{"video": "a.mp4", "caption": "x", "start": "soon"}\n', "`start` is 'soon', not a number"),
+        ("nocaption.jsonl", b'{"video": "a.mp4"}\n', "Row 1 of .* needs a non-empty `caption`"),
+        ("reserved.jsonl", b'{"video": "a.mp4", "caption": "x", "size": 3}\n', r"columns \['size'\] are the data"),
+    ],
+)  # fmt: skip
+def test_evaluation_manifests_fail_with_a_message(tmp_path, name, content, message):
+    path = tmp_path / name
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises((ValueError, FileNotFoundError), match=message):
+        load_retrieval_manifest(path)
+
+
+def test_task_columns_are_checked_per_task(tmp_path):
+    path = tmp_path / "set.jsonl"
+    path.write_text('{"video": "a.mp4", "question": "q", "options": ["a", "b"], "answer": 2, "label": ""}\n')
+    with pytest.raises(ValueError, match="`answer` 2 is not an index into its options"):
+        load_multiple_choice_manifest(path)
+    with pytest.raises(ValueError, match="needs a `label`"):
+        load_classification_manifest(path)

@@ -35,6 +35,7 @@ row named; a tar-shard sample with such a caption (or a non-UTF-8 ``txt``) is a 
 from __future__ import annotations
 
 import glob
+import json
 import logging
 import os
 import re
@@ -184,58 +185,114 @@ def _modality_of(path: str) -> str | None:
     return None
 
 
-def load_manifest(path: str | Path) -> datasets.Dataset:
+def load_manifest(path: str | Path, *, require_captions: bool = True, keep_columns: bool = False) -> datasets.Dataset:
     """Read a manifest (or a folder's metadata file) with `datasets`, resolve media paths, and check columns.
 
-    Rows follow the pipeline's schema: ``media`` (absolute path), ``modality``, ``caption``, ``start``, ``end``,
-    and ``offset`` / ``size`` / ``error`` (None here; used by tar shards).
+    Rows follow the pipeline's schema: ``media`` (absolute path), ``modality``, ``caption``, ``start``, ``end``
+    (seconds or None), and ``offset`` / ``size`` (None here; used by tar shards) / ``error`` (why the row cannot
+    be read: no media file, an unknown extension, a ``start`` / ``end`` that is no number; such a row is a bad
+    sample).
+
+    The evaluation sets read their manifests here too: with ``require_captions=False`` a caption column is
+    optional and not checked (multiple-choice and classification manifests have none, retrieval captions may be
+    lists), and with ``keep_columns`` the manifest's other columns (``options``, ``answer``, ``label``, ...) are
+    kept as they are.
     """
     path = Path(path)
     if path.is_dir():
         return load_source(str(path))
     if not path.is_file():
         raise FileNotFoundError(f"Manifest not found: {path}")
-    builder = MANIFEST_SUFFIXES.get(path.suffix.lower(), "json")
-    try:
-        rows = datasets.load_dataset(builder, data_files=str(path), split="train")
-        # The JSON reader keeps invalid UTF-8 in string columns (it would fail later, in a worker): check now.
-        rows.data.table.validate(full=True)
-    except Exception as error:  # the CSV reader fails, wrapped in a DatasetGenerationError
-        if _caused_by(error, UnicodeDecodeError) or "UTF8" in str(error):
-            raise ValueError(_not_utf8(path)) from error
-        raise
+    rows = _read_table(path)
     media = [column for column in MEDIA_COLUMNS if column in rows.column_names]
     text = [column for column in TEXT_COLUMNS if column in rows.column_names]
-    if len(media) != 1 or not text:
-        raise ValueError(
-            f"Manifest {path} needs one of the columns {MEDIA_COLUMNS} and one of {TEXT_COLUMNS}; "
-            f"it has {rows.column_names}."
-        )
+    if len(media) != 1 or (require_captions and not text):
+        wanted = f"one of the columns {MEDIA_COLUMNS}" + (f" and one of {TEXT_COLUMNS}" if require_captions else "")
+        raise ValueError(f"Manifest {path} needs {wanted}; it has {rows.column_names}.")
     root = path.parent.resolve()
-    media_column, text_column = media[0], text[0]
-    _check_captions(path, rows[text_column], text_column)
+    media_column, text_column = media[0], (text[0] if text else None)
+    if require_captions:
+        _check_captions(path, rows[text_column], text_column)
+    extra = []
+    if keep_columns:
+        extra = [column for column in rows.column_names if column not in (media_column, text_column, "start", "end")]
+        reserved = sorted(set(extra) & set(ROW_COLUMNS))
+        if reserved:
+            raise ValueError(f"Manifest {path}: the columns {reserved} are the data pipeline's own; rename them.")
 
     def normalise(row: dict[str, Any]) -> dict[str, Any]:
         name = row[media_column]
         modality = media_column if media_column != "file_name" else _modality_of(str(name or ""))
         media_path = None if not name else Path(name)
-        error = None
+        start, start_error = _seconds_of(row.get("start"), "start")
+        end, end_error = _seconds_of(row.get("end"), "end")
+        error = start_error or end_error
         if media_path is None:
-            error = "the row names no media file"
+            error = f"the row names no media file (`{media_column}`)"
         elif modality is None:
             error = f"cannot tell video from image by the extension of {name}"
         return {
             "media": None if media_path is None else str(media_path if media_path.is_absolute() else root / media_path),
             "modality": modality or "video",
-            "caption": row[text_column],
-            "start": row.get("start"),
-            "end": row.get("end"),
+            "caption": None if text_column is None else row[text_column],
+            "start": start,
+            "end": end,
             "offset": None,
             "size": None,
             "error": error,
+            **{column: row[column] for column in extra},
         }
 
     return rows.map(normalise, remove_columns=rows.column_names)
+
+
+def _read_table(path: Path) -> datasets.Dataset:
+    """A manifest file's rows as `datasets` reads them; unreadable files fail naming the file and line."""
+    builder = MANIFEST_SUFFIXES.get(path.suffix.lower(), "json")
+    try:
+        rows = datasets.load_dataset(builder, data_files=str(path), split="train")
+        # The JSON reader keeps invalid UTF-8 in string columns (it would fail later, in a worker): check now.
+        rows.data.table.validate(full=True)
+    except Exception as error:  # the readers' errors come wrapped in a DatasetGenerationError
+        if _caused_by(error, UnicodeDecodeError) or "UTF8" in str(error):
+            raise ValueError(_not_utf8(path)) from error
+        if builder != "parquet" and (problem := _text_table_problem(path, builder)) is not None:
+            raise ValueError(problem) from error
+        raise
+    if len(rows) == 0:
+        raise ValueError(f"Manifest {path} has no rows.")
+    return rows
+
+
+def _text_table_problem(path: Path, builder: str) -> str | None:
+    """Why a JSON-lines or CSV manifest cannot be read: no rows, or the first line that is not a JSON object."""
+    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if len(lines) <= (builder == "csv"):  # nothing, or a CSV header alone
+        return f"Manifest {path} has no rows."
+    if builder == "csv" or lines[0].lstrip().startswith("["):  # one JSON array (a .json file), not JSON lines
+        return None
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            return f"{path}:{number} is not valid JSON: {error}"
+        if not isinstance(row, dict):
+            return f"{path}:{number} must be a JSON object, got {type(row).__name__}."
+    return None
+
+
+def _seconds_of(value: Any, column: str) -> tuple[float | None, str | None]:
+    """A ``start`` / ``end`` cell as seconds (None when empty), or the reason it is not a time."""
+    if value is None or value == "":
+        return None, None
+    if isinstance(value, bool):
+        return None, f"`{column}` is {value!r}, not a number of seconds"
+    try:
+        return float(value), None
+    except (TypeError, ValueError):
+        return None, f"`{column}` is {value!r}, not a number of seconds"
 
 
 def _check_captions(path: Path, captions: Sequence[Any], column: str) -> None:

@@ -13,7 +13,6 @@ metrics (`ClipEmbeddings.rows_of`), so every remaining item is still paired with
 from __future__ import annotations
 
 import contextlib
-import csv
 import hashlib
 import json
 import logging
@@ -29,6 +28,7 @@ import torch.utils.data
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from videofirst.data.sources import load_manifest
 from videofirst.evaluation.embedding import embed_videos
 from videofirst.modeling.video_processing_videofirst import pad_video_batch, resolve_sampling
 
@@ -114,44 +114,34 @@ class ClipEmbeddings:
 
 
 def read_manifest_rows(path: str | Path) -> list[dict[str, Any]]:
-    """Rows of a JSONL or CSV manifest as dicts, with `video` resolved against the manifest's folder.
+    """Rows of an evaluation manifest as dicts, read by the data pipeline's reader
+    (`videofirst.data.sources.load_manifest`: JSONL, JSON, CSV or Parquet, UTF-8 checked, errors naming the file
+    and row).
 
-    CSV cells that hold JSON lists (`["a", "b"]`) are decoded, and empty `start` / `end` cells become None.
+    Each row has `video` (a `video` or `file_name` column, resolved against the manifest's folder), `start` /
+    `end` (seconds or None), `caption` (the `caption` or `text` column, None without one) and the manifest's
+    other columns as they are. CSV cells that hold JSON lists (`["a", "b"]`) are decoded.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"Manifest not found: {path}")
-    if path.suffix == ".csv":
-        with path.open(newline="", encoding="utf-8") as handle:
-            rows: list[dict[str, Any]] = [dict(row) for row in csv.DictReader(handle)]
-        for row in rows:
+    table = load_manifest(path, require_captions=False, keep_columns=True)
+    from_csv = path.suffix.lower() == ".csv"
+    rows = []
+    for number, row in enumerate(table, start=1):
+        if row["error"] is None and row["modality"] != "video":
+            row["error"] = f"{row['media']} is an image; evaluation sets hold videos"
+        if row["error"] is not None:
+            raise ValueError(f"Row {number} of {path}: {row['error']}.")
+        row["video"] = row.pop("media")
+        for column in ("modality", "offset", "size", "error"):
+            del row[column]
+        if from_csv:
             for key, value in row.items():
                 if isinstance(value, str) and value.startswith("["):
                     with contextlib.suppress(json.JSONDecodeError):
                         row[key] = json.loads(value)
-    else:
-        rows = []
-        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path}:{number} is not valid JSON: {error}") from error
-            if not isinstance(row, dict):
-                raise ValueError(f"{path}:{number} must be a JSON object, got {type(row).__name__}.")
-            rows.append(row)
-    if not rows:
-        raise ValueError(f"Manifest {path} has no rows.")
-    root = path.parent.resolve()
-    for number, row in enumerate(rows, start=1):
-        video = row.get("video")
-        if not isinstance(video, str) or not video:
-            raise ValueError(f"Row {number} of {path} needs a `video` path; got columns {sorted(row)}.")
-        row["video"] = str(Path(video) if Path(video).is_absolute() else root / video)
-        for key in ("start", "end"):
-            value = row.get(key)
-            row[key] = None if value in (None, "") else float(value)
+        rows.append(row)
     return rows
 
 
@@ -172,7 +162,7 @@ def load_retrieval_manifest(path: str | Path) -> RetrievalSet:
     texts: list[str] = []
     video_ids: list[int] = []
     for number, (row, clip) in enumerate(zip(rows, ids, strict=True), start=1):
-        captions = row.get("caption", row.get("text"))
+        captions = row["caption"]
         captions = [captions] if isinstance(captions, str) else captions
         if not isinstance(captions, list) or not captions or not all(isinstance(c, str) and c for c in captions):
             raise ValueError(f"Row {number} of {path} needs a non-empty `caption` (or `text`) string or list.")
