@@ -195,8 +195,8 @@ def load_manifest(path: str | Path, *, require_captions: bool = True, keep_colum
 
     The evaluation sets read their manifests here too: with ``require_captions=False`` a caption column is
     optional and not checked (multiple-choice and classification manifests have none, retrieval captions may be
-    lists), and with ``keep_columns`` the manifest's other columns (``options``, ``answer``, ``label``, ...) are
-    kept as they are.
+    lists), and with ``keep_columns`` every other column (``caption`` / ``text``, ``options``, ``answer``,
+    ``label``, ...) is kept as read instead of the normalised ``caption``.
     """
     path = Path(path)
     if path.is_dir():
@@ -210,13 +210,12 @@ def load_manifest(path: str | Path, *, require_captions: bool = True, keep_colum
         wanted = f"one of the columns {MEDIA_COLUMNS}" + (f" and one of {TEXT_COLUMNS}" if require_captions else "")
         raise ValueError(f"Manifest {path} needs {wanted}; it has {rows.column_names}.")
     root = path.parent.resolve()
-    media_column, text_column = media[0], (text[0] if text else None)
+    media_column = media[0]
     if require_captions:
-        _check_captions(path, rows[text_column], text_column)
-    extra = []
+        _check_captions(path, _captions_of(rows, text), text)
+    replaced = [column for column in rows.column_names if column in (media_column, "start", "end")]
     if keep_columns:
-        extra = [column for column in rows.column_names if column not in (media_column, text_column, "start", "end")]
-        reserved = sorted(set(extra) & set(ROW_COLUMNS))
+        reserved = sorted(set(rows.column_names) - set(replaced) & (set(ROW_COLUMNS) - {"caption"}))
         if reserved:
             raise ValueError(f"Manifest {path}: the columns {reserved} are the data pipeline's own; rename them.")
 
@@ -231,19 +230,20 @@ def load_manifest(path: str | Path, *, require_captions: bool = True, keep_colum
             error = f"the row names no media file (`{media_column}`)"
         elif modality is None:
             error = f"cannot tell video from image by the extension of {name}"
-        return {
+        normalised = {
             "media": None if media_path is None else str(media_path if media_path.is_absolute() else root / media_path),
             "modality": modality or "video",
-            "caption": None if text_column is None else row[text_column],
             "start": start,
             "end": end,
             "offset": None,
             "size": None,
             "error": error,
-            **{column: row[column] for column in extra},
         }
+        if not keep_columns:
+            normalised["caption"] = next((row[column] for column in text if row[column] is not None), None)
+        return normalised
 
-    return rows.map(normalise, remove_columns=rows.column_names)
+    return rows.map(normalise, remove_columns=replaced if keep_columns else rows.column_names)
 
 
 def _read_table(path: Path) -> datasets.Dataset:
@@ -295,7 +295,16 @@ def _seconds_of(value: Any, column: str) -> tuple[float | None, str | None]:
         return None, f"`{column}` is {value!r}, not a number of seconds"
 
 
-def _check_captions(path: Path, captions: Sequence[Any], column: str) -> None:
+def _captions_of(rows: datasets.Dataset, columns: Sequence[str]) -> list[Any]:
+    """Each row's caption: its first non-null caption column (a manifest may use `caption` in some rows and
+    `text` in others)."""
+    if len(columns) == 1:
+        return rows[columns[0]]
+    values = zip(*(rows[column] for column in columns), strict=True)
+    return [next((value for value in row if value is not None), None) for row in values]
+
+
+def _check_captions(path: Path, captions: Sequence[Any], columns: Sequence[str]) -> None:
     """Refuse a manifest whose captions are not all non-empty strings, naming the rows (counted from 1)."""
     problems = []
     for number, caption in enumerate(captions, start=1):
@@ -304,7 +313,8 @@ def _check_captions(path: Path, captions: Sequence[Any], column: str) -> None:
             problems.append(f"row {number} ({problem})")
     if problems:
         shown = ", ".join(problems[:10]) + (f" and {len(problems) - 10} more" if len(problems) > 10 else "")
-        raise ValueError(f"{path}: every `{column}` must be a non-empty string; {shown}.")
+        names = " or ".join(f"`{column}`" for column in columns)
+        raise ValueError(f"{path}: every {names} must be a non-empty string; {shown}.")
 
 
 def _caused_by(error: BaseException | None, kind: type[BaseException]) -> bool:

@@ -28,7 +28,7 @@ import torch.utils.data
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from videofirst.data.sources import load_manifest
+from videofirst.data.sources import TEXT_COLUMNS, load_manifest
 from videofirst.evaluation.embedding import embed_videos
 from videofirst.modeling.video_processing_videofirst import pad_video_batch, resolve_sampling
 
@@ -119,7 +119,7 @@ def read_manifest_rows(path: str | Path) -> list[dict[str, Any]]:
     and row).
 
     Each row has `video` (a `video` or `file_name` column, resolved against the manifest's folder), `start` /
-    `end` (seconds or None), `caption` (the `caption` or `text` column, None without one) and the manifest's
+    `end` (seconds or None), `caption` (the row's `caption`, else its `text`; None without either) and the manifest's
     other columns as they are. CSV cells that hold JSON lists (`["a", "b"]`) are decoded.
     """
     path = Path(path)
@@ -134,6 +134,7 @@ def read_manifest_rows(path: str | Path) -> list[dict[str, Any]]:
         if row["error"] is not None:
             raise ValueError(f"Row {number} of {path}: {row['error']}.")
         row["video"] = row.pop("media")
+        row["caption"] = next((row[column] for column in TEXT_COLUMNS if row.get(column) is not None), None)
         for column in ("modality", "offset", "size", "error"):
             del row[column]
         if from_csv:
