@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from videofirst.data.tokenization import train_sentencepiece_tokenizer
-from videofirst.evaluation.embedding import evaluation_mode
+from videofirst.evaluation.embedding import evaluation_mode, model_device, unwrap_model
 from videofirst.evaluation.metrics import multiple_choice_metrics
 from videofirst.evaluation.sets import MultipleChoiceSet
 from videofirst.modeling.modeling_videofirst_video_to_text import VideoFirstForConditionalGeneration
@@ -176,10 +176,6 @@ def encode_prompts(tokenizer, prompts: str | Sequence[str] | None, count: int | 
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _device_of(model: torch.nn.Module) -> torch.device:
-    return next(model.parameters()).device
-
-
 def captioning_loss(
     model: torch.nn.Module,
     batch: Mapping[str, Any],
@@ -216,10 +212,6 @@ def sequence_log_likelihoods(logits: torch.Tensor, labels: torch.Tensor, reducti
     return total / mask.sum(dim=1).clamp(min=1) if reduction == "mean" else total
 
 
-def _unwrap(model: torch.nn.Module) -> VideoFirstForConditionalGeneration:
-    return getattr(model, "module", model)
-
-
 def generate_captions(
     model: torch.nn.Module,
     tokenizer,
@@ -230,8 +222,8 @@ def generate_captions(
 ) -> list[str]:
     """Captions (or summaries) of a batch of videos: `model.generate` from `[BOS] prompt`, decoded without special
     tokens. `generate_kwargs` are generation options (`max_new_tokens`, `num_beams`, `do_sample`, ...)."""
-    model = _unwrap(model)
-    device = _device_of(model)
+    model: VideoFirstForConditionalGeneration = unwrap_model(model)
+    device = model_device(model)
     inputs = {
         key: value.to(device) for key, value in encode_prompts(tokenizer, prompt, len(pixel_values_videos)).items()
     }
@@ -268,13 +260,13 @@ def answer_log_likelihoods(
     once and their latents shared by the options. Returns `(questions, options)` scores: the prediction is the
     row-wise argmax (`videofirst.evaluation.metrics.multiple_choice_metrics` turns them into an accuracy).
     """
-    model = _unwrap(model)
+    model: VideoFirstForConditionalGeneration = unwrap_model(model)
     if len(questions) != len(options) or not questions:
         raise ValueError(f"{len(questions)} questions for {len(options)} option lists.")
     num_options = len(options[0])
     if any(len(choices) != num_options for choices in options):
         raise ValueError("Every question needs the same number of options.")
-    device = _device_of(model)
+    device = model_device(model)
     with evaluation_mode(model):
         if visual_latents is None:
             if pixel_values_videos is None:
@@ -429,7 +421,7 @@ def export_video_to_text(model: VideoFirstForConditionalGeneration, processor, o
     `AutoProcessor.from_pretrained(output_dir, trust_remote_code=True)` work without `videofirst` installed."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    model = _unwrap(model)
+    model: VideoFirstForConditionalGeneration = unwrap_model(model)
     model.config.register_for_auto_class("AutoConfig")
     model.register_for_auto_class("AutoModelForImageTextToText")
     model.save_pretrained(output_dir)

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
+from accelerate.utils import extract_model_from_parallel
 
 from videofirst.evaluation.metrics import classification_metrics, multiple_choice_metrics, retrieval_metrics
 
@@ -33,6 +34,8 @@ __all__ = [
     "evaluate_retrieval",
     "evaluation_mode",
     "flatten_captions",
+    "model_device",
+    "unwrap_model",
 ]
 
 #: Prompt ensemble for zero-shot classification; `{}` is replaced by the class name.
@@ -41,16 +44,14 @@ DEFAULT_CLASS_TEMPLATES: tuple[str, ...] = ("a video of {}.", "a video of a pers
 DEFAULT_QA_TEMPLATE = "{question} {answer}"
 
 
-def _unwrap(model: torch.nn.Module) -> VideoFirstModel:
-    """The bare model under DistributedDataParallel / accelerate (`.module`) or torch.compile (`._orig_mod`)."""
-    while True:
-        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
-        if not isinstance(inner, torch.nn.Module):
-            return model
-        model = inner
+def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The bare model under DistributedDataParallel / FSDP / DeepSpeed / DataParallel and torch.compile
+    (accelerate's unwrapping, compile wrapper included)."""
+    return extract_model_from_parallel(model, keep_torch_compile=False)
 
 
-def _device_of(model: torch.nn.Module, device: torch.device | str | None) -> torch.device:
+def model_device(model: torch.nn.Module, device: torch.device | str | None = None) -> torch.device:
+    """`device` when given, else where the model's first parameter lives (the CPU for a model without any)."""
     if device is not None:
         return torch.device(device)
     parameter = next(model.parameters(), None)
@@ -98,8 +99,8 @@ def embed_videos(
         mask_ratio: token drop ratio at inference (default: the model's eval default, 0).
         device: where to run (default: the model's device).
     """
-    inner = _unwrap(model)
-    device = _device_of(inner, device)
+    inner: VideoFirstModel = unwrap_model(model)
+    device = model_device(inner, device)
     embeddings = []
     with evaluation_mode(inner):
         for batch in batches:
@@ -159,8 +160,8 @@ def embed_videos_by_segments(
     Returns:
         `(batch, projection_dim)` float32 embeddings on the CPU.
     """
-    inner = _unwrap(model)
-    device = _device_of(inner, device)
+    inner: VideoFirstModel = unwrap_model(model)
+    device = model_device(inner, device)
     vision_config = inner.config.vision_config
     can_mask_frames = getattr(vision_config, "tubevit_kernels", None) is None
     tubelet_frames = vision_config.tubelet_size[0] if can_mask_frames else 1
@@ -248,8 +249,8 @@ def embed_texts(
     texts = list(texts)
     if not texts:
         raise ValueError("`texts` is empty.")
-    inner = _unwrap(model)
-    device = _device_of(inner, device)
+    inner: VideoFirstModel = unwrap_model(model)
+    device = model_device(inner, device)
     if max_length is None:
         max_length = getattr(inner.config.text_config, "max_position_embeddings", None)
     embeddings = []
