@@ -8,6 +8,7 @@ from tiny_models import tiny_model
 from transformers import BertTokenizer
 
 from videofirst.data.sources import load_manifest
+from videofirst.evaluation.captioning import DEFAULT_QA_PROMPT
 from videofirst.evaluation.embedding import (
     embed_answer_options,
     embed_class_prompts,
@@ -158,8 +159,10 @@ def test_multiple_choice_on_a_tiny_egoschema_fixture(model, tokenizer):
     options = [["cook", "cut", "open", "close", "run"], ["running", "jumping", "cooking", "cutting", "open"]]
     option_embeds = embed_answer_options(model, tokenizer, questions, options)
     assert option_embeds.shape == (2, 5, 16)
-    # The text of an option is "question answer".
-    expected = text_features(model, tokenizer, [f"{q} {a}" for q, row in zip(questions, options) for a in row])
+    # The text of an option is "question: ... answer: ...", the text the video-to-text model scores too.
+    texts = [f"question: {q} answer: {a}" for q, row in zip(questions, options) for a in row]
+    assert texts[0] == f"{DEFAULT_QA_PROMPT.format(question=questions[0])} {options[0][0]}"
+    expected = text_features(model, tokenizer, texts)
     assert torch.allclose(option_embeds.reshape(10, 16), expected, atol=1e-5)
 
     scores = torch.einsum("qd,qod->qo", video_features(model, clips), expected.reshape(2, 5, 16))

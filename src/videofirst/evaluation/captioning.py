@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from videofirst.data.tokenization import train_sentencepiece_tokenizer
-from videofirst.evaluation.embedding import evaluation_mode, model_device, unwrap_model
+from videofirst.evaluation.embedding import DEFAULT_QA_TEMPLATE, evaluation_mode, model_device, unwrap_model
 from videofirst.evaluation.metrics import multiple_choice_metrics
 from videofirst.evaluation.sets import MultipleChoiceSet
 from videofirst.modeling.modeling_videofirst_video_to_text import VideoFirstForConditionalGeneration
@@ -53,8 +53,9 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
-#: How an EgoSchema question becomes the prompt its candidate answers are scored after.
-DEFAULT_QA_PROMPT = "question: {question} answer:"
+#: How an EgoSchema question becomes the prompt its candidate answers are scored after: the QA template up to the
+#: answer, which `encode_captions` joins with one space (so the scored text is the template's, filled in).
+DEFAULT_QA_PROMPT = DEFAULT_QA_TEMPLATE.removesuffix(" {answer}")
 
 
 # --------------------------------------------------------------------------------------------------------------

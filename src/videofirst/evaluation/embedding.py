@@ -40,8 +40,10 @@ __all__ = [
 
 #: Prompt ensemble for zero-shot classification; `{}` is replaced by the class name.
 DEFAULT_CLASS_TEMPLATES: tuple[str, ...] = ("a video of {}.", "a video of a person {}.", "{}")
-#: How a multiple-choice question and one candidate answer become one text (EgoSchema style).
-DEFAULT_QA_TEMPLATE = "{question} {answer}"
+#: How a multiple-choice question and one candidate answer become one text (EgoSchema), for both kinds of model:
+#: the contrastive model embeds the whole text (`embed_answer_options`); the video-to-text model scores the answer
+#: after the text before it (`videofirst.evaluation.captioning.DEFAULT_QA_PROMPT`).
+DEFAULT_QA_TEMPLATE = "question: {question} answer: {answer}"
 
 
 def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:

@@ -29,6 +29,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokeni
 from videofirst.data.loading import build_dataloader
 from videofirst.data.sources import source_captions, training_sources
 from videofirst.evaluation.captioning import (
+    DEFAULT_QA_PROMPT,
     caption_metrics,
     captioning_loss,
     encode_captions,
@@ -116,7 +117,7 @@ class VideoToTextEvalSection(EvalSection):
     num_beams: int = 1
     # An EgoSchema-format manifest (video, question, options, answer) for zero-shot QA by answer likelihood.
     qa_manifest: str | None = None
-    qa_prompt: str = "question: {question} answer:"
+    qa_prompt: str = DEFAULT_QA_PROMPT
 
 
 @dataclass
