@@ -29,7 +29,10 @@ Manifests
 ---------
 Captions must be non-empty strings. A manifest row whose caption is missing, null, empty, whitespace-only or not
 a string (a number), or a manifest that is not UTF-8, is refused when the manifest is loaded, with the file and
-row named; a tar-shard sample with such a caption (or a non-UTF-8 ``txt``) is a bad sample, counted as above.
+row named; so are a JSON line that is no JSON object and a manifest without rows. A row's caption is its
+``caption``, else its ``text``. A row without a media path, with an unknown media extension or with a
+``start`` / ``end`` that is no number carries an ``error`` and is a bad sample when read (see
+`videofirst.data.loading`), as is a tar-shard sample with a bad caption (or a non-UTF-8 ``txt``).
 """
 
 from __future__ import annotations
