@@ -58,6 +58,11 @@ HUB_TASK_IDS = {
     *("mask-generation", "zero-shot-object-detection", "text-to-3d", "image-to-3d", "image-feature-extraction"),
     *("video-text-to-text", "keypoint-detection", "visual-document-retrieval", "any-to-any", "other", "biology"),
 }
+# The video processor's sibling modules: transformers ships them with the processor by following its relative imports.
+VIDEO_PROCESSING_SIBLINGS = tuple(
+    f"video_{part}_videofirst.py"
+    for part in ("sources", "containers", "sampling", "selection", "pyav", "decord", "decoding", "inputs")
+)
 TOKEN = "hf_test"
 LABELS = ["a dog runs", "a cat sings", "a bird"]
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "dog", "cat", "runs", "the", "bird", "sings", "video"]
@@ -176,6 +181,7 @@ def test_export_folder_holds_weights_code_card_pipelines_and_handler(exported):
         "masking_videofirst.py",
         "processing_videofirst.py",
         "video_processing_videofirst.py",
+        *VIDEO_PROCESSING_SIBLINGS,
         "pipeline_videofirst.py",
         "handler.py",
         "requirements.txt",
@@ -449,7 +455,7 @@ def test_plain_save_pretrained_ships_the_code(model, processor, tmp_path):
     assert processor_config["auto_map"]["AutoProcessor"] == "processing_videofirst.VideoFirstProcessor"
     for name in ("modeling_videofirst.py", "configuration_videofirst.py", "masking_videofirst.py"):
         assert (tmp_path / "model" / name).is_file(), name
-    for name in ("processing_videofirst.py", "video_processing_videofirst.py"):
+    for name in ("processing_videofirst.py", "video_processing_videofirst.py", *VIDEO_PROCESSING_SIBLINGS):
         assert (tmp_path / "model" / name).is_file(), name
     model.vision_model.save_pretrained(tmp_path / "vision")
     vision_config = json.loads((tmp_path / "vision" / "config.json").read_text())
