@@ -1046,9 +1046,8 @@ class VideoFirstModel(VideoFirstPreTrainedModel):
         )
         text_embeds = text_outputs.pooler_output
 
-        logits_per_text = self.scaled_logit_scale() * text_embeds @ video_embeds.t()
-        if self.logit_bias is not None:
-            logits_per_text = logits_per_text + self.logit_bias
+        logits_per_video = self.logits_from_similarity(video_embeds @ text_embeds.t())
+        logits_per_text = logits_per_video.t()
         loss = None
         if return_loss:
             loss_fn = sigmoid_loss if self.config.loss_type == "sigmoid" else contrastive_loss
@@ -1056,13 +1055,21 @@ class VideoFirstModel(VideoFirstPreTrainedModel):
 
         return VideoFirstOutput(
             loss=loss,
-            logits_per_video=logits_per_text.t(),
+            logits_per_video=logits_per_video,
             logits_per_text=logits_per_text,
             video_embeds=video_embeds,
             text_embeds=text_embeds,
             text_model_output=text_outputs,
             vision_model_output=vision_outputs,
         )
+
+    def logits_from_similarity(self, similarity: torch.Tensor) -> torch.Tensor:
+        """`exp(logit_scale) * similarity (+ logit_bias)`, computed in `similarity`'s dtype: the one similarity ->
+        logits rule, used by `forward` (`logits_per_video`) and `score_candidates`."""
+        logits = self.scaled_logit_scale().to(similarity.dtype) * similarity
+        if self.logit_bias is not None:
+            logits = logits + self.logit_bias.to(similarity.dtype)
+        return logits
 
     def score_candidates(
         self, query_embeds: torch.Tensor, candidate_embeds: torch.Tensor
@@ -1084,9 +1091,7 @@ class VideoFirstModel(VideoFirstPreTrainedModel):
             contrastive loss, an independent sigmoid per pair for the sigmoid loss.
         """
         similarity = query_embeds.float() @ candidate_embeds.to(query_embeds.device).float().t()
-        logits = self.scaled_logit_scale().float() * similarity
-        if self.logit_bias is not None:
-            logits = logits + self.logit_bias.float()
+        logits = self.logits_from_similarity(similarity)
         probabilities = logits.sigmoid() if self.config.loss_type == "sigmoid" else logits.softmax(dim=-1)
         return similarity, logits, probabilities
 

@@ -412,7 +412,7 @@ def test_model_pipelines_and_handler_share_one_scoring_rule(model, processor, ha
     with torch.no_grad():
         outputs = model(**inputs)
         similarity, logits, probabilities = model.score_candidates(outputs.video_embeds, outputs.text_embeds)
-    torch.testing.assert_close(logits, outputs.logits_per_video, rtol=0, atol=1e-5)
+    assert torch.equal(logits, outputs.logits_per_video)  # one similarity -> logits rule: bit for bit
     torch.testing.assert_close(similarity, outputs.video_embeds @ outputs.text_embeds.t(), rtol=0, atol=1e-6)
     torch.testing.assert_close(probabilities, outputs.logits_per_video.softmax(-1), rtol=0, atol=1e-6)
     response = handler({"inputs": b64(video_file.read_bytes()), "parameters": {"candidate_labels": LABELS}})
@@ -427,6 +427,7 @@ def test_model_pipelines_and_handler_share_one_scoring_rule(model, processor, ha
     with torch.no_grad():
         outputs = sigmoid(**inputs)
         _, logits, probabilities = sigmoid.score_candidates(outputs.video_embeds, outputs.text_embeds)
+    assert torch.equal(logits, outputs.logits_per_video)
     torch.testing.assert_close(probabilities, outputs.logits_per_video.sigmoid(), rtol=0, atol=1e-6)
     register_pipelines()
     classifier = pipeline("zero-shot-video-classification", model=sigmoid, processor=processor)
