@@ -22,9 +22,9 @@ from test_pretraining import kill_at_checkpoint
 from tiny_models import TINY_TEXT_CONFIG
 
 from videofirst import VideoFirstConfig, VideoFirstModel, VideoFirstVisionConfig, VideoFirstVisionModel
-from videofirst.determinism import CUBLAS_WORKSPACE, configure_determinism
-from videofirst.losses import contrastive_loss, sigmoid_loss
-from videofirst.synthetic import write_synthetic_dataset
+from videofirst.data.synthetic import write_synthetic_dataset
+from videofirst.train.determinism import CUBLAS_WORKSPACE, configure_determinism
+from videofirst.train.losses import contrastive_loss, sigmoid_loss
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "training" / "benchmarks"))  # the benchmark scripts' modules
@@ -138,7 +138,7 @@ def test_masked_backward_of_tubevit_and_images_is_repeatable(two_threads):
 
 @pytest.mark.parametrize("loss_name", ["contrastive", "sigmoid"])
 def test_dual_encoder_and_losses_are_repeatable(two_threads, loss_name):
-    """The whole model (BERT text tower, projections) and the training losses of `videofirst.losses`."""
+    """The whole model (BERT text tower, projections) and the training losses of `videofirst.train.losses`."""
     config = VideoFirstConfig(
         vision_config=long_range_vision_config().to_dict(), text_config=TINY_TEXT_CONFIG, projection_dim=64
     )
@@ -230,7 +230,7 @@ def test_deterministic_switch_on_a_gpu_sets_the_cublas_workspace(restore_determi
 
 def test_recipe_has_the_switch_and_the_run_applies_it(restore_determinism, tmp_path):
     from videofirst.recipe import PretrainRecipe, load_recipe
-    from videofirst.training_loop import TrainingRun
+    from videofirst.train.loop import TrainingRun
 
     assert PretrainRecipe().run.deterministic is None
     recipe = load_recipe(

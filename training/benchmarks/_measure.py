@@ -4,7 +4,7 @@ One configuration is a [`Spec`]: a video tower (ours or one of transformers' vid
 count and training recipe. What a training step is, for every tower alike: forward on a random video batch,
 mean-pooled features, an InfoNCE loss against fixed random targets, backward, `AdamW.step()`, `zero_grad()`.
 With `text_tower=True` the step is instead the full [`VideoFirstModel`] forward (video tower, BERT text tower,
-projections, contrastive loss) on random captions, as in `videofirst.pretraining`.
+projections, contrastive loss) on random captions, as in `videofirst.train.pretraining`.
 
 Memory is measured in a fresh process per configuration ([`measure_isolated`]): a fork of a server process
 that has imported torch and transformers and run nothing (so it is a clean process, without paying the

@@ -4,8 +4,8 @@
     python training/benchmarks/compile.py --quick --out /tmp/compile     # micro model, the machinery only
 
 Two copies of one model (same weights): eager, and with its towers compiled as the training loop does
-(`videofirst.distributed.compile_towers`, inductor, dynamic sizes). A training step is what
-`videofirst.pretraining` runs: forward of both towers on random clips and captions with random token masking,
+(`videofirst.train.distributed.compile_towers`, inductor, dynamic sizes). A training step is what
+`videofirst.train.pretraining` runs: forward of both towers on random clips and captions with random token masking,
 the contrastive loss, backward, AdamW step. The first steps of the compiled copy include compilation and its
 one dynamic recompile (reported as `compile_s`); then rounds alternate eager and compiled steps, with the
 caption length changing every round (as real batches do), and the report gives the median step time of each and
@@ -25,8 +25,8 @@ from pathlib import Path
 import torch
 
 from videofirst import VideoFirstConfig, VideoFirstModel
-from videofirst.distributed import compile_towers
-from videofirst.losses import contrastive_loss
+from videofirst.train.distributed import compile_towers
+from videofirst.train.losses import contrastive_loss
 
 RESULTS = Path(__file__).parent / "results"
 

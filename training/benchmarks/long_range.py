@@ -4,15 +4,15 @@
     python training/benchmarks/long_range.py --seeds 0 1 2    # more seeds, if time allows
     python training/benchmarks/long_range.py --budget smoke --out /tmp/lr --work /tmp/lr/work   # seconds
 
-Data: synthetic order-of-events videos (`videofirst.synthetic`), one fixed data seed. A video is
+Data: synthetic order-of-events videos (`videofirst.data.synthetic`), one fixed data seed. A video is
 `num_frames` seconds at 1 FPS, so the trained clip covers it all, and holds `num_frames / segment_frames` events
 (64 / 16 = 4): every event lasts exactly one 16-frame segment, so the ORDER of events is visible only across
 segments, a long-range dependency by construction. The held-out split keeps whole permutation groups: videos that
 show the same events in different orders, whose captions are order permutations of each other.
 
-Every configuration is trained with the real loop, `videofirst.pretraining.pretrain` on
+Every configuration is trained with the real loop, `videofirst.train.pretraining.pretrain` on
 `training/configs/long_range.yaml` plus overrides (attention type, masking ratio, seed), and evaluated zero-shot on
-the held-out split with `videofirst.evaluation`:
+the held-out split with `videofirst.evaluation.zero_shot`:
 
 * `t2v_r1`, `v2t_r1`: text-to-video / video-to-text Recall@1 over the whole held-out split;
 * `order_acc`: order-dependent retrieval, text-to-video Recall@1 among the caption's own permutation group only
@@ -124,7 +124,7 @@ def recipe_overrides(budget: Budget, variant: Variant, seed: int, data_dir: Path
 
 
 def write_data(budget: Budget, data_dir: Path, data_seed: int) -> None:
-    from videofirst.synthetic import write_synthetic_dataset
+    from videofirst.data.synthetic import write_synthetic_dataset
 
     write_synthetic_dataset(
         data_dir,
@@ -142,7 +142,7 @@ def order_accuracy(similarity, video_of_text: list[int], group_of_video: list[in
     """Text-to-video accuracy among the videos of the caption's permutation group (pessimistic ties)."""
     import torch
 
-    from videofirst.evaluation import multiple_choice_metrics
+    from videofirst.evaluation.zero_shot import multiple_choice_metrics
 
     members: dict[int, list[int]] = defaultdict(list)
     for video, group in enumerate(group_of_video):
@@ -163,7 +163,7 @@ def evaluate_export(export_dir: Path, test_manifest: Path, budget: Budget) -> di
     from videofirst.modeling.modeling_videofirst import VideoFirstModel
     from videofirst.modeling.processing_videofirst import VideoFirstProcessor
 
-    from videofirst.evaluation import (
+    from videofirst.evaluation.zero_shot import (
         embed_texts,
         embed_video_clips,
         load_retrieval_manifest,
@@ -227,11 +227,11 @@ def _memory_probe(overrides: list[str]) -> dict[str, Any]:
     from accelerate import Accelerator
 
     from videofirst.adaptation import apply_adaptation
-    from videofirst.data import build_dataloader
-    from videofirst.optimization import build_optimizer
-    from videofirst.pretraining import ContrastiveObjective
+    from videofirst.data.loading import build_dataloader
     from videofirst.recipe import load_recipe
-    from videofirst.setup import build_model, build_processor, prepare_data
+    from videofirst.train.optimization import build_optimizer
+    from videofirst.train.pretraining import ContrastiveObjective
+    from videofirst.train.setup import build_model, build_processor, prepare_data
 
     _measure.pin_malloc()
     recipe = load_recipe(RECIPE, overrides)
@@ -439,8 +439,8 @@ def write_plot(rows: list[dict], path: Path, segment_frames: int) -> None:
 
 
 def run(args: argparse.Namespace) -> list[dict]:
-    from videofirst.pretraining import pretrain
     from videofirst.recipe import load_recipe
+    from videofirst.train.pretraining import pretrain
 
     started = time.perf_counter()
     budget = BUDGETS[args.budget]

@@ -16,10 +16,10 @@ demo's settings. **Sweep** (`--sweep-seeds`, contrastive encoder): the settings 
 demo's: the gates' learning rate and initialisation, the number of latents, the training steps, a weaker language
 model prior (fewer text-only steps) and the token masking of this stage (the paper's 30% against none).
 
-Each run reports, on the held-out clips: the event-sequence metrics of `videofirst.event_order` (exact sequence,
-per position, event set), Rouge-L and CIDEr-D (when `pycocoevalcap` is installed) of greedy captions, the
-"what happened second?" 5-option likelihood QA (`videofirst.event_order.event_order_option_scores`; chance 0.2),
-the number of distinct captions and the final mean |tanh(gate)|. The videos are decoded once and kept in memory,
+Each run reports, on the held-out clips: the event-sequence metrics of `videofirst.evaluation.event_order` (exact
+sequence, per position, event set), Rouge-L and CIDEr-D (when `pycocoevalcap` is installed) of greedy captions, the
+"what happened second?" 5-option likelihood QA (`videofirst.evaluation.event_order.event_order_option_scores`; chance
+0.2), the number of distinct captions and the final mean |tanh(gate)|. The videos are decoded once and kept in memory,
 and training samples batches from them (with replacement) in a plain loop built from the training script's
 parts (`build_video_to_text_model`, `build_video_to_text_optimizer`, `captioning_loss`, the warmup-cosine
 schedule); inference drops tokens as in training (30%) from a fixed seed.
@@ -44,14 +44,19 @@ from pathlib import Path
 import torch
 from transformers import AutoModel, AutoTokenizer
 
-from videofirst.evaluation import multiple_choice_metrics, read_manifest_rows
-from videofirst.event_order import event_order_option_scores, event_order_questions, event_sequence_metrics
-from videofirst.generation import caption_metrics, captioning_loss, generate_captions, prepare_causal_tokenizer
-from videofirst.optimization import build_scheduler
-from videofirst.pretraining import pretrain
+from videofirst.evaluation.captioning import (
+    caption_metrics,
+    captioning_loss,
+    generate_captions,
+    prepare_causal_tokenizer,
+)
+from videofirst.evaluation.event_order import event_order_option_scores, event_order_questions, event_sequence_metrics
+from videofirst.evaluation.zero_shot import multiple_choice_metrics, read_manifest_rows
 from videofirst.recipe import load_recipe
-from videofirst.setup import prepare_data
-from videofirst.video_to_text import (
+from videofirst.train.optimization import build_scheduler
+from videofirst.train.pretraining import pretrain
+from videofirst.train.setup import prepare_data
+from videofirst.train.video_to_text import (
     VideoToTextRecipe,
     build_language_model,
     build_video_to_text_model,
