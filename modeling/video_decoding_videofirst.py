@@ -176,7 +176,7 @@ def read_video_frames(
     Args:
         source: a path (`str` / `os.PathLike`), raw bytes, or a binary file object (read from its position).
         fps, num_frames, sampling, start, end, offset, seed: which frames; see `sample_frame_indices` and
-            this module's docstring (neither `fps` nor `num_frames`: every frame of the clip).
+            the rules in `video_sampling_videofirst` (neither `fps` nor `num_frames`: every frame of the clip).
         size: decode-time resize, never enlarging: an int resizes the shortest edge to it (aspect kept, long
             edge ``int(size * long / short)``), a ``(height, width)`` pair resizes to exactly that. None
             keeps the native size.

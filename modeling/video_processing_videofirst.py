@@ -140,7 +140,7 @@ class VideoFirstVideoProcessor(BaseVideoProcessor):
     initialised from CLIP-style image models).
 
     Returns a `BatchFeature` with `pixel_values_videos` `(B, T, C, H, W)` and `video_frame_mask` `(B, T)`
-    (padding rules in the module docstring), plus `video_metadata` (a list of `VideoMetadata`) with
+    (padding rules in `video_inputs_videofirst`), plus `video_metadata` (a list of `VideoMetadata`) with
     `return_metadata=True`.
     """
 
