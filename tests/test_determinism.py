@@ -24,7 +24,7 @@ from tiny_models import TINY_TEXT_CONFIG
 from videofirst import VideoFirstConfig, VideoFirstModel, VideoFirstVisionConfig, VideoFirstVisionModel
 from videofirst.data.synthetic import write_synthetic_dataset
 from videofirst.train.determinism import CUBLAS_WORKSPACE, configure_determinism
-from videofirst.train.losses import contrastive_loss, sigmoid_loss
+from videofirst.train.losses import gathered_contrastive_loss, gathered_sigmoid_loss
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "training" / "benchmarks"))  # the benchmark scripts' modules
@@ -152,8 +152,8 @@ def test_dual_encoder_and_losses_are_repeatable(two_threads, loss_name):
         video = model.get_video_features(pixel_values_videos=videos, generator=generator).pooler_output
         text = model.get_text_features(input_ids=input_ids).pooler_output  # both L2-normalised
         if loss_name == "sigmoid":
-            return sigmoid_loss(video, text, 10.0, -10.0)
-        return contrastive_loss(video, text, 20.0)
+            return gathered_sigmoid_loss(video, text, 10.0, -10.0)
+        return gathered_contrastive_loss(video, text, 20.0)
 
     assert_repeatable(model, loss)
 

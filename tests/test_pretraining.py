@@ -196,14 +196,14 @@ def test_resume_after_sigkill_equals_uninterrupted_run(tiny_data, tmp_path):
 
 def test_non_finite_loss_stops_with_a_checkpoint_from_before(tiny_data, tmp_path, monkeypatch):
     calls = {"count": 0}
-    real_loss = pretraining.contrastive_loss
+    real_loss = pretraining.gathered_contrastive_loss
 
     def poisoned(*args, **kwargs):
         calls["count"] += 1
         loss = real_loss(*args, **kwargs)
         return loss * float("nan") if calls["count"] == 4 else loss
 
-    monkeypatch.setattr(pretraining, "contrastive_loss", poisoned)
+    monkeypatch.setattr(pretraining, "gathered_contrastive_loss", poisoned)
     recipe = load_recipe(DEMO, tiny_overrides(tiny_data, tmp_path / "run", **{"checkpoint.save_every": 100}))
     with pytest.raises(pretraining.NonFiniteLossError, match="step 3"):
         pretraining.pretrain(recipe)
@@ -265,7 +265,11 @@ def test_cached_micro_batches_match_one_contrastive_batch(tiny_data, tmp_path):
         recipe.optim.contrastive_micro_batches = micro_batches
         model.zero_grad()
         objective = pretraining.ContrastiveObjective(model, Accelerator(cpu=True), recipe)
-        loss, _ = objective(batch, step=0, slot=0)
+        if objective.gradient_caching:
+            loss, _ = objective.backward_in_chunks(batch, step=0, stream=0)
+        else:
+            loss, _ = objective(batch, step=0, stream=0)
+            loss.backward()
         gradients[micro_batches] = (
             loss,
             {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None},
@@ -323,10 +327,12 @@ def test_demo_runs_end_to_end_and_exports_a_loadable_model(tiny_data, tmp_path):
     assert all(record["videos_per_second"] > 0 for record in log if "videos_per_second" in record)
 
 
-def test_loss_weight_scales_the_gradients(tiny_data, tmp_path):
+def test_loss_weight_scales_the_gradients_under_gradient_caching(tiny_data, tmp_path):
+    # Without gradient caching the loop weights the loss before `accelerator.backward`; with it, the objective's
+    # chunked backward pass must apply the weight itself.
     from accelerate import Accelerator
 
-    recipe = load_recipe(DEMO, tiny_overrides(tiny_data, tmp_path))
+    recipe = load_recipe(DEMO, tiny_overrides(tiny_data, tmp_path, **{"optim.contrastive_micro_batches": 2}))
     model = tiny_model()
     batch = {
         "pixel_values": torch.randn(4, 3, 32, 32),
@@ -337,7 +343,7 @@ def test_loss_weight_scales_the_gradients(tiny_data, tmp_path):
     grads = []
     for weight in (1.0, 0.25):
         model.zero_grad()
-        objective(batch, step=0, slot=0, weight=weight)
+        objective.backward_in_chunks(batch, step=0, stream=0, weight=weight)
         grads.append(model.vision_model.embeddings.patch_embedding.weight.grad.clone())
     assert torch.allclose(grads[1], 0.25 * grads[0], atol=1e-7)
 
