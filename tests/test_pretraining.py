@@ -12,13 +12,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 from tiny_models import tiny_model
-from transformers import AutoModel
+from transformers import AutoModel, get_cosine_with_min_lr_schedule_with_warmup
 
 import videofirst.train.pretraining as pretraining
 from videofirst.data.synthetic import write_synthetic_dataset
 from videofirst.recipe import OptimSection, load_recipe
 from videofirst.train.checkpointing import CheckpointManager, TrainerState
-from videofirst.train.optimization import build_optimizer, warmup_cosine_factor
+from videofirst.train.optimization import build_optimizer, build_scheduler, warmup_cosine_factor
 
 REPO = Path(__file__).resolve().parents[1]
 PRETRAIN = REPO / "training" / "pretrain.py"
@@ -142,6 +142,32 @@ def test_warmup_then_cosine():
     assert factors[:4] == [0.25, 0.5, 0.75, 1.0]
     assert factors[4] == pytest.approx(1.0) and factors[20] == pytest.approx(0.1)
     assert all(a >= b for a, b in zip(factors[4:], factors[5:]))
+
+
+@pytest.mark.parametrize("warmup, max_steps, min_ratio", [(20, 300, 0.0), (2, 6, 0.1), (0, 10, 0.05), (100, 1000, 0.1)])
+def test_schedule_against_transformers_cosine_with_min_lr(warmup, max_steps, min_ratio):
+    # Why the schedule is hand-written: transformers' `cosine_with_min_lr` gives the very same learning rates from
+    # the end of the warm-up on, but warms up from 0 (its first step does nothing), where ours starts at 1/warmup.
+    def rates(make_scheduler) -> list[float]:
+        optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+        scheduler = make_scheduler(optimizer)
+        collected = []
+        for _ in range(max_steps):
+            collected.append(scheduler.get_last_lr()[0])
+            optimizer.step()
+            scheduler.step()
+        return collected
+
+    optim = OptimSection(warmup_steps=warmup, max_steps=max_steps, min_learning_rate_ratio=min_ratio)
+    ours = rates(lambda optimizer: build_scheduler(optimizer, optim))
+    theirs = rates(
+        lambda optimizer: get_cosine_with_min_lr_schedule_with_warmup(
+            optimizer, warmup, max_steps, min_lr_rate=min_ratio
+        )
+    )
+    assert ours[warmup:] == theirs[warmup:]  # exactly equal floats
+    assert ours[:warmup] == [1e-3 * ((step + 1) / warmup) for step in range(warmup)]
+    assert theirs[:warmup] == [1e-3 * (step / warmup) for step in range(warmup)]
 
 
 # Checkpoints and faults ------------------------------------------------------------------------------------------
