@@ -171,17 +171,17 @@ def test_masked_path_equals_the_index_lookup_it_replaced():
 
 
 def test_sweep_compares_the_former_position_lookup_with_todays():
-    """The benchmark's baseline (`_measure.indexed_kept_positions`) is the former lookup: same values, and the sweep's
+    """The benchmark's baseline (`_towers.indexed_kept_positions`) is the former lookup: same values, and the sweep's
     "positions" groups time it against today's path in one process."""
-    import _measure
+    import _towers
     import sweep
 
     model = randomised(VideoFirstVisionModel(long_range_vision_config(hidden_size=16, num_frames=8)))
     spatial, temporal = model.embeddings.spatial_positions(4, 4)[0], model.embeddings.temporal_positions(4)[0]
     indices = torch.randint(0, 64, (3, 16), generator=torch.Generator().manual_seed(0))
     expected = model.embeddings.kept_positions(spatial, temporal, indices)
-    torch.testing.assert_close(_measure.indexed_kept_positions(spatial, temporal, indices), expected)
-    groups = dict(sweep.design_groups(_measure.Spec("joint"), [16], [16]))
+    torch.testing.assert_close(_towers.indexed_kept_positions(spatial, temporal, indices), expected)
+    groups = dict(sweep.design_groups(_towers.Spec("joint"), [16], [16]))
     for name in ("positions", "positions_f64"):
         assert [spec.position_lookup for spec in groups[name]] == ["indexed", "gathered"]
         assert {spec.mask_ratio for spec in groups[name]} == {0.75}

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from huggingface_hub import ModelCard
 from safetensors.torch import load_file
 from tiny_models import tiny_vision_config
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -26,6 +27,7 @@ from videofirst.modeling.modeling_videofirst_video_to_text import (
 from videofirst.modeling.processing_videofirst import VideoFirstProcessor
 from videofirst.modeling.video_processing_videofirst import VideoFirstVideoProcessor
 
+import videofirst
 import videofirst.metrics
 import videofirst.train.video_to_text as video_to_text
 from videofirst.data.loading import build_dataloader
@@ -36,7 +38,6 @@ from videofirst.evaluation.captioning import (
     captioning_loss,
     cider_available,
     encode_captions,
-    export_video_to_text,
     generate_captions,
     prepare_causal_tokenizer,
     sequence_log_likelihoods,
@@ -50,6 +51,8 @@ from videofirst.evaluation.event_order import (
     parse_event_caption,
 )
 from videofirst.evaluation.zero_shot import multiple_choice_metrics
+from videofirst.hub.cards import ModelCardOptions
+from videofirst.hub.export import export_checkpoint
 from videofirst.train.setup import build_processor
 
 LANGUAGE_MODELS = {
@@ -261,9 +264,19 @@ def test_save_load_and_remote_code(tmp_path, caption_tokenizer):
         size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}, num_frames=4, tubelet_frames=2
     )
     processor = VideoFirstProcessor(video_processor=video_processor, tokenizer=caption_tokenizer)
-    checkpoint = export_video_to_text(model, processor, tmp_path / "export")
+    checkpoint = export_checkpoint(model, processor, tmp_path / "export", card=ModelCardOptions(repo_id="me/v2t"))
+    assert videofirst.export_video_to_text is export_checkpoint  # the former name of this export
     assert (checkpoint / "modeling_videofirst_video_to_text.py").is_file()
     assert json.loads((checkpoint / "config.json").read_text())["auto_map"]["AutoModelForImageTextToText"]
+    # The video-to-text card and files, not the dual encoder's: no scoring pipelines or endpoint handler.
+    card = ModelCard.load(checkpoint / "README.md")
+    assert card.data.pipeline_tag == "video-text-to-text" and "AutoModelForImageTextToText" in card.text
+    total = sum(parameter.numel() for parameter in model.parameters())  # shared (tied) weights once
+    trained = sum(parameter.numel() for parameter in model.parameters() if parameter.requires_grad)
+    assert f"{total:,}), of which " in card.text and f"{trained:,}) trained" in card.text
+    assert (checkpoint / "requirements.txt").is_file()
+    assert not (checkpoint / "handler.py").exists() and not (checkpoint / "pipeline_videofirst.py").exists()
+    assert "custom_pipelines" not in json.loads((checkpoint / "config.json").read_text())
 
     loaded = VideoFirstForConditionalGeneration.from_pretrained(checkpoint).eval()
     assert loaded.trainable_parameter_names() == model.trainable_parameter_names()

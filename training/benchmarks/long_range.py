@@ -30,9 +30,9 @@ Claims checked (the rules are fixed here, before running; the numbers are report
 
 Memory: each configuration's training step is measured in its own fresh process (same recipe, one real batch,
 the real `ContrastiveObjective` and optimizer step): after a warm-up step, the resident set size (RSS) is read,
-the peak-RSS counter is reset (`_measure.MemoryProbe`: `/proc/self/clear_refs` on Linux, elsewhere a 1 ms RSS
+the peak-RSS counter is reset (`_memory.MemoryProbe`: `/proc/self/clear_refs` on Linux, elsewhere a 1 ms RSS
 sampler thread), one step runs, and the step's memory is the peak minus that idle baseline (the max over two
-steps). glibc's mmap threshold is pinned as in every other benchmark (`_measure.pin_malloc`), so that freed tensors
+steps). glibc's mmap threshold is pinned as in every other benchmark (`_memory.pin_malloc`), so that freed tensors
 leave the RSS and cannot hide in the heap.
 
 Outputs: `<out>/long_range.csv` (one row per configuration, seed and evaluation mode), `long_range.md` (table,
@@ -56,9 +56,11 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _measure  # noqa: E402
+import _cli  # noqa: E402
+import _memory  # noqa: E402
+import _report  # noqa: E402
 
-RECIPE = _measure.REPO / "training" / "configs" / "long_range.yaml"
+RECIPE = _cli.REPO / "training" / "configs" / "long_range.yaml"
 FPS = 1.0
 IMAGE_SIZE = 32
 MEMORY_FLAG = "--measure-step-memory"
@@ -233,7 +235,7 @@ def _memory_probe(overrides: list[str]) -> dict[str, Any]:
     from videofirst.train.pretraining import ContrastiveObjective
     from videofirst.train.setup import build_model, build_processor, prepare_data
 
-    _measure.pin_malloc()
+    _memory.pin_malloc()
     recipe = load_recipe(RECIPE, overrides)
     torch.manual_seed(recipe.run.seed)
     run_dir = Path(recipe.run.output_dir)
@@ -260,7 +262,7 @@ def _memory_probe(overrides: list[str]) -> dict[str, Any]:
         return kept
 
     step(0)  # warm-up: optimizer state and lazily built kernels exist from here on
-    probe = _measure.MemoryProbe("cpu")
+    probe = _memory.MemoryProbe("cpu")
     measured = []
     for index in (1, 2):
         gc.collect()
@@ -293,9 +295,7 @@ def _mean(rows: list[dict], key: str) -> float:
 
 
 def _cell(rows: list[dict], key: str, digits: int = 3) -> str:
-    values = [float(row[key]) for row in rows]
-    text = f"{statistics.fmean(values):.{digits}f}"
-    return text + (f" ± {statistics.stdev(values):.{digits}f}" if len(values) > 1 else "")
+    return _report.mean_std([float(row[key]) for row in rows], digits)
 
 
 def claims(rows: list[dict]) -> list[tuple[str, str, str]]:
@@ -385,11 +385,7 @@ def write_markdown(rows: list[dict], path: Path, budget: Budget, seeds: list[int
 
 def write_plot(rows: list[dict], path: Path, segment_frames: int) -> None:
     """One panel per claim whose variants ran (the same rule as `claims`), so a subset run plots only what it tested."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _report.pyplot()
     groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
     for row in rows:
         groups[(row["variant"], row["eval"])].append(row)
@@ -433,9 +429,7 @@ def write_plot(rows: list[dict], path: Path, segment_frames: int) -> None:
         axes["masking"].set(xticks=[0, 1], xticklabels=["joint", "frame"], ylabel="mean R@1 (t2v, v2t)")
         axes["masking"].set_title("(c) effect of masking by attention type")
         axes["masking"].legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    _report.save_figure(figure, path)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -512,10 +506,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-seed", type=int, default=0)
     parser.add_argument("--steps", type=int, help="override the budget's training steps")
     parser.add_argument("--variants", nargs="+", choices=[v.name for v in VARIANTS], help="default: all four")
-    parser.add_argument(
-        "--work", type=Path, default=_measure.REPO / "runs" / "long_range", help="data, runs and exports"
-    )
-    parser.add_argument("--out", type=Path, default=_measure.RESULTS, help="where long_range.{csv,md,png} go")
+    parser.add_argument("--work", type=Path, default=_cli.REPO / "runs" / "long_range", help="data, runs and exports")
+    parser.add_argument("--out", type=Path, default=_cli.RESULTS, help="where long_range.{csv,md,png} go")
     run(parser.parse_args(argv))
     return 0
 

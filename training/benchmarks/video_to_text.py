@@ -36,7 +36,6 @@ import csv
 import dataclasses
 import json
 import os
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -64,8 +63,11 @@ from videofirst.train.video_to_text import (
     load_video_to_text_recipe,
 )
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _cli  # noqa: E402
+import _report  # noqa: E402
+
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-RESULTS = Path(__file__).resolve().parent / "results"
 QA_POSITION = 2
 
 # Sweep rows: one setting changed at a time from the demo recipe (`key=value` recipe overrides).
@@ -281,12 +283,6 @@ METRICS = [
 ]
 
 
-def _mean_std(values: list[float]) -> str:
-    if len(values) == 1:
-        return f"{values[0]:.3f}"
-    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
-
-
 def summary_table(rows: list[dict], key: str) -> list[str]:
     groups: dict[str, list[dict]] = {}
     for row in rows:
@@ -297,7 +293,7 @@ def summary_table(rows: list[dict], key: str) -> list[str]:
         "|---|---:|" + "---:|" * len(columns),
     ]
     for name, members in groups.items():
-        cells = [_mean_std([float(member[column]) for member in members]) for column, _ in columns]
+        cells = [_report.mean_std([float(member[column]) for member in members]) for column, _ in columns]
         lines.append(f"| {name} | {len(members)} | " + " | ".join(cells) + " |")
     return lines
 
@@ -329,7 +325,7 @@ def write_results(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default=str(RESULTS), help="folder of video_to_text.csv / .md")
+    parser.add_argument("--out", default=str(_cli.RESULTS), help="folder of video_to_text.csv / .md")
     parser.add_argument("--work", default="runs/benchmark_video_to_text", help="data, tokenizer and encoder")
     parser.add_argument("--encoder", help="a pretrained VideoFirst export (default: pretrain the demo's here)")
     parser.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2], help="none: no table")

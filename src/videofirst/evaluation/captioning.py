@@ -1,5 +1,5 @@
 """Video-to-text with a VideoFirst encoder: caption tokenization, the captioning loss, generation, zero-shot
-multiple-choice QA by language-model likelihood, text metrics and export.
+multiple-choice QA by language-model likelihood and text metrics (the export is `videofirst.hub.export`).
 
 The model is `VideoFirstForConditionalGeneration` (`modeling/modeling_videofirst_video_to_text.py`); the training
 loop is `videofirst.train.video_to_text`.
@@ -41,7 +41,6 @@ __all__ = [
     "encode_captions",
     "encode_prompts",
     "evaluate_video_question_answering",
-    "export_video_to_text",
     "generate_captions",
     "prepare_causal_tokenizer",
     "sequence_log_likelihoods",
@@ -398,6 +397,7 @@ def caption_metrics(
     if not predictions:
         raise ValueError("No predictions to score.")
     reference_lists = _as_reference_lists(references, len(predictions))
+    # rouge_score is the scorer `evaluate`'s "rouge" module wraps; that module is a Hub download, unusable offline.
     scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
     rouge = [
         scorer.score_multi(refs, prediction)["rougeL"].fmeasure
@@ -414,27 +414,3 @@ def caption_metrics(
         score, _ = Cider().compute_score(gts, res)
         metrics["cider"] = float(score)
     return metrics
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Export
-# --------------------------------------------------------------------------------------------------------------
-
-
-def export_video_to_text(model: VideoFirstForConditionalGeneration, processor, output_dir: str | Path) -> Path:
-    """Save the model (and processor) with the `modeling/` code as remote code, so that
-    `AutoModelForImageTextToText.from_pretrained(output_dir, trust_remote_code=True)` and
-    `AutoProcessor.from_pretrained(output_dir, trust_remote_code=True)` work without `videofirst` installed."""
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    model = _unwrap(model)
-    model.config.register_for_auto_class("AutoConfig")
-    model.register_for_auto_class("AutoModelForImageTextToText")
-    model.save_pretrained(output_dir)
-    if processor is not None:
-        processor.register_for_auto_class("AutoProcessor")
-        video_processor = getattr(processor, "video_processor", None)
-        if video_processor is not None:
-            video_processor.register_for_auto_class("AutoVideoProcessor")
-        processor.save_pretrained(output_dir)
-    return output_dir

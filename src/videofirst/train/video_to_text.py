@@ -34,12 +34,12 @@ from videofirst.evaluation.captioning import (
     captioning_loss,
     encode_captions,
     evaluate_video_question_answering,
-    export_video_to_text,
     generate_captions,
     prepare_causal_tokenizer,
 )
 from videofirst.evaluation.event_order import event_sequence_metrics, is_event_caption
 from videofirst.evaluation.zero_shot import load_multiple_choice_manifest
+from videofirst.hub.export import export_checkpoint
 from videofirst.modeling.configuration_videofirst import VideoFirstVisionConfig
 from videofirst.modeling.modeling_videofirst import VideoFirstModel, VideoFirstVisionModel
 from videofirst.modeling.modeling_videofirst_video_to_text import VideoFirstForConditionalGeneration
@@ -381,7 +381,7 @@ def train_video_to_text(recipe: VideoToTextRecipe) -> VideoToTextResult:
 
     if run.eval_due(at_end=True):
         metrics = evaluator(model, state.step)
-    export_dir = run.finish(lambda folder: export_video_to_text(accelerator.unwrap_model(model), processor, folder))
+    export_dir = run.finish(lambda folder: export_checkpoint(accelerator.unwrap_model(model), processor, folder))
     return VideoToTextResult(run_dir, export_dir, state.step, metrics, state.bad_samples, evaluator.samples)
 
 
