@@ -50,7 +50,7 @@ def reseed(seed: int, step: int, stream: int, process: int) -> None:
     This is the determinism contract of the training loops: every forward pass that draws random numbers (token
     masking, dropout) first calls `reseed` with the run's seed, the optimizer step, its seed stream and the process
     index, so a run resumed from a checkpoint needs no RNG state beyond the step, and replays exactly what the
-    uninterrupted run would have done. The streams of one step (all distinct while `slot < IMAGE_STREAM_OFFSET`,
+    uninterrupted run would have done. The streams one step uses (all distinct while `slot < IMAGE_STREAM_OFFSET`,
     i.e. fewer than 500 micro-batches per optimizer step, and fewer than 1,000 gradient-caching chunks):
 
     - `slot`: the video-text micro-batch `slot` of the step (0 without gradient accumulation);
