@@ -131,6 +131,30 @@ def resize_temporal_positions(table: torch.Tensor, num_steps: int) -> torch.Tens
     return stretched.transpose(1, 2)
 
 
+def video_lengths(step_valid: torch.BoolTensor) -> torch.LongTensor:
+    """`(B, steps)` real-step flags to each video's length in steps: up to and including its last real step."""
+    steps = torch.arange(1, step_valid.shape[1] + 1, device=step_valid.device)
+    return (step_valid * steps).amax(dim=1)
+
+
+def temporal_positions_per_video(table: torch.Tensor, lengths: torch.LongTensor, num_steps: int) -> torch.Tensor:
+    """`(B, num_steps, dim)`: the `(1, steps, dim)` table stretched for each video to its own length in steps
+    (`resize_temporal_positions`), zero beyond it.
+
+    A video padded to a longer one in its batch thus gets the positions it gets alone; stretching the table to the
+    padded length would move every position of the short video. Rows past a video's length belong to padding,
+    whose tokens are dropped.
+    """
+    stretched: dict[int, torch.Tensor] = {}
+    rows = []
+    for length in lengths.tolist():
+        if length not in stretched:
+            positions = resize_temporal_positions(table, max(length, 1))[0]
+            stretched[length] = F.pad(positions, (0, 0, 0, num_steps - positions.shape[0]))
+        rows.append(stretched[length])
+    return torch.stack(rows)
+
+
 def add_positions(tokens: torch.Tensor, *tables: torch.Tensor) -> torch.Tensor:
     """`tokens + tables[0] + tables[1] + ...`, in place when the dtypes agree.
 
@@ -163,15 +187,27 @@ class VideoFirstTubeEmbedding(nn.Module):
         self.spatial_position_embedding = nn.Parameter(torch.zeros(1, height * width, config.hidden_size))
         self.temporal_position_embedding = nn.Parameter(torch.zeros(1, steps, config.hidden_size))
 
-    def forward(self, videos: torch.Tensor) -> torch.Tensor:
-        """`(B, C, T, H, W)` to `(B, tokens, dim)`, time-major within the kernel."""
+    def step_valid(self, frame_valid: torch.BoolTensor) -> torch.BoolTensor:
+        """`(B, T)` real-frame flags to `(B, steps)` flags of this kernel's time steps that see only real frames."""
+        kernel = self.kernel
+        windows = frame_valid[:, kernel["offset"][0] :].unfold(1, kernel["kernel_size"][0], kernel["stride"][0])
+        return windows.all(dim=-1)
+
+    def forward(self, videos: torch.Tensor, frame_valid: torch.BoolTensor | None = None) -> torch.Tensor:
+        """`(B, C, T, H, W)` to `(B, tokens, dim)`, time-major within the kernel. With `frame_valid` `(B, T)`, each
+        video's temporal positions are stretched to its own length (`temporal_positions_per_video`)."""
         offset_t, offset_h, offset_w = self.kernel["offset"]
         tokens = self.projection(videos[:, :, offset_t:, offset_h:, offset_w:])
         batch_size, dim, steps, height, width = tokens.shape
         tokens = tokens.flatten(3).permute(0, 2, 3, 1)  # (B, T', H'W', dim)
         spatial = resize_spatial_positions(self.spatial_position_embedding, self.position_grid, (height, width))
         tokens = tokens + spatial[:, None]
-        tokens = tokens + resize_temporal_positions(self.temporal_position_embedding, steps)[:, :, None]
+        temporal = resize_temporal_positions(self.temporal_position_embedding, steps)
+        if frame_valid is not None:
+            lengths = video_lengths(self.step_valid(frame_valid))
+            if bool((lengths < steps).any()):
+                temporal = temporal_positions_per_video(self.temporal_position_embedding, lengths, steps)
+        tokens = tokens + temporal[:, :, None]
         return tokens.reshape(batch_size, -1, dim)
 
 
@@ -223,7 +259,10 @@ class VideoFirstEmbeddings(nn.Module):
         return frames // tubelet_frames, height // tubelet_height, width // tubelet_width
 
     def embed_video(
-        self, pixel_values_videos: torch.Tensor, token_indices: torch.LongTensor | None = None
+        self,
+        pixel_values_videos: torch.Tensor,
+        token_indices: torch.LongTensor | None = None,
+        video_frame_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, tuple[int, int, int]]:
         """`(B, T, C, H, W)` frames to `(B, T' * H' * W', dim)` tokens (time-major) and the grid `(T', H', W')`.
 
@@ -232,11 +271,15 @@ class VideoFirstEmbeddings(nn.Module):
         kernel. The tubelet kernel (a Conv3d whose stride is its size) is applied as one matmul over the tubelets'
         pixels, which is also faster than the convolution on CPU; its module's `forward` is not called.
 
+        With `video_frame_mask` `(B, T)`, a video shorter than the batch (padded) gets the temporal positions of its
+        own length, as it would alone (`temporal_positions_per_video`).
+
         TubeViT tokens lie on no common grid: the grid is then `(1, 1, tokens)`.
         """
+        frame_valid = None if video_frame_mask is None else video_frame_mask.bool()
         if self.config.tubevit_kernels is not None:
             videos = pixel_values_videos.to(self.tubes[0].projection.weight.dtype).transpose(1, 2)
-            tokens = torch.cat([tube(videos) for tube in self.tubes], dim=1)
+            tokens = torch.cat([tube(videos, frame_valid) for tube in self.tubes], dim=1)
             if token_indices is not None:
                 tokens = tokens.gather(1, token_indices[:, :, None].expand(-1, -1, tokens.shape[-1]))
             return tokens, (1, 1, tokens.shape[1])
@@ -249,12 +292,16 @@ class VideoFirstEmbeddings(nn.Module):
         )
         spatial = self.spatial_positions(rows, cols)[0]  # (rows * cols, dim)
         temporal = self.temporal_positions(steps)[0]  # (steps, dim)
+        if frame_valid is not None:
+            lengths = video_lengths(frame_valid.reshape(batch_size, steps, -1).any(dim=-1))
+            if bool((lengths < steps).any()):
+                temporal = temporal_positions_per_video(self.temporal_position_embedding, lengths, steps)
         weight = kernel.weight.reshape(kernel.out_channels, -1)  # (dim, C * t * h * w)
         if token_indices is None:
             # One row per tubelet, its pixels in the kernel's (C, t, h, w) order.
             patches = videos.permute(0, 1, 4, 6, 3, 2, 5, 7).reshape(batch_size, steps * rows * cols, -1)
             tokens = F.linear(patches, weight, kernel.bias).view(batch_size, steps, rows * cols, -1)
-            tokens = add_positions(tokens, spatial, temporal[:, None])
+            tokens = add_positions(tokens, spatial, temporal.unsqueeze(-2))
             return tokens.view(batch_size, steps * rows * cols, -1), (steps, rows, cols)
         step, position = token_indices // (rows * cols), token_indices % (rows * cols)
         batch = torch.arange(batch_size, device=token_indices.device)[:, None]
@@ -266,7 +313,8 @@ class VideoFirstEmbeddings(nn.Module):
 
     @staticmethod
     def kept_positions(spatial: torch.Tensor, temporal: torch.Tensor, token_indices: torch.LongTensor) -> torch.Tensor:
-        """`(B, K, dim)` position embeddings of the kept tokens `token_indices` of a `(steps, rows * cols)` grid.
+        """`(B, K, dim)` position embeddings of the kept tokens `token_indices` of a `(steps, rows * cols)` grid;
+        `temporal` is `(steps, dim)`, or `(B, steps, dim)` when the videos' lengths differ.
 
         Deterministic backward by construction. The positions of the whole grid (no batch dimension: small) are
         gathered per sample from a batch-expanded view. A sample keeps each grid position at most once (its
@@ -276,7 +324,7 @@ class VideoFirstEmbeddings(nn.Module):
         accumulates many samples' gradients into one row, which parallel CPU threads (and CUDA atomics) do in no
         fixed order: the tables' gradients then differ between identical runs.
         """
-        grid = (temporal[:, None] + spatial[None]).flatten(0, 1)  # (steps * rows * cols, dim)
+        grid = (temporal.unsqueeze(-2) + spatial).flatten(-3, -2)  # ([B,] steps * rows * cols, dim)
         batch_size, dim = token_indices.shape[0], grid.shape[-1]
         return grid.expand(batch_size, -1, -1).gather(1, token_indices[:, :, None].expand(-1, -1, dim))
 
@@ -288,10 +336,8 @@ class VideoFirstEmbeddings(nn.Module):
         """
         flags = []
         for tube in self.tubes:
-            kernel = tube.kernel
-            _, grid_height, grid_width = tube_grid(kernel, frame_valid.shape[1], height, width)
-            windows = frame_valid[:, kernel["offset"][0] :].unfold(1, kernel["kernel_size"][0], kernel["stride"][0])
-            step_valid = windows.all(dim=-1)  # (B, steps)
+            _, grid_height, grid_width = tube_grid(tube.kernel, frame_valid.shape[1], height, width)
+            step_valid = tube.step_valid(frame_valid)  # (B, steps)
             flags.append(step_valid[:, :, None].expand(-1, -1, grid_height * grid_width).flatten(1))
         token_valid = torch.cat(flags, dim=1)
         if not bool(token_valid.any(dim=1).all()):
@@ -777,7 +823,7 @@ class VideoFirstVisionModel(VideoFirstPreTrainedModel):
 
         batch_size, frames = pixel_values_videos.shape[:2]
         if self.config.tubevit_kernels is not None:
-            tokens, (steps, height, width) = self.embeddings.embed_video(pixel_values_videos)
+            tokens, (steps, height, width) = self.embeddings.embed_video(pixel_values_videos, None, video_frame_mask)
         else:
             tokens = None
             steps, height, width = self.embeddings.video_grid(frames, *pixel_values_videos.shape[-2:])
@@ -795,7 +841,7 @@ class VideoFirstVisionModel(VideoFirstPreTrainedModel):
         )
         indices = None if selection is None else selection.indices
         if tokens is None:
-            tokens, _ = self.embeddings.embed_video(pixel_values_videos, indices)
+            tokens, _ = self.embeddings.embed_video(pixel_values_videos, indices, video_frame_mask)
         elif indices is not None:
             tokens = tokens.gather(1, indices[:, :, None].expand(-1, -1, tokens.shape[-1]))
         return tokens, grid, selection
@@ -1046,9 +1092,8 @@ class VideoFirstModel(VideoFirstPreTrainedModel):
         )
         text_embeds = text_outputs.pooler_output
 
-        logits_per_text = self.scaled_logit_scale() * text_embeds @ video_embeds.t()
-        if self.logit_bias is not None:
-            logits_per_text = logits_per_text + self.logit_bias
+        logits_per_video = self.logits_from_similarity(video_embeds @ text_embeds.t())
+        logits_per_text = logits_per_video.t()
         loss = None
         if return_loss:
             loss_fn = sigmoid_loss if self.config.loss_type == "sigmoid" else contrastive_loss
@@ -1056,13 +1101,21 @@ class VideoFirstModel(VideoFirstPreTrainedModel):
 
         return VideoFirstOutput(
             loss=loss,
-            logits_per_video=logits_per_text.t(),
+            logits_per_video=logits_per_video,
             logits_per_text=logits_per_text,
             video_embeds=video_embeds,
             text_embeds=text_embeds,
             text_model_output=text_outputs,
             vision_model_output=vision_outputs,
         )
+
+    def logits_from_similarity(self, similarity: torch.Tensor) -> torch.Tensor:
+        """`exp(logit_scale) * similarity (+ logit_bias)`, computed in `similarity`'s dtype: the one similarity ->
+        logits rule, used by `forward` (`logits_per_video`) and `score_candidates`."""
+        logits = self.scaled_logit_scale().to(similarity.dtype) * similarity
+        if self.logit_bias is not None:
+            logits = logits + self.logit_bias.to(similarity.dtype)
+        return logits
 
     def score_candidates(
         self, query_embeds: torch.Tensor, candidate_embeds: torch.Tensor
@@ -1084,9 +1137,7 @@ class VideoFirstModel(VideoFirstPreTrainedModel):
             contrastive loss, an independent sigmoid per pair for the sigmoid loss.
         """
         similarity = query_embeds.float() @ candidate_embeds.to(query_embeds.device).float().t()
-        logits = self.scaled_logit_scale().float() * similarity
-        if self.logit_bias is not None:
-            logits = logits + self.logit_bias.float()
+        logits = self.logits_from_similarity(similarity)
         probabilities = logits.sigmoid() if self.config.loss_type == "sigmoid" else logits.softmax(dim=-1)
         return similarity, logits, probabilities
 

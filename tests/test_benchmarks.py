@@ -33,7 +33,8 @@ from videofirst.evaluation.captioning import (
     prepare_causal_tokenizer,
     train_caption_tokenizer,
 )
-from videofirst.evaluation.zero_shot import VideoClip, evaluate_retrieval
+from videofirst.evaluation.embedding import evaluate_retrieval
+from videofirst.evaluation.sets import VideoClip
 from videofirst.hub.cards import render_model_card
 from videofirst.hub.export import export_video_to_text
 from videofirst.hub.results import eval_results, load_results

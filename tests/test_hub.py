@@ -55,6 +55,11 @@ HUB_TASK_IDS = {
     *("mask-generation", "zero-shot-object-detection", "text-to-3d", "image-to-3d", "image-feature-extraction"),
     *("video-text-to-text", "keypoint-detection", "visual-document-retrieval", "any-to-any", "other", "biology"),
 }
+# The video processor's sibling modules: transformers ships them with the processor by following its relative imports.
+VIDEO_PROCESSING_SIBLINGS = tuple(
+    f"video_{part}_videofirst.py"
+    for part in ("sources", "containers", "sampling", "selection", "pyav", "decord", "decoding", "inputs")
+)
 TOKEN = "hf_test"
 LABELS = ["a dog runs", "a cat sings", "a bird"]
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "dog", "cat", "runs", "the", "bird", "sings", "video"]
@@ -173,6 +178,7 @@ def test_export_folder_holds_weights_code_card_pipelines_and_handler(exported):
         "masking_videofirst.py",
         "processing_videofirst.py",
         "video_processing_videofirst.py",
+        *VIDEO_PROCESSING_SIBLINGS,
         "pipeline_videofirst.py",
         "handler.py",
         "requirements.txt",
@@ -201,7 +207,7 @@ def test_card_metadata_parses_and_carries_the_evaluation_results(exported):
     assert {"videofirst", "custom_code", "arxiv:2312.07395"} <= set(data.tags)
     expected = {(record["dataset"], key): value for record in RESULTS for key, value in record["metrics"].items()}
     found = {(result.dataset_name, result.metric_type): result.metric_value for result in data.eval_results}
-    assert found == expected  # fractions, videofirst.evaluation.zero_shot's names
+    assert found == expected  # fractions, videofirst.evaluation.metrics' names
     by_metric = {result.metric_type: result for result in data.eval_results}
     assert by_metric["t2v_recall@1"].task_type == "text-retrieval"
     assert by_metric["t2v_recall@1"].dataset_type == "msrvtt" and by_metric["t2v_recall@1"].dataset_split == "test-1k"
@@ -409,7 +415,7 @@ def test_model_pipelines_and_handler_share_one_scoring_rule(model, processor, ha
     with torch.no_grad():
         outputs = model(**inputs)
         similarity, logits, probabilities = model.score_candidates(outputs.video_embeds, outputs.text_embeds)
-    torch.testing.assert_close(logits, outputs.logits_per_video, rtol=0, atol=1e-5)
+    assert torch.equal(logits, outputs.logits_per_video)  # one similarity -> logits rule: bit for bit
     torch.testing.assert_close(similarity, outputs.video_embeds @ outputs.text_embeds.t(), rtol=0, atol=1e-6)
     torch.testing.assert_close(probabilities, outputs.logits_per_video.softmax(-1), rtol=0, atol=1e-6)
     response = handler({"inputs": b64(video_file.read_bytes()), "parameters": {"candidate_labels": LABELS}})
@@ -424,6 +430,7 @@ def test_model_pipelines_and_handler_share_one_scoring_rule(model, processor, ha
     with torch.no_grad():
         outputs = sigmoid(**inputs)
         _, logits, probabilities = sigmoid.score_candidates(outputs.video_embeds, outputs.text_embeds)
+    assert torch.equal(logits, outputs.logits_per_video)
     torch.testing.assert_close(probabilities, outputs.logits_per_video.sigmoid(), rtol=0, atol=1e-6)
     register_pipelines()
     classifier = pipeline("zero-shot-video-classification", model=sigmoid, processor=processor)
@@ -452,7 +459,7 @@ def test_plain_save_pretrained_ships_the_code(model, processor, tmp_path):
     assert processor_config["auto_map"]["AutoProcessor"] == "processing_videofirst.VideoFirstProcessor"
     for name in ("modeling_videofirst.py", "configuration_videofirst.py", "masking_videofirst.py"):
         assert (tmp_path / "model" / name).is_file(), name
-    for name in ("processing_videofirst.py", "video_processing_videofirst.py"):
+    for name in ("processing_videofirst.py", "video_processing_videofirst.py", *VIDEO_PROCESSING_SIBLINGS):
         assert (tmp_path / "model" / name).is_file(), name
     model.vision_model.save_pretrained(tmp_path / "vision")
     vision_config = json.loads((tmp_path / "vision" / "config.json").read_text())

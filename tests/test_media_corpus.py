@@ -13,7 +13,8 @@ import pytest
 import torch
 from media_corpus import band_frame, band_ids, build_corpus, write_frames
 from video_fixtures import patch_mp4_sample_entry
-from videofirst.modeling import video_processing_videofirst as vp
+from videofirst.modeling import video_decoding_videofirst as decoding
+from videofirst.modeling import video_pyav_videofirst as pyav_backend
 from videofirst.modeling.video_processing_videofirst import (
     VideoDecodingError,
     VideoFirstVideoProcessor,
@@ -130,7 +131,7 @@ def test_both_backends_give_the_same_pixels_for_a_rotated_video(corpus, backend)
 )
 def test_decord_hands_files_it_gets_wrong_to_pyav_with_a_logged_reason(corpus, monkeypatch, name, reason):
     logged = []
-    monkeypatch.setattr(vp.logger, "warning", lambda message, *args: logged.append(message % args))
+    monkeypatch.setattr(decoding.logger, "warning", lambda message, *args: logged.append(message % args))
     frames, _ = read_video_frames(corpus[name].path, backend="decord", num_frames=3)
     assert len(frames) == 3
     assert len(logged) == 1 and reason in logged[0] and "decoding it with PyAV instead" in logged[0]
@@ -138,7 +139,7 @@ def test_decord_hands_files_it_gets_wrong_to_pyav_with_a_logged_reason(corpus, m
 
 
 def test_without_pyav_decord_refuses_what_it_cannot_decode_instead_of_guessing(corpus, monkeypatch):
-    monkeypatch.setattr(vp, "_has_av", lambda: False)
+    monkeypatch.setattr(decoding, "_has_av", lambda: False)
     with pytest.raises(VideoDecodingError, match="size must exactly match.*install PyAV"):
         read_video_frames(corpus["thin.mp4"].path, backend="decord", num_frames=3)
     with pytest.raises(VideoDecodingError, match="not verified on mpeg-ps files.*install PyAV"):
@@ -282,11 +283,11 @@ def test_extreme_aspect_ratio_is_refused_before_allocating(peaks, case):
 def test_missing_timestamps_use_the_decoder_then_a_loud_constant_rate(corpus, monkeypatch):
     media = corpus["vfr.mp4"]
     logged = []
-    monkeypatch.setattr(vp.logger, "warning", lambda message, *args: logged.append(message % args))
-    packet_index = vp._pyav_packet_index
-    monkeypatch.setattr(vp, "_pyav_packet_index", lambda *args: (None, *packet_index(*args)[1:]))
+    monkeypatch.setattr(pyav_backend.logger, "warning", lambda message, *args: logged.append(message % args))
+    packet_index = pyav_backend._pyav_packet_index
+    monkeypatch.setattr(pyav_backend, "_pyav_packet_index", lambda *args: (None, *packet_index(*args)[1:]))
     frames, _ = read_video_frames(media.path, backend="pyav", fps=7.0)  # the decoder's timestamps: still exact
     assert band_ids(frames) == [media.on_screen(k / 7) for k in range(len(frames))] and not logged
-    monkeypatch.setattr(vp, "_pyav_decoded_stamps", lambda *args: np.full(len(media.times), -1))
+    monkeypatch.setattr(pyav_backend, "_pyav_decoded_stamps", lambda *args: np.full(len(media.times), -1))
     read_video_frames(media.path, backend="pyav", fps=7.0)
     assert len(logged) == 1 and "timestamps are missing or not increasing; assuming a constant rate" in logged[0]

@@ -114,45 +114,6 @@ def test_sweep_limit_and_efficiency_end_to_end(tmp_path):
     assert all(float(row["gemm_time_share"]) > 0 for row in rows)
 
 
-def test_gelu_linear_matches_autograd():
-    """The MLP's recomputing GELU (a fix these benchmarks motivated) has autograd's gradients, in fp64 and bf16."""
-    from videofirst.modeling.modeling_videofirst import GeluLinear
-
-    for approximate in ("none", "tanh"):
-        inputs = tuple(
-            torch.randn(*shape, dtype=torch.double, requires_grad=True) for shape in ((2, 5, 8), (3, 8), (3,))
-        )
-        assert torch.autograd.gradcheck(lambda h, w, b, a=approximate: GeluLinear.apply(h, w, b, a), inputs)
-    hidden, weight, bias = torch.randn(4, 8, requires_grad=True), torch.randn(3, 8, requires_grad=True), torch.randn(3)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        ours = GeluLinear.apply(hidden * 1, weight, bias, "none")
-        plain = F.linear(F.gelu(hidden * 1), weight, bias)
-    assert ours.dtype == plain.dtype == torch.bfloat16
-    expected = torch.autograd.grad(plain.float().sum(), (hidden, weight))
-    for got, want in zip(torch.autograd.grad(ours.float().sum(), (hidden, weight)), expected):
-        torch.testing.assert_close(got, want)
-
-
-def test_masked_embedding_equals_the_tubelet_convolution_on_the_kept_tubelets():
-    from tiny_models import tiny_model
-
-    embeddings = tiny_model(num_frames=8).vision_model.embeddings
-    videos = torch.randn(2, 8, 3, 32, 32)
-    with torch.no_grad():
-        conv = embeddings.tubelet_embedding(videos.transpose(1, 2))  # (B, dim, T', H', W')
-        reference = conv.flatten(3).permute(0, 2, 3, 1)
-        reference = (
-            reference + embeddings.spatial_positions(4, 4)[:, None] + embeddings.temporal_positions(4)[:, :, None]
-        )
-        reference = reference.reshape(2, 64, -1)
-        full, grid = embeddings.embed_video(videos)
-        indices = torch.tensor([[0, 5, 17, 63], [3, 4, 40, 41]])
-        kept, _ = embeddings.embed_video(videos, indices)
-    assert grid == (4, 4, 4)
-    torch.testing.assert_close(full, reference, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(kept, reference.gather(1, indices[:, :, None].expand(-1, -1, full.shape[-1])))
-
-
 def test_limit_reports_a_probe_that_runs_past_its_timeout(tmp_path):
     args = ["--quick", "--recipes", "long_stage", "--budget-gb", "16", "--probe-timeout", "0.01"]
     # A failed probe is not a frame count that does not fit: the exit status says so.

@@ -7,8 +7,10 @@ import textwrap
 
 import pytest
 import torch
+import torch.nn.functional as F
 from tiny_models import tiny_config, tiny_model, tiny_vision_config
 from transformers import AutoConfig, AutoModel
+from videofirst.modeling.modeling_videofirst import AttentionLayout, GeluLinear, VideoFirstMLP
 
 from videofirst import (
     VideoFirstConfig,
@@ -19,10 +21,29 @@ from videofirst import (
 )
 
 ATTENTION_TYPES = ["joint", "factorized", "frame"]
+# TubeViT kernels for 32 px clips: fine tubes on every other pair of frames, coarse ones overlapping in time.
+TUBE_KERNELS = [
+    {"kernel_size": [2, 8, 8], "stride": [4, 8, 8]},
+    {"kernel_size": [4, 16, 16], "stride": [2, 16, 16]},
+]
 
 
 def videos(batch_size: int = 2, frames: int = 4, size: int = 32, seed: int = 0) -> torch.Tensor:
     return torch.randn(batch_size, frames, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def randomize_positions(model, seed: int = 0):
+    """Fills every position table (spatial, temporal, TubeViT tubes') with noise.
+
+    A fresh model's temporal tables are zero (time starts neutral), so an equality test on a fresh model cannot
+    tell whether temporal positions are added, added to the right tokens, or dropped.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.endswith("position_embedding"):
+                parameter.copy_(0.5 * torch.randn(parameter.shape, generator=generator))
+    return model
 
 
 def text_inputs(batch_size: int = 2, length: int = 7) -> dict:
@@ -98,9 +119,9 @@ def test_masking_only_in_training_unless_asked():
 
 
 @pytest.mark.parametrize("attention_type", ATTENTION_TYPES)
-def test_masked_forward_equals_forward_on_the_kept_tokens(attention_type):
-    """Dropping tokens must equal running the model on exactly the kept tubelets, whatever the batch."""
-    model = tiny_model(attention_type=attention_type, mask_ratio=0.5).eval()
+def test_masked_sample_does_not_depend_on_its_batch(attention_type):
+    """A sample keeps the same tubelets and embeds the same whether masked alone or in a batch."""
+    model = randomize_positions(tiny_model(attention_type=attention_type, mask_ratio=0.5).eval())
     out = model.vision_model(pixel_values_videos=videos(3), mask_ratio=0.5, generator=torch.Generator().manual_seed(3))
     # The same seed draws the same noise row for the first sample, so it keeps the same tubelets alone.
     first = model.vision_model(
@@ -108,6 +129,57 @@ def test_masked_forward_equals_forward_on_the_kept_tokens(attention_type):
     )
     assert torch.equal(first.token_indices[0], out.token_indices[0])
     assert torch.allclose(first.pooler_output[0], out.pooler_output[0], atol=1e-5)
+
+
+def encoder_on_kept_tokens(vision_model, video: torch.Tensor, kept: torch.Tensor, mask_type: str) -> torch.Tensor:
+    """The pooled output of running the encoder, unmasked, on exactly the tokens at `kept` (1-D positions in the
+    flattened grid) of one video, built without the masked path: the dense embedding of every tubelet (positions
+    added to the whole grid), then a plain gather; no token selection, no packing, no masked pooling.
+
+    Tube masking keeps the same spatial positions in every step, so the kept tokens form a dense
+    `(steps, kept per step)` grid that frame and factorized attention take by a reshape. Random masking under
+    frame attention is run frame by frame (frames do not interact), under joint attention as one sequence.
+    """
+    embeddings, config = vision_model.embeddings, vision_model.config
+    with torch.no_grad():
+        tokens, (steps, rows, cols) = embeddings.embed_video(video)
+        tokens = tokens[:, kept]
+        if mask_type == "tube" or config.attention_type == "joint":
+            hidden = vision_model.encoder(tokens, AttentionLayout(grid=(steps, len(kept) // steps)))
+        else:
+            assert config.attention_type == "frame"
+            step_of = kept // (rows * cols)
+            hidden = torch.cat(
+                [
+                    vision_model.encoder(
+                        tokens[:, step_of == step], AttentionLayout(grid=(1, int((step_of == step).sum())))
+                    )
+                    for step in step_of.unique()
+                ],
+                dim=1,
+            )
+        return vision_model.post_layernorm(hidden).mean(dim=1)[0]
+
+
+@pytest.mark.parametrize(
+    "attention_type,mask_type",
+    [("joint", "random"), ("joint", "tube"), ("frame", "random"), ("frame", "tube"), ("factorized", "tube")],
+)
+def test_masked_forward_equals_forward_on_the_kept_tokens(attention_type, mask_type):
+    """Dropping tokens equals running the encoder on exactly the kept tubelets, built independently."""
+    model = randomize_positions(tiny_model(attention_type=attention_type, mask_type=mask_type, num_frames=8).eval())
+    with torch.no_grad():
+        for layer in model.vision_model.encoder.layers:
+            if attention_type == "factorized":
+                layer.temporal_gate.fill_(0.5)  # open: the temporal branch takes part
+    inputs = videos(3, frames=8)
+    out = model.vision_model(pixel_values_videos=inputs, mask_ratio=0.5, generator=torch.Generator().manual_seed(3))
+    assert out.token_indices.shape == (3, 32) and out.token_mask is None
+    for sample in range(3):
+        kept = out.token_indices[sample]
+        assert kept.unique().numel() == 32 and (kept.diff() > 0).all()
+        reference = encoder_on_kept_tokens(model.vision_model, inputs[sample : sample + 1], kept, mask_type)
+        torch.testing.assert_close(out.pooler_output[sample], reference, atol=1e-5, rtol=1e-5)
 
 
 def test_static_video_matches_its_frame():
@@ -133,7 +205,7 @@ def test_static_video_matches_its_frame():
 
 @pytest.mark.parametrize("mask_ratio", [0.0, 0.5])
 def test_factorized_with_closed_gate_equals_frame_level(mask_ratio):
-    factorized = tiny_model(attention_type="factorized").eval()
+    factorized = randomize_positions(tiny_model(attention_type="factorized").eval())
     frame = tiny_model(attention_type="frame").eval()
     missing, unexpected = frame.load_state_dict(factorized.state_dict(), strict=False)
     assert not missing and all("temporal" in key for key in unexpected)
@@ -160,7 +232,7 @@ def test_factorized_with_closed_gate_equals_frame_level(mask_ratio):
 @pytest.mark.parametrize("attention_type", ATTENTION_TYPES)
 @pytest.mark.parametrize("pooling", ["mean", "attention"])
 def test_padded_frames_change_nothing(attention_type, pooling):
-    model = tiny_model(attention_type=attention_type, pooling=pooling).eval()
+    model = randomize_positions(tiny_model(attention_type=attention_type, pooling=pooling).eval())
     short = videos(1, frames=4, seed=5)
     padded = torch.cat([short, torch.randn(1, 4, 3, 32, 32)], dim=1)
     other = videos(1, frames=8, seed=6)
@@ -176,9 +248,23 @@ def test_padded_frames_change_nothing(attention_type, pooling):
     assert out.token_mask[1].sum() == 32
 
 
+@pytest.mark.parametrize("variant", [{}, {"tubevit_kernels": TUBE_KERNELS}], ids=["tubelets", "tubevit"])
+def test_padded_video_keeps_its_temporal_positions(variant):
+    """Temporal positions are stretched to each video's own length, not to the padded batch length: a short video
+    padded next to a longer one embeds as it does alone."""
+    model = randomize_positions(tiny_model(num_frames=8, **variant).eval())
+    short = videos(1, frames=8, seed=5)
+    batch = torch.cat([torch.cat([short, videos(1, frames=8, seed=7)], dim=1), videos(1, frames=16, seed=6)])
+    frame_mask = torch.tensor([[1] * 8 + [0] * 8, [1] * 16])
+    with torch.no_grad():
+        alone = model.get_video_features(pixel_values_videos=short).pooler_output
+        batched = model.get_video_features(pixel_values_videos=batch, video_frame_mask=frame_mask).pooler_output
+    torch.testing.assert_close(batched[0], alone[0], atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("attention_type", ATTENTION_TYPES)
 def test_eager_and_sdpa_agree(attention_type):
-    model = tiny_model(attention_type=attention_type, pooling="attention").eval()
+    model = randomize_positions(tiny_model(attention_type=attention_type, pooling="attention").eval())
     inputs = torch.cat([videos(1), videos(1, seed=2)])
     frame_mask = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1]])
     results = {}
@@ -197,7 +283,7 @@ def test_eager_and_sdpa_agree(attention_type):
 @pytest.mark.parametrize("attention_type", ATTENTION_TYPES)
 def test_gradient_checkpointing_gives_same_loss_and_gradients(attention_type):
     torch.manual_seed(0)
-    model = tiny_model(attention_type=attention_type, mask_ratio=0.5).train()
+    model = randomize_positions(tiny_model(attention_type=attention_type, mask_ratio=0.5).train())
     inputs = {"pixel_values_videos": videos(3), **text_inputs(3), "return_loss": True}
 
     def loss_and_grads():
@@ -234,10 +320,170 @@ def test_every_parameter_gets_a_gradient(checkpointing):
 
 
 def test_longer_and_larger_inputs_interpolate_positions():
-    model = tiny_model().eval()
-    long_video = videos(1, frames=16, size=48)
-    out = model.vision_model(pixel_values_videos=long_video)
+    """Trained for 4 frames (2 tubelet steps) of 32 px (4 x 4 patches); longer and larger videos stretch the
+    tables: linearly in time, bicubically in space."""
+    model = randomize_positions(tiny_model().eval())
+    embeddings = model.vision_model.embeddings
+    temporal_table, spatial_table = embeddings.temporal_position_embedding, embeddings.spatial_position_embedding
+    with torch.no_grad():
+        # At the trained size: the tables themselves.
+        assert torch.equal(embeddings.temporal_positions(2), temporal_table)
+        assert torch.equal(embeddings.spatial_positions(4, 4), spatial_table)
+        # 2 steps stretched to 4 (half-pixel centres): source positions -0.25 (clamped to 0), 0.25, 0.75, 1.25
+        # (clamped to 1).
+        first, second = temporal_table[0]
+        expected_temporal = torch.stack([first, 0.75 * first + 0.25 * second, 0.25 * first + 0.75 * second, second])
+        torch.testing.assert_close(embeddings.temporal_positions(4)[0], expected_temporal)
+        # 4 x 4 to 6 x 6: torch's own bicubic interpolation of the table seen as a (dim, 4, 4) image.
+        image = spatial_table.reshape(1, 4, 4, -1).permute(0, 3, 1, 2)
+        resized = F.interpolate(image, size=(6, 6), mode="bicubic", align_corners=False)
+        expected_spatial = resized.permute(0, 2, 3, 1).reshape(36, -1)
+        torch.testing.assert_close(embeddings.spatial_positions(6, 6)[0], expected_spatial)
+        # An 8-frame 48 px video gets exactly these: its tokens are the convolution plus the stretched tables.
+        long_video = videos(1, frames=8, size=48)
+        tokens, grid = embeddings.embed_video(long_video)
+        kernel = embeddings.tubelet_embedding
+        conv = F.conv3d(long_video.transpose(1, 2), kernel.weight, kernel.bias, stride=kernel.stride)
+        expected = conv.flatten(3).permute(0, 2, 3, 1) + expected_spatial + expected_temporal[:, None]
+        assert grid == (4, 6, 6)
+        torch.testing.assert_close(tokens, expected.reshape(1, 4 * 36, -1), atol=1e-5, rtol=1e-5)
+        out = model.vision_model(pixel_values_videos=videos(1, frames=16, size=48))
     assert out.last_hidden_state.shape == (1, 8 * 36, 32)
+
+
+@pytest.mark.parametrize(
+    "variant",
+    [{"attention_type": name} for name in ATTENTION_TYPES] + [{"tubevit_kernels": TUBE_KERNELS}],
+    ids=[*ATTENTION_TYPES, "tubevit"],
+)
+@pytest.mark.parametrize("mask_ratio", [0.0, 0.5])
+def test_temporal_positions_reach_the_output(variant, mask_ratio):
+    """Giving every time step step 0's temporal position (what dropping them would do) changes the embedding, on
+    the dense and the masked path."""
+    model = randomize_positions(tiny_model(num_frames=8, **variant).eval())
+
+    def embed() -> torch.Tensor:
+        with torch.no_grad():
+            return model.vision_model(
+                pixel_values_videos=videos(2, frames=8),
+                mask_ratio=mask_ratio,
+                generator=torch.Generator().manual_seed(0),
+            ).pooler_output
+
+    before = embed()
+    tables = [p for name, p in model.named_parameters() if name.endswith("temporal_position_embedding")]
+    assert tables and all(table.shape[1] > 1 for table in tables)
+    with torch.no_grad():
+        for table in tables:
+            table.copy_(table[:, :1].expand_as(table))
+    assert not torch.allclose(before, embed(), atol=1e-3)
+
+
+@pytest.mark.parametrize("attention_type", ATTENTION_TYPES)
+@pytest.mark.parametrize("temporal_positions", [False, True])
+def test_frame_order_is_seen_only_through_temporal_positions(attention_type, temporal_positions):
+    """Shuffling a video's tubelet steps (whole pairs of frames, so every tubelet keeps its pixels) changes its
+    embedding when the temporal positions are non-zero, under every attention type; without them (the zero table
+    a model starts with) the tower is blind to order: per-frame and per-position attention and mean pooling are
+    permutation-invariant, and so is joint attention."""
+    model = tiny_model(attention_type=attention_type, num_frames=8).eval()
+    embeddings = model.vision_model.embeddings
+    if temporal_positions:
+        randomize_positions(model)
+    else:
+        assert torch.count_nonzero(embeddings.temporal_position_embedding) == 0
+    with torch.no_grad():
+        for layer in model.vision_model.encoder.layers:
+            if attention_type == "factorized":
+                layer.temporal_gate.fill_(0.5)
+        video = videos(2, frames=8)
+        shuffled = video.reshape(2, 4, 2, 3, 32, 32)[:, [2, 0, 3, 1]].reshape(2, 8, 3, 32, 32)
+        original = model.get_video_features(pixel_values_videos=video).pooler_output
+        permuted = model.get_video_features(pixel_values_videos=shuffled).pooler_output
+    if temporal_positions:
+        assert not torch.allclose(original, permuted, atol=1e-3)
+    else:
+        torch.testing.assert_close(original, permuted, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_tubelet_matmul_equals_the_convolution(masked):
+    """The tubelet kernel runs as one matmul over the (kept) tubelets' pixels: it must give the Conv3d's tokens
+    plus their positions, and the same gradients for the pixels, the kernel and both position tables."""
+    embeddings = randomize_positions(tiny_model(num_frames=8)).vision_model.embeddings
+    kernel = embeddings.tubelet_embedding
+    video = videos(2, frames=8).requires_grad_()
+    indices = torch.tensor([[0, 5, 17, 63], [3, 4, 40, 41]]) if masked else None
+    tokens, grid = embeddings.embed_video(video, indices)
+    conv = F.conv3d(video.transpose(1, 2), kernel.weight, kernel.bias, stride=kernel.stride)  # (B, dim, 4, 4, 4)
+    reference = conv.flatten(3).permute(0, 2, 3, 1)  # (B, steps, rows * cols, dim)
+    reference = (
+        reference + embeddings.spatial_position_embedding[:, None] + embeddings.temporal_position_embedding[0][:, None]
+    )
+    reference = reference.reshape(2, 64, -1)
+    if masked:
+        reference = reference.gather(1, indices[:, :, None].expand(-1, -1, reference.shape[-1]))
+    assert grid == (4, 4, 4) and tokens.shape == reference.shape
+    torch.testing.assert_close(tokens, reference, atol=1e-5, rtol=1e-5)
+    upstream = torch.randn(tokens.shape, generator=torch.Generator().manual_seed(1))
+    inputs = (
+        video,
+        kernel.weight,
+        kernel.bias,
+        embeddings.spatial_position_embedding,
+        embeddings.temporal_position_embedding,
+    )
+    ours = torch.autograd.grad(tokens, inputs, upstream)
+    expected = torch.autograd.grad(reference, inputs, upstream)
+    for name, got, want in zip(("pixels", "weight", "bias", "spatial", "temporal"), ours, expected):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+def test_gelu_linear_equals_linear_after_gelu(approximate):
+    """The MLP's recomputing GELU + linear (it stores only its input) has the values and gradients of
+    `nn.Linear(GELU(x))`, in fp32 and (gradcheck) fp64."""
+    generator = torch.Generator().manual_seed(0)
+    linear = torch.nn.Linear(8, 3)
+    hidden = torch.randn(2, 5, 8, generator=generator, requires_grad=True)
+    ours = GeluLinear.apply(hidden, linear.weight, linear.bias, approximate)
+    reference = linear(F.gelu(hidden, approximate=approximate))
+    torch.testing.assert_close(ours, reference)
+    upstream = torch.randn(ours.shape, generator=generator)
+    inputs = (hidden, linear.weight, linear.bias)
+    for got, want in zip(torch.autograd.grad(ours, inputs, upstream), torch.autograd.grad(reference, inputs, upstream)):
+        torch.testing.assert_close(got, want)
+    double = tuple(torch.randn(*shape, dtype=torch.double, requires_grad=True) for shape in ((2, 5, 8), (3, 8), (3,)))
+    assert torch.autograd.gradcheck(lambda h, w, b: GeluLinear.apply(h, w, b, approximate), double)
+
+
+def test_gelu_linear_under_autocast_matches_autograd():
+    hidden, weight, bias = torch.randn(4, 8, requires_grad=True), torch.randn(3, 8, requires_grad=True), torch.randn(3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ours = GeluLinear.apply(hidden * 1, weight, bias, "none")
+        plain = F.linear(F.gelu(hidden * 1), weight, bias)
+    assert ours.dtype == plain.dtype == torch.bfloat16
+    expected = torch.autograd.grad(plain.float().sum(), (hidden, weight))
+    for got, want in zip(torch.autograd.grad(ours.float().sum(), (hidden, weight)), expected):
+        torch.testing.assert_close(got, want)
+
+
+def test_mlp_trains_through_gelu_linear():
+    """With gradients on, the tower's MLP takes the GeluLinear path and matches `fc2(GELU(fc1(x)))`."""
+    mlp = VideoFirstMLP(VideoFirstVisionConfig(**tiny_vision_config()))
+    hidden = torch.randn(2, 6, 32, generator=torch.Generator().manual_seed(0))
+    out = mlp(hidden)
+    assert "GeluLinear" in type(out.grad_fn).__name__
+    reference = mlp.fc2(F.gelu(mlp.fc1(hidden)))
+    torch.testing.assert_close(out, reference)
+    parameters = list(mlp.parameters())
+    upstream = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
+    ours, expected = (
+        torch.autograd.grad(out, parameters, upstream),
+        torch.autograd.grad(reference, parameters, upstream),
+    )
+    for got, want in zip(ours, expected):
+        torch.testing.assert_close(got, want)
 
 
 def test_sigmoid_loss_and_logit_bias():

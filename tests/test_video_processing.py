@@ -22,7 +22,7 @@ from video_fixtures import (
     write_empty_video,
     write_video,
 )
-from videofirst.modeling import video_processing_videofirst as vp
+from videofirst.modeling import video_decoding_videofirst as decoding
 from videofirst.modeling.processing_videofirst import VideoFirstProcessor
 from videofirst.modeling.video_processing_videofirst import (
     VideoDecodingError,
@@ -239,7 +239,7 @@ def test_mpeg_ts_goes_to_pyav_or_is_refused_without_it(tmp_path, monkeypatch):
     frames, timestamps = read_video_frames(path, fps=2.0)  # decord would misplace frames: PyAV decodes them
     assert frame_ids(frames) == [0, 5, 10, 15, 20]
     np.testing.assert_allclose(timestamps, [0, 0.5, 1.0, 1.5, 2.0], atol=1e-6)
-    monkeypatch.setattr(vp, "_has_av", lambda: False)
+    monkeypatch.setattr(decoding, "_has_av", lambda: False)
     with pytest.raises(VideoDecodingError, match="not verified on mpeg-ts files.*install PyAV"):
         read_video_frames(path)
 
@@ -404,9 +404,9 @@ def test_urls_and_unnamed_file_objects(videos):
 
 
 def test_oversized_mp4_header_falls_back_to_the_decoder(videos, monkeypatch):
-    import videofirst.modeling.video_processing_videofirst as module
+    import videofirst.modeling.video_containers_videofirst as containers
 
-    monkeypatch.setattr(module, "_MAX_HEADER_BYTES", 16)  # the 'moov' box is not parsed: sizes come from frames
+    monkeypatch.setattr(containers, "_MAX_HEADER_BYTES", 16)  # the 'moov' box is not parsed: sizes come from frames
     frames, _ = read_video_frames(videos["v25"], fps=1.0, size=32)
     assert frames.shape == (3, 32, 64, 3) and frame_ids(frames) == [0, 10, 20]
 

@@ -30,7 +30,8 @@ from videofirst.modeling.video_processing_videofirst import VideoFirstVideoProce
 import videofirst
 import videofirst.metrics
 import videofirst.train.video_to_text as video_to_text
-from videofirst.data.loading import build_dataloader
+from videofirst.data.loading import MediaTextCollator, build_dataloader
+from videofirst.data.shards import TarShardWriter
 from videofirst.data.synthetic import COLOURS, SHAPES, sample_videos, write_synthetic_dataset
 from videofirst.evaluation.captioning import (
     answer_log_likelihoods,
@@ -50,7 +51,7 @@ from videofirst.evaluation.event_order import (
     event_sequence_metrics,
     parse_event_caption,
 )
-from videofirst.evaluation.zero_shot import multiple_choice_metrics
+from videofirst.evaluation.metrics import multiple_choice_metrics
 from videofirst.hub.cards import ModelCardOptions
 from videofirst.hub.export import export_checkpoint
 from videofirst.train.setup import build_processor
@@ -510,6 +511,39 @@ def test_training_loop_logs_exports_and_resumes_exactly(tiny_data, tmp_path, mon
     assert expected.keys() == actual.keys()
     assert all(torch.equal(expected[key], actual[key]) for key in expected)
     assert AutoTokenizer.from_pretrained(resumed.export_dir).bos_token == "[CLS]"
+
+
+def test_training_reads_the_recipes_sources(tiny_data, tmp_path, monkeypatch):
+    """`data.train_sources` (here a weighted mix naming tar shards) is what video-to-text trains on, read like
+    pretraining's data: every training batch holds the shards' captions, never `data.train_manifest`'s."""
+    rows = [json.loads(line) for line in (tiny_data / "train.jsonl").read_text().splitlines()]
+    (tmp_path / "shards").mkdir()
+    writer = TarShardWriter(tmp_path / "shards" / "shard-000000.tar")
+    for index, row in enumerate(rows):
+        meta = {"caption": f"shard {row['caption']}", "start": row["start"], "end": row["end"]}
+        writer.add(f"{index:06d}", {"mp4": (tiny_data / row["video"]).read_bytes(), "json": json.dumps(meta).encode()})
+    writer.close()
+    seen: list[str] = []
+    collate = MediaTextCollator.__call__
+
+    def recording(self, samples):
+        seen.extend(sample["caption"] for sample in samples)
+        return collate(self, samples)
+
+    monkeypatch.setattr(MediaTextCollator, "__call__", recording)
+    recipe = tiny_recipe(
+        tiny_data,
+        tmp_path / "run",
+        **{
+            "data.train_manifest": tiny_data / "test.jsonl",  # present, but the sources take precedence
+            "data.train_sources": f"[{{source: {tmp_path / 'shards'}, weight: 1}}]",
+            "data.eval_manifest": "null",
+            "optim.max_steps": 2,
+            "model.language_model_text_steps": 1,
+        },
+    )
+    assert video_to_text.train_video_to_text(recipe).final_step == 2
+    assert len(seen) >= 8 and all(caption.startswith("shard ") for caption in seen), seen
 
 
 def test_a_few_steps_on_synthetic_data_lower_the_loss(tiny_data, caption_tokenizer):

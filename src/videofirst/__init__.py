@@ -12,17 +12,15 @@ from videofirst.evaluation.captioning import (
     evaluate_video_question_answering,
     generate_captions,
 )
-from videofirst.evaluation.zero_shot import (
-    classification_metrics,
+from videofirst.evaluation.embedding import (
     embed_texts,
     embed_videos,
     embed_videos_by_segments,
     evaluate_classification,
     evaluate_multiple_choice,
     evaluate_retrieval,
-    multiple_choice_metrics,
-    retrieval_metrics,
 )
+from videofirst.evaluation.metrics import classification_metrics, multiple_choice_metrics, retrieval_metrics
 from videofirst.hub.cards import ModelCardOptions, render_model_card
 from videofirst.hub.conversion import convert_checkpoint, convert_image_text_model, replace_text_tower
 from videofirst.hub.export import export_checkpoint, export_video_to_text

@@ -27,7 +27,9 @@ import torch
 import torch.nn.functional as F
 
 from videofirst.data.tokenization import train_sentencepiece_tokenizer
-from videofirst.evaluation.zero_shot import MultipleChoiceSet, evaluation_mode, multiple_choice_metrics
+from videofirst.evaluation.embedding import DEFAULT_QA_TEMPLATE, evaluation_mode, model_device, unwrap_model
+from videofirst.evaluation.metrics import multiple_choice_metrics
+from videofirst.evaluation.sets import MultipleChoiceSet
 from videofirst.modeling.modeling_videofirst_video_to_text import VideoFirstForConditionalGeneration
 from videofirst.modeling.video_processing_videofirst import pad_video_batch, resolve_sampling
 
@@ -50,8 +52,9 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
-#: How an EgoSchema question becomes the prompt its candidate answers are scored after.
-DEFAULT_QA_PROMPT = "question: {question} answer:"
+#: How an EgoSchema question becomes the prompt its candidate answers are scored after: the QA template up to the
+#: answer, which `encode_captions` joins with one space (so the scored text is the template's, filled in).
+DEFAULT_QA_PROMPT = DEFAULT_QA_TEMPLATE.removesuffix(" {answer}")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -173,10 +176,6 @@ def encode_prompts(tokenizer, prompts: str | Sequence[str] | None, count: int | 
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _device_of(model: torch.nn.Module) -> torch.device:
-    return next(model.parameters()).device
-
-
 def captioning_loss(
     model: torch.nn.Module,
     batch: Mapping[str, Any],
@@ -213,10 +212,6 @@ def sequence_log_likelihoods(logits: torch.Tensor, labels: torch.Tensor, reducti
     return total / mask.sum(dim=1).clamp(min=1) if reduction == "mean" else total
 
 
-def _unwrap(model: torch.nn.Module) -> VideoFirstForConditionalGeneration:
-    return getattr(model, "module", model)
-
-
 def generate_captions(
     model: torch.nn.Module,
     tokenizer,
@@ -227,8 +222,8 @@ def generate_captions(
 ) -> list[str]:
     """Captions (or summaries) of a batch of videos: `model.generate` from `[BOS] prompt`, decoded without special
     tokens. `generate_kwargs` are generation options (`max_new_tokens`, `num_beams`, `do_sample`, ...)."""
-    model = _unwrap(model)
-    device = _device_of(model)
+    model: VideoFirstForConditionalGeneration = unwrap_model(model)
+    device = model_device(model)
     inputs = {
         key: value.to(device) for key, value in encode_prompts(tokenizer, prompt, len(pixel_values_videos)).items()
     }
@@ -263,15 +258,15 @@ def answer_log_likelihoods(
     Question `i` is asked about video `i`. Each option is scored as the log-likelihood of its tokens after
     `[BOS] prompt_template.format(question=...)`, summed or length-normalised (`reduction`). The videos are encoded
     once and their latents shared by the options. Returns `(questions, options)` scores: the prediction is the
-    row-wise argmax (`videofirst.evaluation.zero_shot.multiple_choice_metrics` turns them into an accuracy).
+    row-wise argmax (`videofirst.evaluation.metrics.multiple_choice_metrics` turns them into an accuracy).
     """
-    model = _unwrap(model)
+    model: VideoFirstForConditionalGeneration = unwrap_model(model)
     if len(questions) != len(options) or not questions:
         raise ValueError(f"{len(questions)} questions for {len(options)} option lists.")
     num_options = len(options[0])
     if any(len(choices) != num_options for choices in options):
         raise ValueError("Every question needs the same number of options.")
-    device = _device_of(model)
+    device = model_device(model)
     with evaluation_mode(model):
         if visual_latents is None:
             if pixel_values_videos is None:
@@ -308,7 +303,7 @@ def evaluate_video_question_answering(
     sampling: str | None = None,
 ) -> dict[str, float]:
     """Zero-shot multiple-choice QA (EgoSchema format,
-    `videofirst.evaluation.zero_shot.load_multiple_choice_manifest`) by
+    `videofirst.evaluation.sets.load_multiple_choice_manifest`) by
     answer likelihood. A video that fails to decode is reported and its questions are left out; `fps`,
     `num_frames` and `sampling` override the processor's frame sampling (an ambiguous request is an error).
 

@@ -1,6 +1,6 @@
 """Evaluation results and run records as the model card reads them.
 
-Results use `videofirst.evaluation.zero_shot`'s metric names and fractions (`t2v_recall@1`, `top1_accuracy`,
+Results use `videofirst.evaluation.metrics`'s metric names and fractions (`t2v_recall@1`, `top1_accuracy`,
 `accuracy`, ...) and the captioning metrics (`rougeL`, `cider`); they become the card's `model-index` under task types
 from the Hub's task list. The same evaluation given twice (a run's last held-out evaluation and `training/evaluate.py`
 on the same manifest) is listed once (`with_run_eval`). `RunInfo` is what a training run folder recorded.
@@ -46,7 +46,7 @@ TASKS = {
 
 @dataclass
 class BenchmarkResult:
-    """Metrics of one evaluation set, with `videofirst.evaluation.zero_shot`'s names (fractions for recall and
+    """Metrics of one evaluation set, with `videofirst.evaluation.metrics`'s names (fractions for recall and
     accuracy).
 
     `task` is `"retrieval"`, `"classification"` or `"multiple_choice"`; inferred from the metric names when None.
