@@ -153,7 +153,9 @@ def _two_process_worker(rank: int, init_file: str, source: str, vocab: str, out_
     for batch, _ in run.micro_batches(loader, desc="test"):
         sizes = run.accelerator.gather(torch.tensor([len(batch["captions"])]))
         trained.append((batch["captions"], sizes.tolist()))
-        run.end_micro_batch(batch, torch.zeros(()), videos=len(batch["captions"]))
+        run.count_micro_batch(batch, videos=len(batch["captions"]))
+        scheduler.step()  # one micro-batch per optimizer step here
+        run.complete_step(0.0)
     torch.save({"trained": trained, "state": vars(state)}, Path(out_dir) / f"rank{rank}.pt")
     run.accelerator.end_training()
 

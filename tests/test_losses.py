@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from videofirst.train.losses import contrastive_loss, gather_with_grad, sigmoid_loss
+from videofirst.train.losses import gather_with_grad, gathered_contrastive_loss, gathered_sigmoid_loss
 
 DTYPE = torch.float64  # double precision so that the distributed equality can be checked tightly
 GLOBAL_BATCH = 8
@@ -57,16 +57,16 @@ def _reference_sigmoid(v: torch.Tensor, t: torch.Tensor, scale: float, bias: flo
 def test_contrastive_loss_matches_reference():
     v, t = _embeddings()
     for scale in (1.0, 14.3):
-        got = contrastive_loss(v, t, torch.tensor(scale, dtype=DTYPE))
+        got = gathered_contrastive_loss(v, t, torch.tensor(scale, dtype=DTYPE))
         assert got.shape == ()
         assert got.item() == pytest.approx(_reference_clip(v, t, scale), rel=1e-12)
-        assert contrastive_loss(v, t, scale).item() == pytest.approx(got.item(), rel=1e-12)  # float scale
+        assert gathered_contrastive_loss(v, t, scale).item() == pytest.approx(got.item(), rel=1e-12)  # float scale
 
 
 def test_sigmoid_loss_matches_reference():
     v, t = _embeddings()
     for scale, bias in ((10.0, -10.0), (3.0, 0.5)):
-        got = sigmoid_loss(v, t, torch.tensor(scale, dtype=DTYPE), torch.tensor(bias, dtype=DTYPE))
+        got = gathered_sigmoid_loss(v, t, torch.tensor(scale, dtype=DTYPE), torch.tensor(bias, dtype=DTYPE))
         assert got.shape == ()
         assert got.item() == pytest.approx(_reference_sigmoid(v, t, scale, bias), rel=1e-12)
 
@@ -74,27 +74,27 @@ def test_sigmoid_loss_matches_reference():
 def test_losses_reward_alignment():
     v, _ = _embeddings(n=6, dim=8)
     _, t = _embeddings(n=6, dim=8, seed=1)
-    assert contrastive_loss(v, v, 50.0) < 0.01 < contrastive_loss(v, t, 50.0)
-    assert sigmoid_loss(v, v, 50.0, -25.0) < sigmoid_loss(v, t, 50.0, -25.0)
+    assert gathered_contrastive_loss(v, v, 50.0) < 0.01 < gathered_contrastive_loss(v, t, 50.0)
+    assert gathered_sigmoid_loss(v, v, 50.0, -25.0) < gathered_sigmoid_loss(v, t, 50.0, -25.0)
 
 
 def test_half_precision_is_upcast():
     v, t = _embeddings(n=16, dim=32)
-    loss = contrastive_loss(v.bfloat16(), t.bfloat16(), 20.0)
+    loss = gathered_contrastive_loss(v.bfloat16(), t.bfloat16(), 20.0)
     assert loss.dtype == torch.float32
-    assert loss.item() == pytest.approx(contrastive_loss(v, t, 20.0).item(), rel=2e-2)
-    assert sigmoid_loss(v.half(), t.half(), 10.0, -10.0).dtype == torch.float32
+    assert loss.item() == pytest.approx(gathered_contrastive_loss(v, t, 20.0).item(), rel=2e-2)
+    assert gathered_sigmoid_loss(v.half(), t.half(), 10.0, -10.0).dtype == torch.float32
 
 
 def test_single_process_gather_is_identity_and_shapes_are_checked():
     x = torch.randn(3, 2, requires_grad=True)
     assert gather_with_grad(x) is x
     v, t = _embeddings()
-    assert contrastive_loss(v, t, 5.0, gather=True) == contrastive_loss(v, t, 5.0, gather=False)
+    assert gathered_contrastive_loss(v, t, 5.0, gather=True) == gathered_contrastive_loss(v, t, 5.0, gather=False)
     with pytest.raises(ValueError, match="same shape"):
-        contrastive_loss(v, t[:3], 5.0)
+        gathered_contrastive_loss(v, t[:3], 5.0)
     with pytest.raises(ValueError, match="same shape"):
-        sigmoid_loss(v[0], t[0], 5.0, 0.0)
+        gathered_sigmoid_loss(v[0], t[0], 5.0, 0.0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -120,8 +120,8 @@ class _TinyDualEncoder(nn.Module):
         t = F.normalize(self.text(xt), dim=-1)
         scale = self.log_scale.exp().clamp(max=100)
         if kind == "clip":
-            return contrastive_loss(v, t, scale, gather=gather)
-        return sigmoid_loss(v, t, scale, self.bias, gather=gather)
+            return gathered_contrastive_loss(v, t, scale, gather=gather)
+        return gathered_sigmoid_loss(v, t, scale, self.bias, gather=gather)
 
 
 def _inputs() -> tuple[torch.Tensor, torch.Tensor]:

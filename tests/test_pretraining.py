@@ -12,13 +12,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 from tiny_models import tiny_model
-from transformers import AutoModel
+from transformers import AutoModel, get_cosine_with_min_lr_schedule_with_warmup
 
 import videofirst.train.pretraining as pretraining
 from videofirst.data.synthetic import write_synthetic_dataset
 from videofirst.recipe import OptimSection, load_recipe
 from videofirst.train.checkpointing import CheckpointManager, TrainerState
-from videofirst.train.optimization import build_optimizer, warmup_cosine_factor
+from videofirst.train.optimization import build_optimizer, build_scheduler, warmup_cosine_factor
 
 REPO = Path(__file__).resolve().parents[1]
 PRETRAIN = REPO / "training" / "pretrain.py"
@@ -144,6 +144,32 @@ def test_warmup_then_cosine():
     assert all(a >= b for a, b in zip(factors[4:], factors[5:]))
 
 
+@pytest.mark.parametrize("warmup, max_steps, min_ratio", [(20, 300, 0.0), (2, 6, 0.1), (0, 10, 0.05), (100, 1000, 0.1)])
+def test_schedule_against_transformers_cosine_with_min_lr(warmup, max_steps, min_ratio):
+    # Why the schedule is hand-written: transformers' `cosine_with_min_lr` gives the very same learning rates from
+    # the end of the warm-up on, but warms up from 0 (its first step does nothing), where ours starts at 1/warmup.
+    def rates(make_scheduler) -> list[float]:
+        optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+        scheduler = make_scheduler(optimizer)
+        collected = []
+        for _ in range(max_steps):
+            collected.append(scheduler.get_last_lr()[0])
+            optimizer.step()
+            scheduler.step()
+        return collected
+
+    optim = OptimSection(warmup_steps=warmup, max_steps=max_steps, min_learning_rate_ratio=min_ratio)
+    ours = rates(lambda optimizer: build_scheduler(optimizer, optim))
+    theirs = rates(
+        lambda optimizer: get_cosine_with_min_lr_schedule_with_warmup(
+            optimizer, warmup, max_steps, min_lr_rate=min_ratio
+        )
+    )
+    assert ours[warmup:] == theirs[warmup:]  # exactly equal floats
+    assert ours[:warmup] == [1e-3 * ((step + 1) / warmup) for step in range(warmup)]
+    assert theirs[:warmup] == [1e-3 * (step / warmup) for step in range(warmup)]
+
+
 # Checkpoints and faults ------------------------------------------------------------------------------------------
 
 
@@ -196,14 +222,14 @@ def test_resume_after_sigkill_equals_uninterrupted_run(tiny_data, tmp_path):
 
 def test_non_finite_loss_stops_with_a_checkpoint_from_before(tiny_data, tmp_path, monkeypatch):
     calls = {"count": 0}
-    real_loss = pretraining.contrastive_loss
+    real_loss = pretraining.gathered_contrastive_loss
 
     def poisoned(*args, **kwargs):
         calls["count"] += 1
         loss = real_loss(*args, **kwargs)
         return loss * float("nan") if calls["count"] == 4 else loss
 
-    monkeypatch.setattr(pretraining, "contrastive_loss", poisoned)
+    monkeypatch.setattr(pretraining, "gathered_contrastive_loss", poisoned)
     recipe = load_recipe(DEMO, tiny_overrides(tiny_data, tmp_path / "run", **{"checkpoint.save_every": 100}))
     with pytest.raises(pretraining.NonFiniteLossError, match="step 3"):
         pretraining.pretrain(recipe)
@@ -265,7 +291,11 @@ def test_cached_micro_batches_match_one_contrastive_batch(tiny_data, tmp_path):
         recipe.optim.contrastive_micro_batches = micro_batches
         model.zero_grad()
         objective = pretraining.ContrastiveObjective(model, Accelerator(cpu=True), recipe)
-        loss, _ = objective(batch, step=0, slot=0)
+        if objective.gradient_caching:
+            loss, _ = objective.backward_in_chunks(batch, step=0, stream=0)
+        else:
+            loss, _ = objective(batch, step=0, stream=0)
+            loss.backward()
         gradients[micro_batches] = (
             loss,
             {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None},
@@ -323,10 +353,12 @@ def test_demo_runs_end_to_end_and_exports_a_loadable_model(tiny_data, tmp_path):
     assert all(record["videos_per_second"] > 0 for record in log if "videos_per_second" in record)
 
 
-def test_loss_weight_scales_the_gradients(tiny_data, tmp_path):
+def test_loss_weight_scales_the_gradients_under_gradient_caching(tiny_data, tmp_path):
+    # Without gradient caching the loop weights the loss before `accelerator.backward`; with it, the objective's
+    # chunked backward pass must apply the weight itself.
     from accelerate import Accelerator
 
-    recipe = load_recipe(DEMO, tiny_overrides(tiny_data, tmp_path))
+    recipe = load_recipe(DEMO, tiny_overrides(tiny_data, tmp_path, **{"optim.contrastive_micro_batches": 2}))
     model = tiny_model()
     batch = {
         "pixel_values": torch.randn(4, 3, 32, 32),
@@ -337,7 +369,7 @@ def test_loss_weight_scales_the_gradients(tiny_data, tmp_path):
     grads = []
     for weight in (1.0, 0.25):
         model.zero_grad()
-        objective(batch, step=0, slot=0, weight=weight)
+        objective.backward_in_chunks(batch, step=0, stream=0, weight=weight)
         grads.append(model.vision_model.embeddings.patch_embedding.weight.grad.clone())
     assert torch.allclose(grads[1], 0.25 * grads[0], atol=1e-7)
 

@@ -261,14 +261,14 @@ def test_nan_on_a_later_micro_batch_saves_the_last_applied_step_and_resumes_exac
     pretraining.pretrain(tiny_recipe(tiny_data, tmp_path / "reference", *accumulate))
 
     calls = {"count": 0}
-    real_loss = pretraining.contrastive_loss
+    real_loss = pretraining.gathered_contrastive_loss
 
     def poisoned(*args, **kwargs):
         calls["count"] += 1
         loss = real_loss(*args, **kwargs)
         return loss * float("nan") if calls["count"] == 6 else loss  # the 2nd micro-batch of step 3
 
-    monkeypatch.setattr(pretraining, "contrastive_loss", poisoned)
+    monkeypatch.setattr(pretraining, "gathered_contrastive_loss", poisoned)
     run_dir = tmp_path / "run"
     with pytest.raises(NonFiniteLossError, match="step 2"):
         pretraining.pretrain(tiny_recipe(tiny_data, run_dir, *accumulate, "checkpoint.save_every=100"))

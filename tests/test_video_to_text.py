@@ -54,6 +54,7 @@ from videofirst.evaluation.event_order import (
 from videofirst.evaluation.metrics import multiple_choice_metrics
 from videofirst.hub.cards import ModelCardOptions
 from videofirst.hub.export import export_checkpoint
+from videofirst.train.setup import build_processor
 
 LANGUAGE_MODELS = {
     "gpt2": {"model_type": "gpt2", "n_embd": 32, "n_layer": 2, "n_head": 4, "n_positions": 64},
@@ -558,7 +559,7 @@ def test_a_few_steps_on_synthetic_data_lower_the_loss(tiny_data, caption_tokeniz
         mask_ratio=0.3,
     )
     model = VideoFirstForConditionalGeneration(config).train()
-    processor = video_to_text.build_video_to_text_processor(recipe, model, caption_tokenizer)
+    processor = build_processor(recipe, caption_tokenizer, tubelet_frames=model.config.vision_config.tubelet_size[0])
     batch = next(iter(build_dataloader(recipe.data, recipe.data.train_manifest, processor, 8, shuffle=False)))
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     losses = []

@@ -248,14 +248,12 @@ def apply_adaptation(model: VideoFirstModel, config: Any = None, /, **options) -
         add_lora(model, settings.lora_rank, settings.lora_alpha, settings.lora_dropout, settings.lora_targets)
 
     trainable = _trainable_predicate(model, settings)
-    names, trainable_count, total = [], 0, 0
+    names = []
     for name, parameter in model.named_parameters():
         parameter.requires_grad_(trainable(name))
-        total += parameter.numel()
         if parameter.requires_grad:
-            trainable_count += parameter.numel()
             names.append(name)
-    return AdaptationSummary(settings.method, trainable_count, total, names)
+    return AdaptationSummary(settings.method, model.num_parameters(only_trainable=True), model.num_parameters(), names)
 
 
 __all__ = [

@@ -25,7 +25,7 @@ import torch
 
 from videofirst import VideoFirstConfig, VideoFirstModel
 from videofirst.train.distributed import compile_towers
-from videofirst.train.losses import contrastive_loss
+from videofirst.train.losses import gathered_contrastive_loss
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _cli  # noqa: E402
@@ -64,7 +64,7 @@ def step(model: VideoFirstModel, optimizer: torch.optim.Optimizer, shape: dict, 
     input_ids = torch.randint(1, 1000, (batch, text_length))
     start = time.perf_counter()
     outputs = model(pixel_values_videos=videos, input_ids=input_ids, attention_mask=torch.ones_like(input_ids))
-    loss = contrastive_loss(outputs.video_embeds, outputs.text_embeds, model.scaled_logit_scale())
+    loss = gathered_contrastive_loss(outputs.video_embeds, outputs.text_embeds, model.scaled_logit_scale())
     loss.backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)

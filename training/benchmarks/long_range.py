@@ -247,7 +247,12 @@ def _memory_probe(overrides: list[str]) -> dict[str, Any]:
     model.train()
 
     def step(index: int) -> int:
-        _, kept = objective(batch, index, 0)
+        # The training loop's step (`videofirst.train.pretraining.pretrain`): forward and backward, optimizer step.
+        if objective.gradient_caching:
+            _, kept = objective.backward_in_chunks(batch, index, 0)
+        else:
+            loss, kept = objective(batch, index, 0)
+            accelerator.backward(loss)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         return kept

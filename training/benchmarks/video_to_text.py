@@ -55,13 +55,12 @@ from videofirst.evaluation.sets import read_manifest_rows
 from videofirst.recipe import load_recipe
 from videofirst.train.optimization import build_scheduler
 from videofirst.train.pretraining import pretrain
-from videofirst.train.setup import prepare_data
+from videofirst.train.setup import build_processor, prepare_data
 from videofirst.train.video_to_text import (
     VideoToTextRecipe,
     build_language_model,
     build_video_to_text_model,
     build_video_to_text_optimizer,
-    build_video_to_text_processor,
     load_video_to_text_recipe,
 )
 
@@ -198,7 +197,8 @@ class Benchmark:
         self.tokenizer = prepare_causal_tokenizer(AutoTokenizer.from_pretrained(tokenizer_dir))
         torch.manual_seed(0)
         probe = build_video_to_text_model(recipe, self.tokenizer, text_warmup=False)
-        video_processor = build_video_to_text_processor(recipe, probe, self.tokenizer).video_processor
+        tubelet_frames = probe.config.vision_config.tubelet_size[0]
+        video_processor = build_processor(recipe, self.tokenizer, tubelet_frames=tubelet_frames).video_processor
         self.train_clips = decode_clips(Path(recipe.data.train_manifest), video_processor)
         self.test_clips = decode_clips(Path(recipe.data.eval_manifest), video_processor)
         self._encoder = None

@@ -215,6 +215,9 @@ class CheckpointManager:
         return read_state(checkpoint)
 
     def _rotate(self) -> None:
+        """Keep the newest `keep_last` checkpoints, after the new one is complete. Not accelerate's
+        `ProjectConfiguration(total_limit=...)`: it deletes the oldest folder before writing the new one into its final
+        name (a crash while saving can leave no complete checkpoint) and counts `.partial`/`.invalid` folders too."""
         for stale in self.completed()[: -self.keep_last]:
             shutil.rmtree(stale, ignore_errors=True)
         for leftover in self.folder.glob("step_*.partial"):

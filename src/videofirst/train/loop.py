@@ -7,9 +7,10 @@ the same skeleton; each concern they share lives here, once:
   folder (its lock and identity, `videofirst.train.run_folder`), crash-safe verified checkpoints and resume
   (`videofirst.train.checkpointing`), the recipe copy, the trackers and the JSONL metrics log
   (`videofirst.train.run_logging`), the progress bar, where the run stands (`TrainerState`) and the atomic export;
-- `reseed`: randomness that affects training (token masking, dropout) comes from `(seed, step, micro-batch,
-  process)`, and the data order from `(seed, epoch)` (`batches_from`, `cycle_batches`), so a run resumed from a
-  checkpoint replays exactly what the uninterrupted run would have done;
+- `reseed` (from `videofirst.train.determinism`, where the seed streams are named): randomness that affects
+  training (token masking, dropout) comes from `(seed, step, stream, process)`, and the data order from
+  `(seed, epoch)` (`batches_from`, `cycle_batches`), so a run resumed from a checkpoint replays exactly what the
+  uninterrupted run would have done;
 - `check_finite` / `NonFiniteLossError` and `check_bad_fraction`: the conditions that stop a run;
 - `flat_config`: a nested recipe as the flat mapping trackers accept.
 
@@ -20,14 +21,19 @@ A loop built on it reads:
     state = run.start(scheduler, project="name")     # resume, recipe.yaml, trackers, metrics log
     for batch, slot in run.micro_batches(train_loader, desc="name"):
         with run.accumulate(model):
-            reseed(recipe.run.seed, state.step, slot, run.accelerator.process_index)
+            reseed(recipe.run.seed, state.step, slot, accelerator.process_index)
             loss = ...                               # forward pass
-            check_finite(loss, run.accelerator)
-            run.accelerator.backward(loss)
-            run.optimizer_step(model, optimizer)
-        loss_value = run.end_micro_batch(batch, loss, videos=...)
-        if loss_value is None:                       # gradients still accumulate
+            check_finite(loss, accelerator)
+            accelerator.backward(loss)
+            if accelerator.sync_gradients and max_grad_norm > 0:
+                accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
+            optimizer.step()                         # skipped by accelerate while gradients accumulate
+            optimizer.zero_grad(set_to_none=True)
+        run.count_micro_batch(batch, videos=...)
+        if not accelerator.sync_gradients:           # gradients still accumulate
             continue
+        scheduler.step()
+        run.complete_step(accelerator.reduce(loss.detach(), "mean").item())
         ...                                          # log when run.due(...), evaluate when run.eval_due()
         if run.due(recipe.checkpoint.save_every):
             run.checkpoints.save(state)
@@ -55,7 +61,7 @@ from tqdm.auto import tqdm
 from videofirst.data.loading import equalize_batch
 from videofirst.recipe import Recipe
 from videofirst.train.checkpointing import CheckpointError, CheckpointManager, TrainerState
-from videofirst.train.determinism import configure_determinism
+from videofirst.train.determinism import configure_determinism, reseed
 from videofirst.train.distributed import ddp_kwargs
 from videofirst.train.run_folder import RunFolder, RunFolderError, exit_with_launcher, flat_config
 from videofirst.train.run_logging import RunLogger, tracker_names
@@ -78,12 +84,6 @@ logger = logging.getLogger(__name__)
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; the run stopped after saving the state from before that step."""
-
-
-def reseed(seed: int, step: int, micro_batch: int, process: int) -> None:
-    """Seed torch's global generator for one forward pass: one fixed stream per (step, micro-batch, process), so a
-    resumed run needs no RNG state beyond the step."""
-    torch.manual_seed(((seed * 1_000_003 + step) * 1_009 + micro_batch) * 257 + process)
 
 
 def check_finite(loss: torch.Tensor, accelerator: Accelerator) -> None:
@@ -139,9 +139,9 @@ class TrainingRun:
     Creating it makes the accelerator, seeds everything with `run.seed`, and claims the run folder
     (`videofirst.train.run_folder`): it takes the folder's lock and decides, before anything is built, whether the run
     starts fresh or resumes from which verified checkpoint, or refuses (`RunFolderError`, `CheckpointError`, on
-    every process); `start` (after `accelerator.prepare`) resumes and starts the logs; `micro_batches`,
-    `accumulate`, `optimizer_step` and `end_micro_batch` drive the loop; `finish` exports and ends it, and
-    releases the lock (so does `close`, when the run ends otherwise in a process that goes on).
+    every process); `start` (after `accelerator.prepare`) resumes and starts the logs; `micro_batches` and
+    `accumulate` drive the loop, `count_micro_batch` and `complete_step` keep its books; `finish` exports and ends
+    it, and releases the lock (so does `close`, when the run ends otherwise in a process that goes on).
     """
 
     def __init__(self, recipe: Recipe, *, dispatch_batches: bool | None = None):
@@ -174,9 +174,7 @@ class TrainingRun:
         # non-finite loss saves, whichever micro-batch of the next step it hit.
         self._applied = (TrainerState(), 0)
         self.logger: RunLogger | None = None
-        self._scheduler = None
         self._progress = None
-        self._slot = 0
 
     def _claim_folder(self) -> Path | None:
         """Lock and claim the run folder on the main process and tell every process the outcome."""
@@ -216,7 +214,6 @@ class TrainingRun:
         accelerator = self.accelerator
         # Not prepared: accelerate would step it once per process; it steps once per optimizer step here.
         accelerator.register_for_checkpointing(scheduler)
-        self._scheduler = scheduler
         latest = self.checkpoint_to_resume()
         if latest is not None:
             self.state = self.checkpoints.load(latest)
@@ -232,21 +229,24 @@ class TrainingRun:
 
     def micro_batches(self, loader, desc: str) -> Iterator[tuple[Any, int]]:
         """`(batch, slot)` from where the run stands until `optim.max_steps` optimizer steps are done, epoch after
-        epoch, under a progress bar; `slot` numbers the micro-batches of the current optimizer step (for
-        `reseed`). Batches have one size on every process (`equalize_batch`); a batch left empty by bad samples
-        is counted and passed over on every process. Each micro-batch must end with `end_micro_batch`."""
+        epoch, under a progress bar; `slot` numbers the micro-batches of the current optimizer step (its seed
+        stream, `reseed`). Batches have one size on every process (`equalize_batch`); a batch left empty by bad
+        samples is counted and passed over on every process. The loop body counts each micro-batch it trains on
+        (`count_micro_batch`) and each optimizer step it completes (`complete_step`)."""
         state, max_steps = self.state, self.recipe.optim.max_steps
         self._progress = tqdm(
             total=max_steps, initial=state.step, disable=not self.accelerator.is_main_process, desc=desc
         )
-        self._slot = 0
+        slot = 0
         while state.step < max_steps:
             for batch in batches_from(loader, self.accelerator, state.epoch, state.batches_in_epoch):
                 batch = equalize_batch(batch, self.accelerator)
                 if not batch["captions"]:
-                    self._count(batch, videos=0)
+                    self.count_micro_batch(batch, videos=0)
                     continue
-                yield batch, self._slot
+                yield batch, slot
+                # `sync_gradients` still says whether that micro-batch was the last of its optimizer step.
+                slot = 0 if self.accelerator.sync_gradients else slot + 1
                 if state.step >= max_steps:
                     break
             else:
@@ -270,36 +270,10 @@ class TrainingRun:
                     f"{error} Stopped at step {self.state.step}; the state from before this step is in {saved}."
                 ) from error
 
-    def optimizer_step(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
-        """Clip the gradients once they are synced (`optim.max_grad_norm`, 0: off), step the optimizer and clear
-        the gradients (inside `accumulate`, where accelerate skips the step while gradients accumulate)."""
-        max_grad_norm = self.recipe.optim.max_grad_norm
-        if self.accelerator.sync_gradients and max_grad_norm > 0:
-            self.accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    def end_micro_batch(self, batch, loss: torch.Tensor, videos: int, tokens: int | None = None) -> float | None:
-        """Count a finished micro-batch: its `videos` clips and skipped samples, summed over processes, into the
-        state, and `tokens` (kept video tokens; None: not counted) into the throughput; stop the run when too many
-        samples were bad. When it completed an optimizer step, step the scheduler and the state, and return the
-        loss averaged over processes; else (gradients still accumulate) None."""
-        accelerator, state = self.accelerator, self.state
-        self._count(batch, videos, tokens)
-        self._slot += 1
-        if not accelerator.sync_gradients:
-            return None
-        self._scheduler.step()
-        state.step += 1
-        self._applied = (dataclasses.replace(state), accelerator.step)
-        self._slot = 0
-        self._progress.update(1)
-        loss_value = accelerator.reduce(loss.detach(), "mean").item()
-        self._progress.set_postfix(loss=f"{loss_value:.4f}")
-        return loss_value
-
-    def _count(self, batch, videos: int, tokens: int | None = None) -> None:
-        """A consumed micro-batch: its position, and its clips and bad samples summed over processes."""
+    def count_micro_batch(self, batch, videos: int, tokens: int | None = None) -> None:
+        """Count a consumed micro-batch into the state: its position in the data, its `videos` clips and skipped
+        samples summed over processes, and `tokens` (kept video tokens; None: not counted) into the throughput;
+        stop the run when too many samples were bad (`check_bad_fraction`)."""
         accelerator, state = self.accelerator, self.state
         state.batches_in_epoch += 1
         skipped = int(accelerator.reduce(batch["skipped"].to(accelerator.device).sum(), "sum"))
@@ -311,6 +285,14 @@ class TrainingRun:
         self.logger.count(videos, tokens or 0)
         data = self.recipe.data
         check_bad_fraction(state, data.max_bad_fraction, data.bad_fraction_min_samples)
+
+    def complete_step(self, loss_value: float) -> None:
+        """Count an applied optimizer step: the state's step counter, the state a non-finite loss would save (see
+        `accumulate`), and the progress bar, which shows `loss_value`."""
+        self.state.step += 1
+        self._applied = (dataclasses.replace(self.state), self.accelerator.step)
+        self._progress.update(1)
+        self._progress.set_postfix(loss=f"{loss_value:.4f}")
 
     def due(self, every: int) -> bool:
         """Whether something done every `every` optimizer steps and at the last one (logging, saving) is due now."""

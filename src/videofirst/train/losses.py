@@ -17,10 +17,12 @@ local row with the rows of ALL processes. Two details decide whether that is rig
   gradient DDP averages over N processes equals the single-process global-batch gradient
   (``tests/test_losses.py`` checks this with two processes, also for uneven local batches).
 
-Both losses take L2-normalised embeddings and an already exponentiated (and clamped) scale, the
-way ``VideoFirstModel`` exposes them. Half-precision embeddings are upcast to float32 before the
-logits: a softmax over thousands of columns is too lossy in bf16, and the (local x global)
-logit matrix is small.
+Both losses take L2-normalised embeddings and an already exponentiated (and clamped) scale, the way
+``VideoFirstModel`` exposes them. Their names say "gathered" to keep them apart from the model's own
+``contrastive_loss`` / ``sigmoid_loss`` (``modeling_videofirst``), which take one process's logit
+matrix; which of the two a run trains with is the model's ``config.loss_type``. Half-precision
+embeddings are upcast to float32 before the logits: a softmax over thousands of columns is too lossy
+in bf16, and the (local x global) logit matrix is small.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["gather_with_grad", "contrastive_loss", "sigmoid_loss"]
+__all__ = ["gather_with_grad", "gathered_contrastive_loss", "gathered_sigmoid_loss"]
 
 
 def _dist_info() -> tuple[int, int]:
@@ -114,7 +116,7 @@ def _check_pair(video_embeds: Tensor, text_embeds: Tensor) -> None:
         )
 
 
-def contrastive_loss(
+def gathered_contrastive_loss(
     video_embeds: Tensor,
     text_embeds: Tensor,
     logit_scale: Tensor | float,
@@ -151,7 +153,7 @@ def contrastive_loss(
     return 0.5 * norm * loss
 
 
-def sigmoid_loss(
+def gathered_sigmoid_loss(
     video_embeds: Tensor,
     text_embeds: Tensor,
     logit_scale: Tensor | float,

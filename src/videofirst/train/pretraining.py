@@ -1,12 +1,14 @@
 """Contrastive pretraining with accelerate: the loop behind `accelerate launch training/pretrain.py`.
 
 Each concern lives in its own module (recipe, data, losses, optimization, checkpointing, run_logging,
-adaptation, evaluation, and `training_loop` for the run setup and bookkeeping shared with the video-to-text
-loop); this file wires them into one short loop.
+adaptation, evaluation, and `videofirst.train.loop` for the run setup and bookkeeping shared with the
+video-to-text loop); this file wires them into one short loop that reads top to bottom: forward, backward, clip,
+optimizer step, scheduler step, log, evaluate, save.
 
-Randomness that affects training (token masking, dropout) is reseeded from `(seed, step, micro-batch,
-process)` before every forward pass, and the data order from `(seed, epoch)`, so a run resumed from a
-checkpoint replays exactly what the uninterrupted run would have done.
+Randomness that affects training (token masking, dropout) is reseeded from `(seed, step, stream, process)`
+before every forward pass (the streams are named in `videofirst.train.determinism.reseed`), and the data order
+from `(seed, epoch)`, so a run resumed from a checkpoint replays exactly what the uninterrupted run would have
+done.
 """
 
 from dataclasses import dataclass
@@ -24,9 +26,10 @@ from videofirst.evaluation.metrics import retrieval_metrics
 from videofirst.hub.export import export_checkpoint
 from videofirst.modeling.modeling_videofirst import VideoFirstModel
 from videofirst.recipe import PretrainRecipe
+from videofirst.train.determinism import chunk_stream, image_stream, reseed
 from videofirst.train.distributed import compile_towers, enable_fsdp2_on_cpu, exportable_model, shard_model
-from videofirst.train.loop import NonFiniteLossError, TrainingRun, check_finite, cycle_batches, reseed
-from videofirst.train.losses import contrastive_loss, sigmoid_loss
+from videofirst.train.loop import NonFiniteLossError, TrainingRun, check_finite, cycle_batches
+from videofirst.train.losses import gathered_contrastive_loss, gathered_sigmoid_loss
 from videofirst.train.optimization import build_optimizer, build_scheduler
 from videofirst.train.setup import build_model, build_processor, prepare_data
 
@@ -57,43 +60,43 @@ def _embed_pair(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch
 
 
 class ContrastiveObjective:
-    """The loss of one batch, gathered over processes, optionally through cached micro-batch features."""
+    """The contrastive loss of a batch over the global (all-process) batch: InfoNCE or SigLIP's sigmoid loss, as the
+    model's `config.loss_type` says (decided once, here), with gradient caching over
+    `optim.contrastive_micro_batches` chunks when that is above 1."""
 
     def __init__(self, model: nn.Module, accelerator: Accelerator, recipe: PretrainRecipe):
         self.model = model
         self.accelerator = accelerator
         self.unwrapped: VideoFirstModel = accelerator.unwrap_model(model)
+        self.loss_type = self.unwrapped.config.loss_type  # "contrastive" or "sigmoid" (the config checks it)
         self.micro_batches = recipe.optim.contrastive_micro_batches
+        self.gradient_caching = self.micro_batches > 1
         self.seed = recipe.run.seed
 
     def loss(self, video_embeds: torch.Tensor, text_embeds: torch.Tensor) -> torch.Tensor:
         scale = self.unwrapped.scaled_logit_scale()
-        if self.unwrapped.logit_bias is not None:
-            return sigmoid_loss(video_embeds, text_embeds, scale, self.unwrapped.logit_bias)
-        return contrastive_loss(video_embeds, text_embeds, scale)
+        if self.loss_type == "sigmoid":
+            return gathered_sigmoid_loss(video_embeds, text_embeds, scale, self.unwrapped.logit_bias)
+        return gathered_contrastive_loss(video_embeds, text_embeds, scale)
 
-    def __call__(
-        self, batch: dict[str, torch.Tensor], step: int, slot: int, weight: float = 1.0
+    def __call__(self, batch: dict[str, torch.Tensor], step: int, stream: int) -> tuple[torch.Tensor, int]:
+        """The forward pass on seed stream `stream` (`reseed`): the batch's loss, checked to be finite on every
+        process, and the number of video tokens kept. The caller runs the backward pass."""
+        reseed(self.seed, step, stream, self.accelerator.process_index)
+        with self.accelerator.autocast():
+            video_embeds, text_embeds, kept = _embed_pair(self.model, batch)
+            loss = self.loss(video_embeds, text_embeds)
+        check_finite(loss, self.accelerator)
+        return loss, kept
+
+    def backward_in_chunks(
+        self, batch: dict[str, torch.Tensor], step: int, stream: int, weight: float = 1.0
     ) -> tuple[torch.Tensor, int]:
-        """Backpropagate `weight` times the batch's loss; returns the (unweighted, detached) loss and the number
-        of video tokens kept."""
+        """Gradient caching, forward and backward pass together: embed all chunks without a graph, differentiate
+        `weight` times the loss with respect to the embeddings (and the temperature), then replay each chunk with a
+        graph and push those gradients through it. Only one chunk's activations are alive at a time. Returns the
+        (unweighted, detached) loss and the number of video tokens kept."""
         process = self.accelerator.process_index
-        if self.micro_batches == 1:
-            reseed(self.seed, step, slot, process)
-            with self.accelerator.autocast():
-                video_embeds, text_embeds, kept = _embed_pair(self.model, batch)
-                loss = self.loss(video_embeds, text_embeds)
-            check_finite(loss, self.accelerator)
-            self.accelerator.backward(weight * loss)
-            return loss.detach(), kept
-        return self._cached(batch, step, slot, process, weight)
-
-    def _cached(
-        self, batch: dict[str, torch.Tensor], step: int, slot: int, process: int, weight: float
-    ) -> tuple[torch.Tensor, int]:
-        """Gradient caching: embed all micro-batches without a graph, differentiate the loss with respect to
-        the embeddings (and the temperature), then replay each micro-batch with a graph and push those
-        gradients through it. Only one micro-batch's activations are alive at a time."""
         size = batch["input_ids"].shape[0]
         bounds = [round(i * size / self.micro_batches) for i in range(self.micro_batches + 1)]
         chunks = [
@@ -104,7 +107,7 @@ class ContrastiveObjective:
         video_parts, text_parts, kept = [], [], 0
         with torch.no_grad():
             for index, chunk in enumerate(chunks):
-                reseed(self.seed, step, slot * 1_000 + index, process)
+                reseed(self.seed, step, chunk_stream(stream, index), process)
                 with self.accelerator.autocast():
                     video, text, chunk_kept = _embed_pair(self.model, chunk)
                 video_parts.append(video)
@@ -112,7 +115,10 @@ class ContrastiveObjective:
                 kept += chunk_kept
         video_embeds = torch.cat(video_parts).detach().requires_grad_()
         text_embeds = torch.cat(text_parts).detach().requires_grad_()
-        temperature = [p for p in (self.unwrapped.logit_scale, self.unwrapped.logit_bias) if p is not None]
+        # The learnable temperature: the scale, and with the sigmoid loss its bias.
+        temperature = [self.unwrapped.logit_scale]
+        if self.loss_type == "sigmoid":
+            temperature.append(self.unwrapped.logit_bias)
         with self.accelerator.autocast():
             loss = self.loss(video_embeds, text_embeds)
         check_finite(loss, self.accelerator)
@@ -123,7 +129,7 @@ class ContrastiveObjective:
         offset = 0
         for index, chunk in enumerate(chunks):
             rows = chunk["input_ids"].shape[0]
-            reseed(self.seed, step, slot * 1_000 + index, process)
+            reseed(self.seed, step, chunk_stream(stream, index), process)
             last = index == len(chunks) - 1
             with self.accelerator.autocast():
                 video, text, _ = _embed_pair(self.model, chunk)
@@ -187,19 +193,39 @@ def pretrain(recipe: PretrainRecipe) -> PretrainResult:
     objective = ContrastiveObjective(model, accelerator, recipe)
     accumulation = optim.gradient_accumulation_steps
     images = cycle_batches(image_loader, accelerator, state.step * accumulation) if image_loader is not None else None
+    image_weight = recipe.data.image_loss_weight
     metrics: dict[str, float] = {}
     model.train()
     for batch, slot in run.micro_batches(train_loader, desc="pretrain"):
         with run.accumulate(model):
-            loss, kept = objective(batch, state.step, slot)
+            # Forward and backward pass of the video-text batch (under gradient caching, chunk by chunk).
+            if objective.gradient_caching:
+                loss, kept = objective.backward_in_chunks(batch, state.step, slot)
+            else:
+                loss, kept = objective(batch, state.step, slot)
+                accelerator.backward(loss)
+            # With images co-training: an image-text batch beside it, its loss weighted, on a seed stream of its own.
             image_batch = next(images) if images is not None else None
             if image_batch is not None and image_batch["captions"]:  # empty: no image decoded on some process
-                image_loss, _ = objective(image_batch, state.step, slot + 500, recipe.data.image_loss_weight)
-                loss = loss + recipe.data.image_loss_weight * image_loss
-            run.optimizer_step(model, optimizer)
-        loss_value = run.end_micro_batch(batch, loss, videos=batch["input_ids"].shape[0], tokens=kept)
-        if loss_value is None:  # gradients still accumulate
+                if objective.gradient_caching:
+                    image_loss, _ = objective.backward_in_chunks(
+                        image_batch, state.step, image_stream(slot), image_weight
+                    )
+                else:
+                    image_loss, _ = objective(image_batch, state.step, image_stream(slot))
+                    accelerator.backward(image_weight * image_loss)
+                loss = loss.detach() + image_weight * image_loss.detach()
+            # Clip the synced gradients, step the optimizer (accelerate skips it while gradients accumulate), clear.
+            if accelerator.sync_gradients and optim.max_grad_norm > 0:
+                accelerator.clip_grad_norm_(model.parameters(), optim.max_grad_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        run.count_micro_batch(batch, videos=batch["input_ids"].shape[0], tokens=kept)
+        if not accelerator.sync_gradients:  # gradients still accumulate
             continue
+        scheduler.step()
+        loss_value = accelerator.reduce(loss.detach(), "mean").item()  # averaged over processes
+        run.complete_step(loss_value)
         if run.due(recipe.run.log_every):
             logger.log(
                 {

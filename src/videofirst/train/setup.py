@@ -3,7 +3,7 @@
 from dataclasses import dataclass
 from pathlib import Path
 
-from transformers import AutoModel, AutoTokenizer
+from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerBase
 
 from videofirst.data.sources import is_remote, source_captions, training_sources
 from videofirst.data.synthetic import write_synthetic_dataset
@@ -12,7 +12,7 @@ from videofirst.modeling.configuration_videofirst import VideoFirstConfig
 from videofirst.modeling.modeling_videofirst import VideoFirstModel
 from videofirst.modeling.processing_videofirst import VideoFirstProcessor
 from videofirst.modeling.video_processing_videofirst import VideoFirstVideoProcessor
-from videofirst.recipe import PretrainRecipe
+from videofirst.recipe import PretrainRecipe, Recipe
 
 # Fields of the vision config that a recipe may change on a model loaded with `model.init_from`.
 RUNTIME_VISION_FIELDS = ("mask_ratio", "mask_type")
@@ -59,9 +59,17 @@ def prepare_data(recipe: PretrainRecipe, run_dir: Path) -> DataPaths:
     return DataPaths(train_manifest, tokenizer_dir)
 
 
-def build_processor(recipe: PretrainRecipe, tokenizer_path: str | Path) -> VideoFirstProcessor:
+def build_processor(
+    recipe: Recipe, tokenizer: PreTrainedTokenizerBase | str | Path, tubelet_frames: int | None = None
+) -> VideoFirstProcessor:
+    """The processor of a run, pretraining or video-to-text: frames sampled and sized as `recipe.data` says, and
+    `tokenizer` (a tokenizer, or a folder to load one from). `tubelet_frames` (the video tower's tubelet length,
+    to which frame counts are padded) defaults to the recipe's `model.vision.tubelet_size` (2 when unset)."""
     data = recipe.data
-    tubelet_frames = recipe.model.vision.get("tubelet_size", [2])[0]
+    if tubelet_frames is None:
+        tubelet_frames = recipe.model.vision.get("tubelet_size", [2])[0]
+    if not isinstance(tokenizer, PreTrainedTokenizerBase):
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer)
     video_processor = VideoFirstVideoProcessor(
         size={"shortest_edge": data.image_size},
         crop_size={"height": data.image_size, "width": data.image_size},
@@ -69,7 +77,7 @@ def build_processor(recipe: PretrainRecipe, tokenizer_path: str | Path) -> Video
         num_frames=data.num_frames,
         tubelet_frames=tubelet_frames,
     )
-    return VideoFirstProcessor(video_processor=video_processor, tokenizer=AutoTokenizer.from_pretrained(tokenizer_path))
+    return VideoFirstProcessor(video_processor=video_processor, tokenizer=tokenizer)
 
 
 def _normalised(value):

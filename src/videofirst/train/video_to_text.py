@@ -8,8 +8,9 @@ It reuses the contrastive loop's pieces: the data pipeline (`videofirst.data.loa
 strings, tokenized here for the language model by `videofirst.evaluation.captioning.encode_captions`), the run setup and
 bookkeeping of `videofirst.train.loop` (crash-safe checkpoints and resume, the JSONL / tracker log, the stop
 conditions), AdamW and the warmup-cosine schedule (`videofirst.train.optimization`) and the recipe loader
-(`videofirst.recipe.load_recipe`). Token masking is reseeded from `(seed, step, micro-batch, process)` and the data
-order from `(seed, epoch)` as in pretraining, so a resumed run continues exactly.
+(`videofirst.recipe.load_recipe`). Token masking is reseeded from `(seed, step, stream, process)` (the streams of
+`videofirst.train.determinism.reseed`) and the data order from `(seed, epoch)` as in pretraining, so a resumed run
+continues exactly.
 """
 
 from __future__ import annotations
@@ -43,8 +44,6 @@ from videofirst.hub.export import export_checkpoint
 from videofirst.modeling.configuration_videofirst import VideoFirstVisionConfig
 from videofirst.modeling.modeling_videofirst import VideoFirstModel, VideoFirstVisionModel
 from videofirst.modeling.modeling_videofirst_video_to_text import VideoFirstForConditionalGeneration
-from videofirst.modeling.processing_videofirst import VideoFirstProcessor
-from videofirst.modeling.video_processing_videofirst import VideoFirstVideoProcessor
 from videofirst.recipe import (
     CheckpointSection,
     DataSection,
@@ -54,9 +53,10 @@ from videofirst.recipe import (
     RunSection,
     load_recipe,
 )
-from videofirst.train.loop import TrainingRun, check_finite, reseed
+from videofirst.train.determinism import EVALUATION_STREAM, reseed
+from videofirst.train.loop import TrainingRun, check_finite
 from videofirst.train.optimization import build_optimizer, build_scheduler
-from videofirst.train.setup import prepare_data
+from videofirst.train.setup import build_processor, prepare_data
 
 __all__ = [
     "VideoToTextEvalSection",
@@ -296,19 +296,6 @@ def _tokenizer_source(recipe: VideoToTextRecipe) -> str | None:
     return None
 
 
-def build_video_to_text_processor(recipe: VideoToTextRecipe, model, tokenizer) -> VideoFirstProcessor:
-    """Frames sampled as the recipe says, normalised for the model's video tower, and the language model's tokenizer."""
-    data = recipe.data
-    video_processor = VideoFirstVideoProcessor(
-        size={"shortest_edge": data.image_size},
-        crop_size={"height": data.image_size, "width": data.image_size},
-        # The checkpoint's default sees the whole video; training passes the recipe's policy per call.
-        num_frames=data.num_frames,
-        tubelet_frames=model.config.vision_config.tubelet_size[0],
-    )
-    return VideoFirstProcessor(video_processor=video_processor, tokenizer=tokenizer)
-
-
 # --------------------------------------------------------------------------------------------------------------
 # Loop
 # --------------------------------------------------------------------------------------------------------------
@@ -340,11 +327,10 @@ def train_video_to_text(recipe: VideoToTextRecipe) -> VideoToTextResult:
     resuming = run.checkpoint_to_resume() is not None
     captions = source_captions(training_sources(recipe.data))
     model = build_video_to_text_model(recipe, tokenizer, captions, text_warmup=not resuming)
-    processor = build_video_to_text_processor(recipe, model, tokenizer)
+    processor = build_processor(recipe, tokenizer, tubelet_frames=model.config.vision_config.tubelet_size[0])
     if optim.activation_checkpointing:
         model.activation_checkpointing_enable()
-    trainable = sum(parameter.numel() for parameter in model.parameters() if parameter.requires_grad)
-    total = sum(parameter.numel() for parameter in model.parameters())
+    trainable, total = model.num_parameters(only_trainable=True), model.num_parameters()
     accelerator.print(
         f"video-to-text: {trainable:,} of {total:,} parameters train ({100 * trainable / total:.2f}%): "
         "the resampler and the cross-attention layers"
@@ -369,15 +355,22 @@ def train_video_to_text(recipe: VideoToTextRecipe) -> VideoToTextResult:
     model.train()
     for batch, slot in run.micro_batches(train_loader, desc="video-to-text"):
         with run.accumulate(model):
-            reseed(recipe.run.seed, state.step, slot, accelerator.process_index)
+            reseed(recipe.run.seed, state.step, slot, accelerator.process_index)  # the micro-batch's seed stream
             with accelerator.autocast():
                 loss = captioning_loss(model, batch, tokenizer, prompt, max_length)
             check_finite(loss, accelerator)
             accelerator.backward(loss)
-            run.optimizer_step(model, optimizer)
-        loss_value = run.end_micro_batch(batch, loss, videos=len(batch["captions"]))
-        if loss_value is None:  # gradients still accumulate
+            # Clip the synced gradients, step the optimizer (accelerate skips it while gradients accumulate), clear.
+            if accelerator.sync_gradients and optim.max_grad_norm > 0:
+                accelerator.clip_grad_norm_(model.parameters(), optim.max_grad_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        run.count_micro_batch(batch, videos=len(batch["captions"]))
+        if not accelerator.sync_gradients:  # gradients still accumulate
             continue
+        scheduler.step()
+        loss_value = accelerator.reduce(loss.detach(), "mean").item()  # averaged over processes
+        run.complete_step(loss_value)
         if run.due(recipe.run.log_every):
             rates = run.logger.throughput()
             rates.pop("tokens_per_second")
@@ -425,7 +418,7 @@ class _Evaluator:
         if self.accelerator.is_main_process and (self.eval_loader is not None or self.questions is not None):
             unwrapped = self.accelerator.unwrap_model(model)
             # Inference masking is random: evaluate every time with the same stream.
-            reseed(self.recipe.run.seed, step, 999_983, 0)
+            reseed(self.recipe.run.seed, step, EVALUATION_STREAM, 0)
             if self.eval_loader is not None:
                 metrics.update(self._captioning(unwrapped))
             if self.questions is not None:
