@@ -1,4 +1,4 @@
-"""Run by tests/test_hub_stranger.py as the stranger: a fresh environment with only the export's requirements.txt.
+"""Run by tests/hub/test_hub_stranger.py as the stranger: a fresh environment with only the export's requirements.txt.
 
     python -S hub_round_trip_script.py REPO_ID WORK_DIR     (HF_ENDPOINT points at the stand-in Hub)
 

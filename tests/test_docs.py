@@ -22,7 +22,7 @@ import pytest
 import torch
 from hub_server import HubStandIn
 from huggingface_hub import HfApi
-from test_conversion import TEXT, tiny_clip, tiny_clip_tokenizer, tiny_siglip
+from tiny_sources import TEXT, tiny_clip, tiny_clip_tokenizer, tiny_siglip
 from transformers import BertConfig, BertModel, BertTokenizerFast, CLIPImageProcessor
 
 REPO = Path(__file__).resolve().parents[1]
@@ -60,7 +60,7 @@ NOT_EXECUTED = {
         "needs a long-stage run to resume"
     ),
     "accelerate launch training/train_video_to_text.py": (
-        "the video-to-text demo, minutes of CPU; tests/test_video_to_text.py runs the same loop on a tiny recipe"
+        "the video-to-text demo, minutes of CPU; tests/train/test_video_to_text.py runs the same loop on a tiny recipe"
     ),
     "accelerate launch training/train_video_to_text.py model.vision_from=runs/demo/export": (
         "the video-to-text demo again on the demo's encoder, minutes of CPU"

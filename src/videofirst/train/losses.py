@@ -15,7 +15,7 @@ local row with the rows of ALL processes. Two details decide whether that is rig
   the mean of the per-process losses is exactly the single-process loss on the global batch,
   and since the gather's backward routes each process's gradient contributions home, the
   gradient DDP averages over N processes equals the single-process global-batch gradient
-  (``tests/test_losses.py`` checks this with two processes, also for uneven local batches).
+  (``tests/train/test_losses.py`` checks this with two processes, also for uneven local batches).
 
 Both losses take L2-normalised embeddings and an already exponentiated (and clamped) scale, the way
 ``VideoFirstModel`` exposes them. Their names say "gathered" to keep them apart from the model's own

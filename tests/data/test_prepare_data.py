@@ -20,7 +20,7 @@ from videofirst.data.preparation import PrepareSettings, prepare_shards
 from videofirst.data.shards import index_tar_shard, read_range, transcode_video
 
 pytest.importorskip("av")
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SETTINGS = PrepareSettings(fps=2.0, size=64, keyframe_interval=1.0, samples_per_shard=3)
 _real_prepare_one = preparation.prepare_one
 

@@ -38,7 +38,7 @@ from videofirst.hub.results import BenchmarkResult, load_results
 from videofirst.train.checkpointing import CheckpointError, TrainerState, write_manifest
 from videofirst.train.run_export import export_run
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 # The Hub's task ids (`PIPELINE_DATA` of huggingface.js packages/tasks/src/pipelines.ts): what a card's
 # `pipeline_tag` and `model-index` task types may be.
 HUB_TASK_IDS = {

@@ -79,7 +79,7 @@ LANGUAGE_MODELS = {
 }
 SPECIAL_IDS = {"vocab_size": 64, "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0}
 NEW_LAYERS = ("resampler.", "cross_attention_layers.")
-DEMO = Path(__file__).resolve().parents[1] / "training" / "configs" / "video_to_text_demo.yaml"
+DEMO = Path(__file__).resolve().parents[2] / "training" / "configs" / "video_to_text_demo.yaml"
 CAPTIONS = [
     "a red circle, then a blue square",
     "a blue square, then a green triangle",
@@ -682,7 +682,7 @@ def test_gate_learning_rate_and_initialisation(tmp_path):
 
 @pytest.mark.slow
 def test_video_to_text_benchmark_smoke(tmp_path):
-    script = Path(__file__).resolve().parents[1] / "training" / "benchmarks" / "video_to_text.py"
+    script = Path(__file__).resolve().parents[2] / "training" / "benchmarks" / "video_to_text.py"
     command = [sys.executable, str(script), "--quick", "--out", str(tmp_path / "out"), "--work", str(tmp_path)]
     subprocess.run(command + ["--seeds", "0", "--sweep-seeds"], check=True, timeout=1800)
     rows = (tmp_path / "out" / "video_to_text.csv").read_text().splitlines()

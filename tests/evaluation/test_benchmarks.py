@@ -39,7 +39,7 @@ from videofirst.hub.cards import render_model_card
 from videofirst.hub.export import export_video_to_text
 from videofirst.hub.results import eval_results, load_results
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "training" / "evaluate.py"
 _spec = importlib.util.spec_from_file_location("videofirst_evaluate_script_benchmarks", SCRIPT)
 evaluate_script = importlib.util.module_from_spec(_spec)

@@ -8,18 +8,14 @@ import textwrap
 import pytest
 import torch
 import torch.nn.functional as F
+from tiny_sources import EOS, TEXT, tiny_clip, tiny_clip_tokenizer, tiny_siglip
 from transformers import (
     AutoModel,
     AutoProcessor,
     AutoTokenizer,
     BertConfig,
     BertModel,
-    CLIPConfig,
     CLIPImageProcessor,
-    CLIPModel,
-    CLIPTokenizer,
-    SiglipConfig,
-    SiglipModel,
 )
 
 from videofirst import VideoFirstModel
@@ -31,48 +27,6 @@ from videofirst.hub.conversion import (
     replace_text_tower,
     sample_spatial_positions,
 )
-
-VISION = {
-    "hidden_size": 32,
-    "intermediate_size": 64,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "image_size": 32,
-    "patch_size": 8,
-}
-TEXT = {
-    "hidden_size": 32,
-    "intermediate_size": 64,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "vocab_size": 64,
-    "max_position_embeddings": 16,
-}
-EOS = 1  # end-of-text id of the tiny CLIP tokenizer below; CLIP pools the text at this token
-
-
-def tiny_clip() -> CLIPModel:
-    torch.manual_seed(0)
-    text = {**TEXT, "eos_token_id": EOS, "bos_token_id": 0, "pad_token_id": EOS}
-    return CLIPModel(CLIPConfig(vision_config=VISION, text_config=text, projection_dim=16)).eval()
-
-
-def tiny_siglip() -> SiglipModel:
-    torch.manual_seed(0)
-    model = SiglipModel(SiglipConfig(vision_config=VISION, text_config=TEXT)).eval()
-    with torch.no_grad():  # a trained SigLIP's temperature exceeds CLIP's clamp of 100
-        model.logit_scale.fill_(4.8)
-        model.logit_bias.fill_(-12.0)
-    return model
-
-
-def tiny_clip_tokenizer() -> CLIPTokenizer:
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": EOS}
-    for letter in "abcdefghijklmnopqrstuvwxyz":
-        vocab[letter] = len(vocab)
-        vocab[letter + "</w>"] = len(vocab)
-    return CLIPTokenizer(vocab=vocab, merges=[])
-
 
 SOURCES = {"clip": tiny_clip, "siglip": tiny_siglip}
 
@@ -221,7 +175,7 @@ def test_tubevit_and_adapter_conversion():
 
 
 def test_convert_checkpoint_cli_with_tokenizer_and_processor(tmp_path):
-    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "training"))
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "training"))
     try:
         import convert as convert_cli
     finally:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 from huggingface_hub import ModelCard
-from test_pretraining import DEMO, tiny_overrides, write_tiny_data
+from tiny_runs import DEMO, tiny_overrides, write_tiny_data
 
 import videofirst.train.pretraining as pretraining
 from videofirst.hub.cards import hub_model_id
@@ -14,7 +14,7 @@ from videofirst.recipe import load_recipe
 
 pytestmark = pytest.mark.slow  # a tiny pretraining run (about 25 s on 2 CPU cores)
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

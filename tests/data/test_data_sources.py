@@ -280,7 +280,7 @@ def test_decode_benchmark_smoke(tmp_path):
 
     from video_fixtures import REAL_CLIP
 
-    path = Path(__file__).resolve().parents[1] / "training" / "benchmarks" / "decode.py"
+    path = Path(__file__).resolve().parents[2] / "training" / "benchmarks" / "decode.py"
     spec = importlib.util.spec_from_file_location("decode_benchmark", path)
     benchmark = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(benchmark)

@@ -10,8 +10,8 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from test_pretraining import DEMO, PRETRAIN, REPO, tiny_overrides
 from tiny_models import tiny_model
+from tiny_runs import DEMO, PRETRAIN, REPO, tiny_overrides
 from torch.nn.parallel import DistributedDataParallel
 
 from videofirst import apply_adaptation

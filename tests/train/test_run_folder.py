@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 from accelerate import Accelerator
-from test_pretraining import DEMO, PRETRAIN, REPO, assert_same_weights, final_weights, tiny_overrides, write_tiny_data
+from tiny_runs import DEMO, PRETRAIN, REPO, assert_same_weights, final_weights, tiny_overrides, write_tiny_data
 
 import videofirst.train.pretraining as pretraining
 from videofirst.recipe import load_recipe, parse_recipe_args

@@ -21,7 +21,7 @@ from videofirst.data.tokenization import train_sentencepiece_tokenizer
 from videofirst.evaluation import sets
 from videofirst.evaluation.embedding import evaluate_classification, evaluate_multiple_choice, evaluate_retrieval
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "training" / "evaluate.py"
 
 # Named apart from the `evaluate` library, which the file's own name would shadow.

@@ -14,13 +14,11 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_pretraining import DEMO, PRETRAIN, REPO, assert_same_weights, final_weights, tiny_data, tiny_overrides
+from tiny_runs import DEMO, PRETRAIN, REPO, assert_same_weights, final_weights, tiny_overrides
 from transformers import AutoModel
 
 from videofirst.recipe import load_recipe
 from videofirst.train.distributed import ddp_kwargs
-
-__all__ = ["tiny_data"]  # the fixture, shared with test_pretraining
 
 CONFIGS = REPO / "training" / "accelerate_configs"
 CPU_ENV = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_pretraining import kill_at_checkpoint
 from tiny_models import TINY_TEXT_CONFIG
+from tiny_runs import kill_at_checkpoint
 
 from videofirst import VideoFirstConfig, VideoFirstModel, VideoFirstVisionConfig, VideoFirstVisionModel
 from videofirst.data.synthetic import write_synthetic_dataset
@@ -33,7 +33,7 @@ from videofirst.train.determinism import (
 )
 from videofirst.train.losses import gathered_contrastive_loss, gathered_sigmoid_loss
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "training" / "benchmarks"))  # the benchmark scripts' modules
 BATCH, FRAMES = 32, 64
 PASSES = 3

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 _spec = importlib.util.spec_from_file_location("long_range", REPO / "training" / "benchmarks" / "long_range.py")
 long_range = importlib.util.module_from_spec(_spec)
 sys.modules[_spec.name] = long_range  # dataclasses look their module up while the file executes

@@ -30,7 +30,7 @@ from videofirst.hub.push import push_to_hub
 
 pytestmark = pytest.mark.slow
 
-TESTS = Path(__file__).resolve().parent
+TESTS = Path(__file__).resolve().parents[1]
 CLIP = TESTS / "data" / "cockatoo.mp4"
 TOKEN = "hf_test"
 REPO_ID = "tester/videofirst-stranger"

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "training" / "benchmarks"
+BENCHMARKS = Path(__file__).resolve().parents[2] / "training" / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
 
 import _flops  # noqa: E402
