@@ -685,7 +685,12 @@ def test_video_to_text_benchmark_smoke(tmp_path):
     command = [sys.executable, str(script), "--quick", "--out", str(tmp_path / "out"), "--work", str(tmp_path)]
     subprocess.run(command + ["--seeds", "0", "--sweep-seeds"], check=True, timeout=1800)
     rows = (tmp_path / "out" / "video_to_text.csv").read_text().splitlines()
-    assert rows[0].startswith("condition,setting,seed") and len(rows) == 4  # header + the three conditions
+    assert rows[0].startswith("condition,setting,seed") and len(rows) == 5  # header + the four conditions
     table = (tmp_path / "out" / "video_to_text.md").read_text()
-    for condition in ("gates closed", "random tower", "contrastive encoder"):
+    for condition in (
+        "gates closed",
+        "random tower",
+        "contrastive encoder",
+        "contrastive encoder, mean over time (the paper)",
+    ):
         assert f"| {condition} | 1 |" in table
