@@ -1013,7 +1013,7 @@ class VideoFirstModel(VideoFirstPreTrainedModel):
         pixel_values (`torch.FloatTensor` of shape `(batch, channels, height, width)`): images instead of videos.
         video_frame_mask (`torch.Tensor` of shape `(batch, frames)`, *optional*): 1 for real frames.
         return_loss (`bool`, *optional*): also return the loss of `config.loss_type` over this batch. The
-            training scripts use `videofirst.losses`, which gathers embeddings across processes.
+            training scripts use `videofirst.train.losses`, which gathers embeddings across processes.
         mask_ratio (`float`, *optional*): token drop ratio for the videos (see [`VideoFirstVisionModel`]).
         generator (`torch.Generator`, *optional*): source of randomness for the token drop.
         output_hidden_states, output_attentions, return_dict: as for every transformers model; both towers'

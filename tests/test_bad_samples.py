@@ -14,11 +14,11 @@ from video_fixtures import write_video
 from videofirst.modeling.processing_videofirst import VideoFirstProcessor
 from videofirst.modeling.video_processing_videofirst import VideoFirstVideoProcessor
 
-import videofirst.data as data_module
-from videofirst.checkpointing import TrainerState
-from videofirst.data import build_dataloader, load_source
+import videofirst.data.loading as data_module
+from videofirst.data.loading import build_dataloader, load_source
 from videofirst.recipe import DataSection, PretrainRecipe
-from videofirst.training_loop import check_bad_fraction
+from videofirst.train.checkpointing import TrainerState
+from videofirst.train.loop import check_bad_fraction
 
 ROWS = 12
 DATA = DataSection(num_frames=2, fps=2.0, num_workers=0)
@@ -132,7 +132,7 @@ def _two_process_worker(rank: int, init_file: str, source: str, vocab: str, out_
     torch.distributed.init_process_group(
         "gloo", init_method=f"file://{init_file}", rank=rank, world_size=2, timeout=timedelta(seconds=60)
     )
-    from videofirst.training_loop import TrainingRun
+    from videofirst.train.loop import TrainingRun
 
     recipe = PretrainRecipe()
     recipe.run.output_dir, recipe.run.trackers = str(Path(out_dir) / "run"), "none"
@@ -224,7 +224,7 @@ def test_non_utf8_manifest_names_file_and_row(clips, suffix):
 
 
 def test_bad_captions_in_shards_are_bad_samples(clips):
-    from videofirst.shards import TarShardWriter
+    from videofirst.data.shards import TarShardWriter
 
     video = (clips / "clip0.mp4").read_bytes()
     (clips / "captions").mkdir()
@@ -240,7 +240,7 @@ def test_bad_captions_in_shards_are_bad_samples(clips):
 
 
 def test_the_captioning_tokenizer_reads_captions_with_the_same_checks(clips):
-    from videofirst.tokenization import read_captions
+    from videofirst.data.tokenization import read_captions
 
     path = clips / "latin1_captions.jsonl"
     path.write_bytes(b'{"video": "clip0.mp4", "caption": "caf\xe9"}\n')

@@ -24,9 +24,9 @@ from videofirst.modeling.processing_videofirst import VideoFirstProcessor
 from videofirst.modeling.video_processing_videofirst import VideoFirstVideoProcessor
 
 from videofirst import export_checkpoint
-from videofirst.benchmarks import BENCHMARKS, AnnotationError, load_benchmark, resolve_annotations
-from videofirst.evaluation import VideoClip, evaluate_retrieval
-from videofirst.generation import (
+from videofirst.data.tokenization import train_sentencepiece_tokenizer
+from videofirst.evaluation.benchmarks import BENCHMARKS, AnnotationError, load_benchmark, resolve_annotations
+from videofirst.evaluation.captioning import (
     caption_metrics,
     evaluate_video_question_answering,
     export_video_to_text,
@@ -34,8 +34,8 @@ from videofirst.generation import (
     prepare_causal_tokenizer,
     train_caption_tokenizer,
 )
-from videofirst.hub import eval_results, load_results, render_model_card
-from videofirst.tokenization import train_sentencepiece_tokenizer
+from videofirst.evaluation.zero_shot import VideoClip, evaluate_retrieval
+from videofirst.hub.publishing import eval_results, load_results, render_model_card
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "training" / "evaluate.py"

@@ -1,6 +1,6 @@
 """The long-range benchmark's machinery at a micro budget (data, training, whole/segment evaluation, memory probe
 in a fresh process, CSV/markdown/plot), plus its order-accuracy metric on known inputs. The memory probe itself
-(`_measure.MemoryProbe`) is tested in `test_memory_benchmark_smoke.py`."""
+(`_memory.MemoryProbe`) is tested in `test_memory_benchmark_smoke.py`."""
 
 import csv
 import importlib.util

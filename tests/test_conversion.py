@@ -23,7 +23,7 @@ from transformers import (
 )
 
 from videofirst import VideoFirstModel
-from videofirst.conversion import (
+from videofirst.hub.conversion import (
     convert_checkpoint,
     convert_image_text_model,
     inflate_patch_kernel,

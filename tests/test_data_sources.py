@@ -17,7 +17,7 @@ from video_fixtures import frame_ids, index_frame, write_video
 from videofirst.modeling.processing_videofirst import VideoFirstProcessor
 from videofirst.modeling.video_processing_videofirst import VideoFirstVideoProcessor
 
-from videofirst.data import (
+from videofirst.data.loading import (
     MediaTextDataset,
     MixedMediaTextDataset,
     build_dataloader,
@@ -27,8 +27,8 @@ from videofirst.data import (
     source_captions,
     training_sources,
 )
+from videofirst.data.shards import TarShardWriter
 from videofirst.recipe import DataSection
-from videofirst.shards import TarShardWriter
 
 CLIPS = 8
 DATA = DataSection(num_frames=4, fps=2.0, num_workers=0, shuffle_buffer=4)

@@ -22,9 +22,9 @@ from test_pretraining import kill_at_checkpoint
 from tiny_models import TINY_TEXT_CONFIG
 
 from videofirst import VideoFirstConfig, VideoFirstModel, VideoFirstVisionConfig, VideoFirstVisionModel
-from videofirst.determinism import CUBLAS_WORKSPACE, configure_determinism
-from videofirst.losses import contrastive_loss, sigmoid_loss
-from videofirst.synthetic import write_synthetic_dataset
+from videofirst.data.synthetic import write_synthetic_dataset
+from videofirst.train.determinism import CUBLAS_WORKSPACE, configure_determinism
+from videofirst.train.losses import contrastive_loss, sigmoid_loss
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "training" / "benchmarks"))  # the benchmark scripts' modules
@@ -138,7 +138,7 @@ def test_masked_backward_of_tubevit_and_images_is_repeatable(two_threads):
 
 @pytest.mark.parametrize("loss_name", ["contrastive", "sigmoid"])
 def test_dual_encoder_and_losses_are_repeatable(two_threads, loss_name):
-    """The whole model (BERT text tower, projections) and the training losses of `videofirst.losses`."""
+    """The whole model (BERT text tower, projections) and the training losses of `videofirst.train.losses`."""
     config = VideoFirstConfig(
         vision_config=long_range_vision_config().to_dict(), text_config=TINY_TEXT_CONFIG, projection_dim=64
     )
@@ -171,17 +171,17 @@ def test_masked_path_equals_the_index_lookup_it_replaced():
 
 
 def test_sweep_compares_the_former_position_lookup_with_todays():
-    """The benchmark's baseline (`_measure.indexed_kept_positions`) is the former lookup: same values, and the sweep's
+    """The benchmark's baseline (`_towers.indexed_kept_positions`) is the former lookup: same values, and the sweep's
     "positions" groups time it against today's path in one process."""
-    import _measure
+    import _towers
     import sweep
 
     model = randomised(VideoFirstVisionModel(long_range_vision_config(hidden_size=16, num_frames=8)))
     spatial, temporal = model.embeddings.spatial_positions(4, 4)[0], model.embeddings.temporal_positions(4)[0]
     indices = torch.randint(0, 64, (3, 16), generator=torch.Generator().manual_seed(0))
     expected = model.embeddings.kept_positions(spatial, temporal, indices)
-    torch.testing.assert_close(_measure.indexed_kept_positions(spatial, temporal, indices), expected)
-    groups = dict(sweep.design_groups(_measure.Spec("joint"), [16], [16]))
+    torch.testing.assert_close(_towers.indexed_kept_positions(spatial, temporal, indices), expected)
+    groups = dict(sweep.design_groups(_towers.Spec("joint"), [16], [16]))
     for name in ("positions", "positions_f64"):
         assert [spec.position_lookup for spec in groups[name]] == ["indexed", "gathered"]
         assert {spec.mask_ratio for spec in groups[name]} == {0.75}
@@ -230,7 +230,7 @@ def test_deterministic_switch_on_a_gpu_sets_the_cublas_workspace(restore_determi
 
 def test_recipe_has_the_switch_and_the_run_applies_it(restore_determinism, tmp_path):
     from videofirst.recipe import PretrainRecipe, load_recipe
-    from videofirst.training_loop import TrainingRun
+    from videofirst.train.loop import TrainingRun
 
     assert PretrainRecipe().run.deterministic is None
     recipe = load_recipe(

@@ -15,7 +15,7 @@ from tiny_models import tiny_model
 from torch.nn.parallel import DistributedDataParallel
 
 from videofirst import apply_adaptation
-from videofirst.synthetic import write_synthetic_dataset
+from videofirst.data.synthetic import write_synthetic_dataset
 
 STEPS = 2  # DDP reports parameters that got no gradient when the next step starts
 

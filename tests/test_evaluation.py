@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from tiny_models import tiny_model
 from transformers import BertTokenizer
 
-from videofirst.evaluation import (
+from videofirst.evaluation.zero_shot import (
     classification_metrics,
     embed_answer_options,
     embed_class_prompts,

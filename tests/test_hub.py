@@ -29,9 +29,8 @@ from transformers import BertTokenizerFast, pipeline
 from video_fixtures import write_video
 from videofirst.modeling.processing_videofirst import VideoFirstProcessor
 
-from videofirst.checkpointing import CheckpointError, TrainerState, write_manifest
-from videofirst.export import export_checkpoint, export_run
-from videofirst.hub import (
+from videofirst.hub.export import export_checkpoint
+from videofirst.hub.publishing import (
     BenchmarkResult,
     ModelCardOptions,
     load_results,
@@ -40,6 +39,8 @@ from videofirst.hub import (
     render_model_card,
     results_from_cli,
 )
+from videofirst.train.checkpointing import CheckpointError, TrainerState, write_manifest
+from videofirst.train.run_export import export_run
 
 REPO = Path(__file__).resolve().parents[1]
 # The Hub's task ids (`PIPELINE_DATA` of huggingface.js packages/tasks/src/pipelines.ts): what a card's
@@ -204,7 +205,7 @@ def test_card_metadata_parses_and_carries_the_evaluation_results(exported):
     assert {"videofirst", "custom_code", "arxiv:2312.07395"} <= set(data.tags)
     expected = {(record["dataset"], key): value for record in RESULTS for key, value in record["metrics"].items()}
     found = {(result.dataset_name, result.metric_type): result.metric_value for result in data.eval_results}
-    assert found == expected  # fractions, videofirst.evaluation's names
+    assert found == expected  # fractions, videofirst.evaluation.zero_shot's names
     by_metric = {result.metric_type: result for result in data.eval_results}
     assert by_metric["t2v_recall@1"].task_type == "text-retrieval"
     assert by_metric["t2v_recall@1"].dataset_type == "msrvtt" and by_metric["t2v_recall@1"].dataset_split == "test-1k"
@@ -627,7 +628,7 @@ def run_dir(work):
     """A run folder as `training/pretrain.py` leaves it: recipe.yaml, metrics.jsonl, export/, checkpoints/."""
     from videofirst.adaptation import apply_adaptation
     from videofirst.recipe import load_recipe
-    from videofirst.setup import build_model, build_processor
+    from videofirst.train.setup import build_model, build_processor
 
     run = work / "run"
     tokenizer_dir = work / "tokenizer"

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from videofirst.losses import contrastive_loss, gather_with_grad, sigmoid_loss
+from videofirst.train.losses import contrastive_loss, gather_with_grad, sigmoid_loss
 
 DTYPE = torch.float64  # double precision so that the distributed equality can be checked tightly
 GLOBAL_BATCH = 8

@@ -13,7 +13,8 @@ import torch.nn.functional as F
 BENCHMARKS = Path(__file__).resolve().parents[1] / "training" / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
 
-import _measure  # noqa: E402
+import _flops  # noqa: E402
+import _memory  # noqa: E402
 import efficiency  # noqa: E402
 import limit  # noqa: E402
 import peers  # noqa: E402
@@ -46,8 +47,8 @@ def test_search_finds_the_largest_fitting_frame_count_and_extrapolates_past_the_
 
 
 def test_memory_probe_sees_a_short_lived_allocation():
-    probe = _measure.MemoryProbe("cpu")
-    _measure.pin_malloc()
+    probe = _memory.MemoryProbe("cpu")
+    _memory.pin_malloc()
     before = probe.current()
     probe.reset_peak()
     block = torch.ones(16 * 2**20)  # 64 MiB, touched, then freed
@@ -57,10 +58,10 @@ def test_memory_probe_sees_a_short_lived_allocation():
 
 
 def test_memory_probe_samples_the_rss_without_the_kernel_peak(monkeypatch, tmp_path):
-    monkeypatch.setattr(_measure, "CLEAR_REFS", tmp_path / "no_clear_refs")  # as on macOS
-    probe = _measure.MemoryProbe("cpu")
+    monkeypatch.setattr(_memory, "CLEAR_REFS", tmp_path / "no_clear_refs")  # as on macOS
+    probe = _memory.MemoryProbe("cpu")
     assert probe.method == "psutil RSS sampled every 1 ms"
-    _measure.pin_malloc()
+    _memory.pin_malloc()
     before = probe.current()
     probe.reset_peak()
     block = torch.ones(16 * 2**20)
@@ -71,7 +72,7 @@ def test_memory_probe_samples_the_rss_without_the_kernel_peak(monkeypatch, tmp_p
 
 def test_flop_counter_counts_the_cpu_attention_kernel():
     query = torch.randn(1, 2, 64, 16, requires_grad=True)
-    flops = _measure.count_step_flops(lambda: F.scaled_dot_product_attention(query, query, query).sum().backward())
+    flops = _flops.count_step_flops(lambda: F.scaled_dot_product_attention(query, query, query).sum().backward())
     forward = 4 * 1 * 2 * 64 * 64 * 16  # two matmuls of (64 x 16) @ (16 x 64)
     assert flops == forward + 5 * forward // 2  # torch's convention: the backward recomputes the scores (2.5x)
 

@@ -14,13 +14,15 @@ from PIL import Image
 from video_fixtures import frame_ids, index_frame, write_video
 from videofirst.modeling.video_processing_videofirst import read_video_frames
 
-import videofirst.shards as shards
-from videofirst.shards import PrepareSettings, index_tar_shard, prepare_shards, read_range, transcode_video
+import videofirst.data.preparation as preparation
+import videofirst.data.shards as shards
+from videofirst.data.preparation import PrepareSettings, prepare_shards
+from videofirst.data.shards import index_tar_shard, read_range, transcode_video
 
 pytest.importorskip("av")
 REPO = Path(__file__).resolve().parents[1]
 SETTINGS = PrepareSettings(fps=2.0, size=64, keyframe_interval=1.0, samples_per_shard=3)
-_real_prepare_one = shards.prepare_one
+_real_prepare_one = preparation.prepare_one
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +113,7 @@ def test_interrupted_run_resumes_to_the_same_shards(collection, tmp_path, monkey
         return _real_prepare_one(index, row, settings, options)
 
     out = tmp_path / "interrupted"
-    monkeypatch.setattr(shards, "prepare_one", interrupted)
+    monkeypatch.setattr(preparation, "prepare_one", interrupted)
     with pytest.raises(KeyboardInterrupt):
         prepare_shards(collection / "manifest.jsonl", out, SETTINGS, workers=0, progress=False)
     assert sorted(path.name for path in out.glob("shard-*")) == [
@@ -132,7 +134,7 @@ def hang_on_clip_3(index, row, settings, options):
 
 
 def test_a_stuck_worker_is_killed_and_its_file_reported(collection, tmp_path, monkeypatch):
-    monkeypatch.setattr(shards, "prepare_one", hang_on_clip_3)  # forked workers inherit the patch
+    monkeypatch.setattr(preparation, "prepare_one", hang_on_clip_3)  # forked workers inherit the patch
     started = time.monotonic()
     report = prepare_shards(
         collection / "manifest.jsonl", tmp_path / "out", SETTINGS, workers=2, task_timeout=1.5, progress=False
@@ -212,8 +214,8 @@ def test_a_timestamp_gap_is_refused_not_transcoded(tmp_path):
 def test_transcoding_is_byte_reproducible_call_after_call(tmp_path):
     """PyAV's implicit RGB -> YUV conversion runs swscale on several threads and gave differing bytes for the same
     frames now and then (3 distinct outputs in 10 calls): each call must give the same bytes."""
-    from videofirst.synthetic import render_video, sample_videos
-    from videofirst.synthetic import write_video as write_noisy_video
+    from videofirst.data.synthetic import render_video, sample_videos
+    from videofirst.data.synthetic import write_video as write_noisy_video
 
     frames = render_video(sample_videos(12, 3, 6.0, seed=3)[1], fps=8.0, size=64)  # shapes over pixel noise
     source = write_noisy_video(tmp_path / "noisy.mp4", frames, fps=8.0, crf=10)

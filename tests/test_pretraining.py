@@ -14,11 +14,11 @@ from safetensors.torch import load_file
 from tiny_models import tiny_model
 from transformers import AutoModel
 
-import videofirst.pretraining as pretraining
-from videofirst.checkpointing import CheckpointManager, TrainerState
-from videofirst.optimization import build_optimizer, warmup_cosine_factor
+import videofirst.train.pretraining as pretraining
+from videofirst.data.synthetic import write_synthetic_dataset
 from videofirst.recipe import OptimSection, load_recipe
-from videofirst.synthetic import write_synthetic_dataset
+from videofirst.train.checkpointing import CheckpointManager, TrainerState
+from videofirst.train.optimization import build_optimizer, warmup_cosine_factor
 
 REPO = Path(__file__).resolve().parents[1]
 PRETRAIN = REPO / "training" / "pretrain.py"
@@ -108,7 +108,7 @@ def test_recipe_overrides_and_errors(tmp_path):
 
 
 def test_load_recipe_builds_any_recipe_class():
-    from videofirst.video_to_text import VideoToTextRecipe, load_video_to_text_recipe
+    from videofirst.train.video_to_text import VideoToTextRecipe, load_video_to_text_recipe
 
     config = REPO / "training" / "configs" / "video_to_text_demo.yaml"
     recipe = load_recipe(config, ["eval.max_new_tokens=5"], recipe_class=VideoToTextRecipe)
@@ -119,7 +119,7 @@ def test_load_recipe_builds_any_recipe_class():
 
 
 def test_every_recipe_in_configs_loads():
-    from videofirst.video_to_text import load_video_to_text_recipe
+    from videofirst.train.video_to_text import load_video_to_text_recipe
 
     for path in sorted((REPO / "training" / "configs").glob("*.yaml")):
         (load_video_to_text_recipe if path.name.startswith("video_to_text") else load_recipe)(path)

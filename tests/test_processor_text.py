@@ -9,7 +9,7 @@ from transformers import BertTokenizerFast
 from videofirst.modeling.processing_videofirst import VideoFirstProcessor
 from videofirst.modeling.video_processing_videofirst import VideoFirstVideoProcessor
 
-from videofirst.export import export_checkpoint
+from videofirst.hub.export import export_checkpoint
 
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "dog", "runs", "cat", "the"]
 LONG = " ".join(["a dog runs"] * 50)  # 152 tokens with [CLS] and [SEP]

@@ -17,12 +17,12 @@ import torch
 from accelerate import Accelerator
 from test_pretraining import DEMO, PRETRAIN, REPO, assert_same_weights, final_weights, tiny_overrides, write_tiny_data
 
-import videofirst.pretraining as pretraining
-from videofirst.checkpointing import MANIFEST_FILE, STATE_FILE, CheckpointError, CheckpointManager, TrainerState
+import videofirst.train.pretraining as pretraining
 from videofirst.recipe import load_recipe, parse_recipe_args
-from videofirst.run_folder import RunFolderError
-from videofirst.setup import prepare_data
-from videofirst.training_loop import NonFiniteLossError, TrainingRun, check_finite
+from videofirst.train.checkpointing import MANIFEST_FILE, STATE_FILE, CheckpointError, CheckpointManager, TrainerState
+from videofirst.train.loop import NonFiniteLossError, TrainingRun, check_finite
+from videofirst.train.run_folder import RunFolderError
+from videofirst.train.setup import prepare_data
 
 
 @pytest.fixture(scope="module")

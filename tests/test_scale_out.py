@@ -17,8 +17,8 @@ from safetensors.torch import load_file
 from test_pretraining import DEMO, PRETRAIN, REPO, assert_same_weights, final_weights, tiny_data, tiny_overrides
 from transformers import AutoModel
 
-from videofirst.distributed import ddp_kwargs
 from videofirst.recipe import load_recipe
+from videofirst.train.distributed import ddp_kwargs
 
 __all__ = ["tiny_data"]  # the fixture, shared with test_pretraining
 
@@ -102,7 +102,7 @@ def kill_after_checkpoint(process: subprocess.Popen, checkpoint: Path, timeout: 
 def test_fsdp2_on_two_cpu_processes_trains_resumes_and_exports(tiny_data, tmp_path):
     """accelerate's FSDP2 config on 2 gloo processes: the same losses and weights as one process on the global
     batch; sharded checkpoints; the sharded checkpoint exports; SIGKILL + resume ends bit-identical."""
-    from videofirst.export import export_run
+    from videofirst.train.run_export import export_run
 
     reference, sharded, interrupted = tmp_path / "one", tmp_path / "fsdp", tmp_path / "killed"
     uninterrupted = launch("fsdp2_cpu_2proc.yaml", sharded, tiny_data)
@@ -230,7 +230,7 @@ def fresh_accelerator_state():
 def test_bf16_mixed_precision_trains_close_to_fp32(tiny_data, tmp_path, fresh_accelerator_state):
     from accelerate.state import AcceleratorState
 
-    from videofirst.pretraining import pretrain
+    from videofirst.train.pretraining import pretrain
 
     for precision in ("no", "bf16"):
         AcceleratorState._reset_state(reset_partial_state=True)
@@ -250,7 +250,7 @@ def test_compiled_towers_do_not_recompile_for_every_token_count():
     from tiny_models import tiny_model
     from torch._dynamo.utils import counters
 
-    from videofirst.distributed import compile_towers
+    from videofirst.train.distributed import compile_towers
 
     torch._dynamo.reset()
     counters.clear()
@@ -273,7 +273,7 @@ def test_compiled_towers_do_not_recompile_for_every_token_count():
 
 @pytest.mark.slow
 def test_compile_runs_in_the_training_loop(tiny_data, tmp_path, fresh_accelerator_state):
-    from videofirst.pretraining import pretrain
+    from videofirst.train.pretraining import pretrain
 
     overrides = {"optim.compile": True, "optim.compile_backend": "eager", "optim.max_steps": 2}
     result = pretrain(load_recipe(DEMO, tiny_overrides(tiny_data, tmp_path / "run", **overrides)))

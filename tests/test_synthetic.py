@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from videofirst import synthetic
-from videofirst.synthetic import (
+from videofirst.data import synthetic
+from videofirst.data.synthetic import (
     COLOURS,
     SHAPES,
     render_video,
@@ -267,7 +267,7 @@ def test_cli_main_and_module(tmp_path):
 
     out2 = tmp_path / "module"
     result = subprocess.run(
-        [sys.executable, "-m", "videofirst.synthetic", *args[:1], str(out2), *args[2:]],
+        [sys.executable, "-m", "videofirst.data.synthetic", *args[:1], str(out2), *args[2:]],
         capture_output=True,
         text=True,
         check=True,

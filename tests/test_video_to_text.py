@@ -27,17 +27,10 @@ from videofirst.modeling.processing_videofirst import VideoFirstProcessor
 from videofirst.modeling.video_processing_videofirst import VideoFirstVideoProcessor
 
 import videofirst.metrics
-import videofirst.video_to_text as video_to_text
-from videofirst.data import build_dataloader
-from videofirst.evaluation import multiple_choice_metrics
-from videofirst.event_order import (
-    event_order_option_scores,
-    event_order_questions,
-    event_phrase,
-    event_sequence_metrics,
-    parse_event_caption,
-)
-from videofirst.generation import (
+import videofirst.train.video_to_text as video_to_text
+from videofirst.data.loading import build_dataloader
+from videofirst.data.synthetic import COLOURS, SHAPES, sample_videos, write_synthetic_dataset
+from videofirst.evaluation.captioning import (
     answer_log_likelihoods,
     caption_metrics,
     captioning_loss,
@@ -49,7 +42,14 @@ from videofirst.generation import (
     sequence_log_likelihoods,
     train_caption_tokenizer,
 )
-from videofirst.synthetic import COLOURS, SHAPES, sample_videos, write_synthetic_dataset
+from videofirst.evaluation.event_order import (
+    event_order_option_scores,
+    event_order_questions,
+    event_phrase,
+    event_sequence_metrics,
+    parse_event_caption,
+)
+from videofirst.evaluation.zero_shot import multiple_choice_metrics
 
 LANGUAGE_MODELS = {
     "gpt2": {"model_type": "gpt2", "n_embd": 32, "n_layer": 2, "n_head": 4, "n_positions": 64},

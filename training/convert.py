@@ -15,7 +15,7 @@ import json
 import sys
 from pathlib import Path
 
-from videofirst.conversion import CONVERSION_VISION_OPTIONS, INFLATION_MODES, POOLING_CHOICES, convert_checkpoint
+from videofirst.hub.conversion import CONVERSION_VISION_OPTIONS, INFLATION_MODES, POOLING_CHOICES, convert_checkpoint
 
 
 def _parse_setting(text: str) -> tuple[str, object]:

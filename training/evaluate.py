@@ -10,7 +10,7 @@
     python training/evaluate.py CKPT --task retrieval --manifest test.jsonl --segment-frames 16   # baseline
     python training/evaluate.py CKPT ... --embeddings-cache ~/.cache/videofirst/embeddings          # reuse
 
-Benchmarks (`--benchmark`, see `videofirst.benchmarks` and the README's table): msrvtt, vatex, youcook2,
+Benchmarks (`--benchmark`, see `videofirst.evaluation.benchmarks` and the README's table): msrvtt, vatex, youcook2,
 activitynet, egoschema, kinetics400, kinetics600, read from their official annotation files (found by their
 published names in the videos folder, its parent or below, or `--annotations FILE` /
 `hf://datasets/OWNER/NAME/FILE` from the local Hub cache) with the paper's protocol; `--split`, `--fps`,
@@ -52,7 +52,7 @@ import torch
 from transformers import AutoModel, AutoModelForImageTextToText, AutoProcessor
 
 import videofirst
-from videofirst.benchmarks import (
+from videofirst.evaluation.benchmarks import (
     BENCHMARKS,
     LONG_FRAMES,
     BenchmarkData,
@@ -60,7 +60,14 @@ from videofirst.benchmarks import (
     load_benchmark,
     summarization_set,
 )
-from videofirst.evaluation import (
+from videofirst.evaluation.captioning import DEFAULT_QA_PROMPT as DEFAULT_QA_PROMPT_V2T
+from videofirst.evaluation.captioning import (
+    answer_log_likelihoods,
+    caption_metrics,
+    generate_captions,
+    prepare_causal_tokenizer,
+)
+from videofirst.evaluation.zero_shot import (
     DEFAULT_CLASS_TEMPLATES,
     DEFAULT_QA_TEMPLATE,
     ClipEmbeddings,
@@ -78,13 +85,6 @@ from videofirst.evaluation import (
     load_retrieval_manifest,
     multiple_choice_metrics,
     retrieval_metrics,
-)
-from videofirst.generation import DEFAULT_QA_PROMPT as DEFAULT_QA_PROMPT_V2T
-from videofirst.generation import (
-    answer_log_likelihoods,
-    caption_metrics,
-    generate_captions,
-    prepare_causal_tokenizer,
 )
 
 TASKS = ("retrieval", "mcq", "classification")

@@ -13,8 +13,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from videofirst.export import export_run
-from videofirst.hub import add_card_arguments, card_options_from_args, results_from_cli
+from videofirst.hub.publishing import add_card_arguments, card_options_from_args, results_from_cli
+from videofirst.train.run_export import export_run
 
 
 def build_parser() -> argparse.ArgumentParser:

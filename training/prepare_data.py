@@ -20,7 +20,7 @@ import logging
 import sys
 from pathlib import Path
 
-from videofirst.shards import PrepareSettings, prepare_shards
+from videofirst.data.preparation import PrepareSettings, prepare_shards
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,10 +16,10 @@ import json
 import sys
 from pathlib import Path
 
-from videofirst.checkpointing import CheckpointError
-from videofirst.pretraining import pretrain
 from videofirst.recipe import load_recipe, parse_recipe_args
-from videofirst.run_folder import RunFolderError
+from videofirst.train.checkpointing import CheckpointError
+from videofirst.train.pretraining import pretrain
+from videofirst.train.run_folder import RunFolderError
 
 DEMO_RECIPE = Path(__file__).parent / "configs" / "demo.yaml"
 

@@ -15,8 +15,14 @@ import sys
 import tempfile
 from pathlib import Path
 
-from videofirst.export import export_run
-from videofirst.hub import HANDLER_FILE, add_card_arguments, card_options_from_args, push_to_hub, results_from_cli
+from videofirst.hub.publishing import (
+    HANDLER_FILE,
+    add_card_arguments,
+    card_options_from_args,
+    push_to_hub,
+    results_from_cli,
+)
+from videofirst.train.run_export import export_run
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from videofirst.recipe import parse_recipe_args
-from videofirst.video_to_text import load_video_to_text_recipe, train_video_to_text
+from videofirst.train.video_to_text import load_video_to_text_recipe, train_video_to_text
 
 DEMO_RECIPE = Path(__file__).parent / "configs" / "video_to_text_demo.yaml"
 

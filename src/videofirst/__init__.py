@@ -4,9 +4,16 @@ Importing the package registers the VideoFirst classes with the transformers Aut
 """
 
 from videofirst.adaptation import AdaptationConfig, AdaptationSummary, apply_adaptation, merge_adaptation
-from videofirst.benchmarks import BENCHMARKS, load_benchmark
-from videofirst.conversion import convert_checkpoint, convert_image_text_model, replace_text_tower
-from videofirst.evaluation import (
+from videofirst.evaluation.benchmarks import BENCHMARKS, load_benchmark
+from videofirst.evaluation.captioning import (
+    answer_log_likelihoods,
+    caption_metrics,
+    encode_captions,
+    evaluate_video_question_answering,
+    export_video_to_text,
+    generate_captions,
+)
+from videofirst.evaluation.zero_shot import (
     classification_metrics,
     embed_texts,
     embed_videos,
@@ -17,16 +24,9 @@ from videofirst.evaluation import (
     multiple_choice_metrics,
     retrieval_metrics,
 )
-from videofirst.export import export_checkpoint, export_run
-from videofirst.generation import (
-    answer_log_likelihoods,
-    caption_metrics,
-    encode_captions,
-    evaluate_video_question_answering,
-    export_video_to_text,
-    generate_captions,
-)
-from videofirst.hub import ModelCardOptions, push_to_hub, register_pipelines, render_model_card
+from videofirst.hub.conversion import convert_checkpoint, convert_image_text_model, replace_text_tower
+from videofirst.hub.export import export_checkpoint
+from videofirst.hub.publishing import ModelCardOptions, push_to_hub, register_pipelines, render_model_card
 from videofirst.modeling.configuration_videofirst import VideoFirstConfig, VideoFirstVisionConfig
 from videofirst.modeling.configuration_videofirst_video_to_text import VideoFirstVideoToTextConfig
 from videofirst.modeling.modeling_videofirst import (
@@ -48,7 +48,8 @@ from videofirst.modeling.video_processing_videofirst import (
     read_video_frames,
 )
 from videofirst.registration import register_auto_classes
-from videofirst.video_to_text import load_video_to_text_recipe, train_video_to_text
+from videofirst.train.run_export import export_run
+from videofirst.train.video_to_text import load_video_to_text_recipe, train_video_to_text
 
 __version__ = "0.1.0"
 

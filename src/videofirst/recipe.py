@@ -6,8 +6,8 @@ file) starts from another recipe and overrides it key by key. Overrides use dott
 `optim.max_steps=50 model.vision.mask_ratio=0.5`, and values are parsed as YAML scalars.
 
 `load_recipe` builds any recipe dataclass the same way: `PretrainRecipe` by default, or another `Recipe` made of
-these sections (e.g. `videofirst.video_to_text.VideoToTextRecipe`) with `recipe_class=`. `parse_recipe_args` is the
-command line the training scripts share (`--config`, `--resume` and overrides).
+these sections (e.g. `videofirst.train.video_to_text.VideoToTextRecipe`) with `recipe_class=`. `parse_recipe_args` is
+the command line the training scripts share (`--config`, `--resume` and overrides).
 """
 
 import argparse
@@ -18,8 +18,10 @@ from pathlib import Path
 from typing import Any, TypeVar, overload
 
 import yaml
+from transformers import CONFIG_MAPPING
 
 from videofirst.adaptation import AdaptationConfig
+from videofirst.modeling.configuration_videofirst import VideoFirstVisionConfig
 from videofirst.modeling.video_processing_videofirst import SAMPLING_MODES
 
 
@@ -30,14 +32,15 @@ class RunSection:
     log_every: int = 5
     # Trackers beside the always-on JSONL log: "auto" uses TensorBoard when it is installed.
     trackers: str = "auto"
-    # Deterministic algorithms (`videofirst.determinism`): None is on for CPU runs, off on GPUs (faster kernels).
+    # Deterministic algorithms (`videofirst.train.determinism`): None is on for CPU runs, off on GPUs (faster kernels).
     deterministic: bool | None = None
 
 
 @dataclass
 class SyntheticDataSection:
-    """The synthetic order-of-events dataset (`videofirst.synthetic`), written to `folder` (train.jsonl, test.jsonl,
-    videos/) when `data.train_manifest` is missing there; with `folder` None a missing manifest is an error."""
+    """The synthetic order-of-events dataset (`videofirst.data.synthetic`), written to `folder` (train.jsonl,
+    test.jsonl, videos/) when `data.train_manifest` is missing there; with `folder` None a missing manifest is an
+    error."""
 
     folder: str | None = None
     num_videos: int = 0
@@ -74,7 +77,7 @@ class DataSection:
     bad_fraction_min_samples: int = 100
     # Training data as a weighted mix, e.g. [{source: data/clips_shards, weight: 3}, {source: img.jsonl, weight: 1}]:
     # each batch comes from one source, chosen by weight, deterministic by seed and epoch. Empty: `train_manifest`.
-    # Any manifest field also takes a folder, tar shards or a Hub dataset id (see videofirst.data).
+    # Any manifest field also takes a folder, tar shards or a Hub dataset id (see videofirst.data.loading).
     train_sources: list[dict[str, Any]] = field(default_factory=list)
     # Read tar shards front to back with `datasets` streaming instead of indexing them (remote shards always are).
     streaming: bool = False
@@ -147,9 +150,9 @@ class EvalSection:
 
 
 class Recipe:
-    """Base of the recipe dataclasses (`PretrainRecipe`, `videofirst.video_to_text.VideoToTextRecipe`). Beside
+    """Base of the recipe dataclasses (`PretrainRecipe`, `videofirst.train.video_to_text.VideoToTextRecipe`). Beside
     their own sections they have `run`, `data`, `optim`, `checkpoint` and `eval`, which the shared training
-    bookkeeping reads (`videofirst.training_loop.TrainingRun`)."""
+    bookkeeping reads (`videofirst.train.loop.TrainingRun`)."""
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -252,10 +255,6 @@ def _check_values(section: Any, path: str) -> None:
 def _check_model(model: ModelSection) -> None:
     """`model.vision` / `model.text` hold config fields: unknown names and values the config refuses are errors
     that name the recipe key (transformers' configs would keep a typo as an attribute and save it)."""
-    from transformers import CONFIG_MAPPING
-
-    from videofirst.modeling.configuration_videofirst import VideoFirstVisionConfig
-
     text_type = model.text.get("model_type", "bert")
     if text_type not in CONFIG_MAPPING:
         raise ValueError(f"Recipe key `model.text.model_type`: unknown transformers model type {text_type!r}.")

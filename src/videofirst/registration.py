@@ -7,7 +7,7 @@ Two registrations, as transformers' custom-model guide describes them:
 * `register_for_auto_class`: every `save_pretrained` / `push_to_hub` of a VideoFirst config, model, processor or
   video processor copies the defining `modeling/` modules next to the weights and records them in `auto_map`, so
   the folder or Hub repo loads with `trust_remote_code=True` where `videofirst` is not installed.
-  `videofirst.export.export_checkpoint` adds the pipelines, the model card and the endpoint handler on top.
+  `videofirst.hub.export.export_checkpoint` adds the pipelines, the model card and the endpoint handler on top.
 """
 
 from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText, AutoProcessor, AutoVideoProcessor

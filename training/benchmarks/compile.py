@@ -4,8 +4,8 @@
     python training/benchmarks/compile.py --quick --out /tmp/compile     # micro model, the machinery only
 
 Two copies of one model (same weights): eager, and with its towers compiled as the training loop does
-(`videofirst.distributed.compile_towers`, inductor, dynamic sizes). A training step is what
-`videofirst.pretraining` runs: forward of both towers on random clips and captions with random token masking,
+(`videofirst.train.distributed.compile_towers`, inductor, dynamic sizes). A training step is what
+`videofirst.train.pretraining` runs: forward of both towers on random clips and captions with random token masking,
 the contrastive loss, backward, AdamW step. The first steps of the compiled copy include compilation and its
 one dynamic recompile (reported as `compile_s`); then rounds alternate eager and compiled steps, with the
 caption length changing every round (as real batches do), and the report gives the median step time of each and
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import csv
 import statistics
 import sys
 import time
@@ -25,10 +24,12 @@ from pathlib import Path
 import torch
 
 from videofirst import VideoFirstConfig, VideoFirstModel
-from videofirst.distributed import compile_towers
-from videofirst.losses import contrastive_loss
+from videofirst.train.distributed import compile_towers
+from videofirst.train.losses import contrastive_loss
 
-RESULTS = Path(__file__).parent / "results"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _cli  # noqa: E402
+import _report  # noqa: E402
 
 
 def build(quick: bool) -> tuple[VideoFirstModel, dict]:
@@ -75,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="micro model, the machinery only")
     parser.add_argument("--rounds", type=int, default=None, help="timed rounds (default 10; quick 2)")
     parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--out", type=Path, default=_cli.RESULTS)
     args = parser.parse_args(argv)
     rounds = args.rounds or (2 if args.quick else 10)
     eager, shape = build(args.quick)
@@ -114,10 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         else "never",
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    with open(args.out / "compile.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(row))
-        writer.writeheader()
-        writer.writerow(row)
+    _report.write_csv(args.out / "compile.csv", [row])
     lines = [
         "# torch.compile (inductor) against eager, training step, CPU"
         + (" (quick: numbers mean nothing)" if args.quick else ""),

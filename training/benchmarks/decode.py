@@ -12,7 +12,7 @@ Methods (all on the clip [0, frames / fps) of `--video`, frames resized so the s
   then the same resize / crop / normalisation (our processor on the decoded frames);
 * ``sequential_decode``: (c) one sequential PyAV decode of every frame of the clip, nothing converted: the floor
   for exact sampling when keyframes are further apart than the sampling period;
-* ``shard_read`` / ``shard_processor``: (d) the clip prepared once with ``videofirst.shards`` (1 FPS, shortest
+* ``shard_read`` / ``shard_processor``: (d) the clip prepared once with ``videofirst.data.shards`` (1 FPS, shortest
   edge 224, a keyframe every 2 s) and read back from its tar shard: decoded frames, and the full processor;
 * ``fast_snap_inf`` / ``fast_snap_1s``: the opt-in fast mode (``keyframe_snap``, PyAV): every sample moved to
   its nearest keyframe, or only when one is within 1 s; their timing error against exact sampling is reported.
@@ -40,7 +40,8 @@ import numpy as np
 import torch
 from videofirst.modeling.video_processing_videofirst import VideoFirstVideoProcessor, read_video_frames
 
-from videofirst.shards import PrepareSettings, index_tar_shard, prepare_shards, read_range
+from videofirst.data.preparation import PrepareSettings, prepare_shards
+from videofirst.data.shards import index_tar_shard, read_range
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

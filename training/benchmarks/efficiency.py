@@ -25,7 +25,11 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _measure  # noqa: E402
+import _cli  # noqa: E402
+import _flops  # noqa: E402
+import _isolation  # noqa: E402
+import _report  # noqa: E402
+import _towers  # noqa: E402
 
 GOAL = 0.4  # of the matmul peak, for the joint tower at 64+ frames
 
@@ -57,7 +61,7 @@ def profile_columns(profile: dict, peak: float | None) -> dict:
     matmul peak."""
     total = sum(profile["seconds"].values())
     row = {}
-    for category in _measure.OP_CATEGORIES:
+    for category in _flops.OP_CATEGORIES:
         seconds, flops = profile["seconds"][category], profile["flops"][category]
         row[f"{category}_time_share"] = seconds / total if total else None
         row[f"{category}_tflops_per_s"] = flops / seconds / 1e12 if seconds and flops else None
@@ -65,12 +69,12 @@ def profile_columns(profile: dict, peak: float | None) -> dict:
     return row
 
 
-def measure(specs: list[_measure.Spec], device: str, rounds: int) -> list[dict]:
+def measure(specs: list[_towers.Spec], device: str, rounds: int) -> list[dict]:
     """Interleaved step times and FLOPs of `specs` (one process), then a profiled step of each (a process each)."""
     rows = []
-    for spec, timing in zip(specs, _measure.measure_interleaved(specs, device, rounds)):
-        row = {**_measure.describe(spec), **timing, **_measure.throughput(timing, spec)}
-        profile = _measure.measure_profile(spec, device)
+    for spec, timing in zip(specs, _isolation.measure_interleaved(specs, device, rounds)):
+        row = {**_report.describe(spec), **timing, **_report.throughput(timing, spec)}
+        profile = _isolation.measure_profile(spec, device)
         if "error" in profile:
             row["error"] = profile["error"]
         else:
@@ -114,18 +118,18 @@ COLLECTED_COLUMNS = [
 
 
 def write_markdown(rows: list[dict], others: list[dict], path: Path, header: str) -> None:
-    text = f"{header}\n\n{_measure.markdown_table(COLUMNS, rows)}\n\n" + "\n".join(verdicts(rows)) + "\n"
+    text = f"{header}\n\n{_report.markdown_table(COLUMNS, rows)}\n\n" + "\n".join(verdicts(rows)) + "\n"
     if others:
         text += (
             "\n**Every configuration of the sweep and peers runs** (their own matmul probes):\n\n"
-            f"{_measure.markdown_table(COLLECTED_COLUMNS, others)}\n"
+            f"{_report.markdown_table(COLLECTED_COLUMNS, others)}\n"
         )
     path.write_text(text)
 
 
 def plot(rows: list[dict], path: Path, title: str) -> None:
     """Efficiency of the step and of its GEMM and attention kernels over frame counts, against the goal."""
-    plt = _measure.pyplot()
+    plt = _report.pyplot()
     rows = [row for row in rows if row.get("efficiency")]
     figure, axis = plt.subplots(figsize=(8, 4.8))
     frames = [row["frames"] for row in rows]
@@ -134,39 +138,38 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
         axis.plot(frames, [row.get(f"{category}_of_peak") for row in rows], "s--", label=f"{category} kernels only")
     axis.axhline(GOAL, color="k", lw=0.8)
     axis.set_ylim(0, 1)
-    _measure.frames_axis(axis, "achieved FLOP/s / matmul peak")
+    _report.frames_axis(axis, "achieved FLOP/s / matmul peak")
     axis.set_title(title, fontsize=8)
-    _measure.save_figure(figure, path)
+    _report.save_figure(figure, path)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _measure.tower_argument_parser(
-        __doc__, rounds=2, frames_help="frame counts (default: by device)"
-    ).parse_args(argv)
-    device = _measure.setup(args)
+    parser = _cli.tower_argument_parser(__doc__, rounds=2, frames_help="frame counts (default: by device)")
+    args = parser.parse_args(argv)
+    device = _cli.setup(args)
     cuda = device.startswith("cuda")
-    size = _measure.tower_size(args.size, args.quick, device)
+    size = _cli.tower_size(args.size, args.quick, device)
     frames = args.frames or ([4, 8] if args.quick else [16, 64, 128] if not cuda else [16, 64, 128, 256])
-    base = _measure.measured_tower("joint", size, args.quick)
+    base = _towers.measured_tower("joint", size, args.quick)
     start = time.perf_counter()
-    print(f"efficiency on {_measure.device_description(device)}; tower {size}", flush=True)
+    print(f"efficiency on {_cli.device_description(device)}; tower {size}", flush=True)
     rows = measure([dataclasses.replace(base, name=f"joint_f{n}", frames=n) for n in frames], device, args.rounds)
     args.out.mkdir(parents=True, exist_ok=True)
-    _measure.write_csv(args.out / "efficiency.csv", rows)
+    _report.write_csv(args.out / "efficiency.csv", rows)
     model = (
         f"joint tower {size}: width {base.hidden_size}, {base.num_layers} layers, {base.image_size} px, batch "
         f"{base.batch_size}, fp32, SDPA, fused AdamW"
     )
     header = (
-        f"{_measure.environment_line(device)} {model}. Median of {args.rounds} interleaved steps; "
+        f"{_report.environment_line(device)} {model}. Median of {args.rounds} interleaved steps; "
         "matmul peak: best plain fp32 matmul timed between the steps in the same process. "
         f"Wall time {time.perf_counter() - start:.0f} s."
     )
     write_markdown(rows, [] if args.quick else collected(args.out), args.out / "efficiency.md", header)
-    plot(rows, args.out / "efficiency.png", f"{_measure.device_description(device)} | {model}")
+    plot(rows, args.out / "efficiency.png", f"{_cli.device_description(device)} | {model}")
     print("\n".join(verdicts(rows)))
     print(f"wrote {args.out / 'efficiency.csv'}, efficiency.md, efficiency.png in {time.perf_counter() - start:.0f} s")
-    return _measure.exit_code(rows)
+    return _report.exit_code(rows)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,6 @@ few synthetic clips, FSDP2 on two gloo processes since accelerate's FSDP needs a
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import subprocess
@@ -34,11 +33,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _report  # noqa: E402
+from _cli import REPO, RESULTS  # noqa: E402
+
 BENCHMARKS = REPO / "training" / "benchmarks"
 CONFIGS = REPO / "training" / "accelerate_configs"
 PRETRAIN = REPO / "training" / "pretrain.py"
-RESULTS = BENCHMARKS / "results" / "gpu"
 TOTAL_SECONDS = 8 * 60
 # A dry run's steps get this many times their GPU limit: a shared CPU is slower than the GPU at any size.
 DRY_RUN_SLACK = 5
@@ -172,7 +173,7 @@ def device_name(dry_run: bool) -> tuple[str, float]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dry-run", action="store_true", help="every step on the CPU at tiny size")
-    parser.add_argument("--out", type=Path, default=RESULTS, help="results folder")
+    parser.add_argument("--out", type=Path, default=RESULTS / "gpu", help="results folder")
     args = parser.parse_args(argv)
     card, memory_gb = device_name(args.dry_run)
     plan = steps(args.out, args.dry_run, memory_gb)
@@ -185,10 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         seconds = run_step(step)
         rows.append({"step": step.name, "seconds": round(seconds, 1), "result": headline(step), "device": card})
     args.out.mkdir(parents=True, exist_ok=True)
-    with open(args.out / "acceptance.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    _report.write_csv(args.out / "acceptance.csv", rows)
     lines = [f"# GPU acceptance run on {card}", "", "| step | seconds | result |", "|---|---:|---|"]
     lines += [f"| {row['step']} | {row['seconds']} | {row['result']} |" for row in rows]
     total = sum(row["seconds"] for row in rows)

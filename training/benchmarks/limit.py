@@ -16,7 +16,7 @@ Recipes (all activation-checkpointed, as `short_stage.yaml`, unless named otherw
 * `long_stage_no_ckpt`: the same without activation checkpointing.
 
 Memory is the peak of the step minus the idle process (weights, optimizer state, input clip, activations,
-gradients), one process per probe (`_measure.py`). The search doubles the frame count from `start` while the
+gradients), one process per probe (`_isolation.py`). The search doubles the frame count from `start` while the
 step fits, then bisects down to the tubelet-step granularity. Probes stop at `--max-frames` (on CPU, time is the
 limit, not memory): if the budget is not reached by then, the answer is EXTRAPOLATED from a least-squares line
 `memory = a + b * frames` through the probes, and says so. A line is the right model when attention memory is
@@ -42,7 +42,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _measure  # noqa: E402
+import _cli  # noqa: E402
+import _isolation  # noqa: E402
+import _report  # noqa: E402
+import _towers  # noqa: E402
 
 # The line's figures that every answer of a recipe reports.
 FIT_COLUMNS = ("slope_mb_per_frame", "marginal_slope_mb_per_frame", "intercept_mb", "max_residual_mb", "holdout_error")
@@ -169,7 +172,7 @@ def probe_range(recipe: str, args: argparse.Namespace, cuda: bool) -> tuple[int,
 
 
 def find_limits(
-    spec: _measure.Spec,
+    spec: _towers.Spec,
     budgets: list[float],
     probes: tuple[int, int | None],
     granularity: int,
@@ -182,7 +185,7 @@ def find_limits(
 
     def measure(frames: int) -> dict:
         begin = time.perf_counter()
-        result = _measure.measure_isolated(
+        result = _isolation.measure_isolated(
             dataclasses.replace(spec, name=f"{spec.name}_f{frames}", frames=frames), device, probe_timeout
         )
         shown = result.get("error") or f"peak {result['peak_mb']:.0f} MB"
@@ -213,7 +216,7 @@ def find_limits(
         for answer in answers:
             answer.update({name: getattr(line, name) for name in FIT_COLUMNS}, probes=probed)
     rows = [
-        {"recipe": spec.name, **_measure.describe(dataclasses.replace(spec, frames=frames)), **result}
+        {"recipe": spec.name, **_report.describe(dataclasses.replace(spec, frames=frames)), **result}
         for frames, result in sorted(cache.items())
     ]
     return rows, answers, line
@@ -250,7 +253,7 @@ def plot(rows: list[dict], fits: dict[str, Fit | None], budgets: list[float], pa
     """Measured peaks per recipe, the extrapolated lines and the budgets."""
     import numpy as np
 
-    plt = _measure.pyplot()
+    plt = _report.pyplot()
     figure, axis = plt.subplots(figsize=(9, 5.5))
     for index, (recipe, line) in enumerate(fits.items()):
         points = sorted((r["frames"], r["peak_mb"]) for r in rows if r["recipe"] == recipe and r.get("peak_mb"))
@@ -271,13 +274,13 @@ def plot(rows: list[dict], fits: dict[str, Fit | None], budgets: list[float], pa
         axis.axhline(budget, color="k", lw=0.8)
         axis.text(0.01, budget * 1.03, f"{budget:g} GB budget", fontsize=8, transform=axis.get_yaxis_transform())
     axis.set_yscale("log")
-    _measure.frames_axis(axis, "peak training memory (GB)", xlabel="frames per clip", legend_size=8)
+    _report.frames_axis(axis, "peak training memory (GB)", xlabel="frames per clip", legend_size=8)
     axis.set_title(title.replace(" | ", "\n"), fontsize=8)
-    _measure.save_figure(figure, path)
+    _report.save_figure(figure, path)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = _measure.argument_parser(__doc__)
+    parser = _cli.argument_parser(__doc__)
     parser.add_argument(
         "--budget-gb", type=float, nargs="+", default=None, help="budgets (default: 16; on CPU also a reduced 1.0)"
     )
@@ -304,11 +307,11 @@ def write_results(
     title: str,
 ) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    _measure.write_csv(out / "limit.csv", rows)
-    _measure.write_csv(out / "limit_answers.csv", answers)
+    _report.write_csv(out / "limit.csv", rows)
+    _report.write_csv(out / "limit_answers.csv", answers)
     (out / "limit.md").write_text(
-        f"{header}\n\n{_measure.markdown_table(ANSWER_COLUMNS, answers)}\n\n**Probes**\n\n"
-        f"{_measure.markdown_table(PROBE_COLUMNS, rows)}\n{_measure.error_lines(rows)}"
+        f"{header}\n\n{_report.markdown_table(ANSWER_COLUMNS, answers)}\n\n**Probes**\n\n"
+        f"{_report.markdown_table(PROBE_COLUMNS, rows)}\n{_report.error_lines(rows)}"
     )
     if any(row.get("peak_mb") for row in rows):  # nothing to draw when every probe failed
         plot(rows, fits, budgets, out / "limit.png", title)
@@ -317,19 +320,19 @@ def write_results(
 def exit_code(rows: list[dict]) -> int:
     """1 when a probe failed; running out of device memory is not a failure here, only a frame count that does
     not fit (the search treats it so)."""
-    return _measure.exit_code([row for row in rows if "OutOfMemoryError" not in row.get("error", "")])
+    return _report.exit_code([row for row in rows if "OutOfMemoryError" not in row.get("error", "")])
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    device = _measure.setup(args)
+    device = _cli.setup(args)
     cuda = device.startswith("cuda")
-    sizes = dict(_measure.SIZES["micro"], num_layers=MICRO_LAYERS) if args.quick else _measure.SIZES["vit-b"]
-    base = _measure.Spec("limit", text_tower=True, bf16_autocast=cuda, **dict(sizes, batch_size=args.batch_size))
+    sizes = dict(_towers.SIZES["micro"], num_layers=MICRO_LAYERS) if args.quick else _towers.SIZES["vit-b"]
+    base = _towers.Spec("limit", text_tower=True, bf16_autocast=cuda, **dict(sizes, batch_size=args.batch_size))
     granularity = args.granularity or (base.tubelet_size[0] if cuda or args.quick else 8)
     budgets = sorted(args.budget_gb or ([16.0] if cuda else [1.0, 16.0]))
     start = time.perf_counter()
-    print(f"limit on {_measure.device_description(device)}", flush=True)
+    print(f"limit on {_cli.device_description(device)}", flush=True)
     rows, answers, fits = [], [], {}
     for recipe in args.recipes:
         spec = dataclasses.replace(base, name=recipe, **RECIPES[recipe][0])
@@ -343,13 +346,13 @@ def main(argv: list[str] | None = None) -> int:
         f"step, {'bf16 autocast' if cuda else 'fp32'}, SDPA, fused AdamW"
     )
     header = (
-        f"{_measure.environment_line(device)} {model}. Wall time {time.perf_counter() - start:.0f} s. "
+        f"{_report.environment_line(device)} {model}. Wall time {time.perf_counter() - start:.0f} s. "
         f"`searched`: doubling then bisection to a multiple of {granularity} frames, every probe a measured training "
         "step. `extrapolated`: the probes stopped at the frame cap (CPU time) before the budget; the answer continues "
         "from the largest probe with the steeper of the fitted and the last-segment slope: a projection, not a "
         "measurement at that length."
     )
-    write_results(args.out, rows, answers, fits, budgets, header, f"{_measure.device_description(device)} | {model}")
+    write_results(args.out, rows, answers, fits, budgets, header, f"{_cli.device_description(device)} | {model}")
     for answer in answers:
         print(f"{answer['recipe']:<20} {answer['budget_gb']:g} GB: {answer['max_frames']} frames ({answer['method']})")
     print(f"wrote {args.out / 'limit.csv'}, limit.md, limit.png in {time.perf_counter() - start:.0f} s")

@@ -4,15 +4,15 @@
     python training/benchmarks/long_range.py --seeds 0 1 2    # more seeds, if time allows
     python training/benchmarks/long_range.py --budget smoke --out /tmp/lr --work /tmp/lr/work   # seconds
 
-Data: synthetic order-of-events videos (`videofirst.synthetic`), one fixed data seed. A video is
+Data: synthetic order-of-events videos (`videofirst.data.synthetic`), one fixed data seed. A video is
 `num_frames` seconds at 1 FPS, so the trained clip covers it all, and holds `num_frames / segment_frames` events
 (64 / 16 = 4): every event lasts exactly one 16-frame segment, so the ORDER of events is visible only across
 segments, a long-range dependency by construction. The held-out split keeps whole permutation groups: videos that
 show the same events in different orders, whose captions are order permutations of each other.
 
-Every configuration is trained with the real loop, `videofirst.pretraining.pretrain` on
+Every configuration is trained with the real loop, `videofirst.train.pretraining.pretrain` on
 `training/configs/long_range.yaml` plus overrides (attention type, masking ratio, seed), and evaluated zero-shot on
-the held-out split with `videofirst.evaluation`:
+the held-out split with `videofirst.evaluation.zero_shot`:
 
 * `t2v_r1`, `v2t_r1`: text-to-video / video-to-text Recall@1 over the whole held-out split;
 * `order_acc`: order-dependent retrieval, text-to-video Recall@1 among the caption's own permutation group only
@@ -30,9 +30,9 @@ Claims checked (the rules are fixed here, before running; the numbers are report
 
 Memory: each configuration's training step is measured in its own fresh process (same recipe, one real batch,
 the real `ContrastiveObjective` and optimizer step): after a warm-up step, the resident set size (RSS) is read,
-the peak-RSS counter is reset (`_measure.MemoryProbe`: `/proc/self/clear_refs` on Linux, elsewhere a 1 ms RSS
+the peak-RSS counter is reset (`_memory.MemoryProbe`: `/proc/self/clear_refs` on Linux, elsewhere a 1 ms RSS
 sampler thread), one step runs, and the step's memory is the peak minus that idle baseline (the max over two
-steps). glibc's mmap threshold is pinned as in every other benchmark (`_measure.pin_malloc`), so that freed tensors
+steps). glibc's mmap threshold is pinned as in every other benchmark (`_memory.pin_malloc`), so that freed tensors
 leave the RSS and cannot hide in the heap.
 
 Outputs: `<out>/long_range.csv` (one row per configuration, seed and evaluation mode), `long_range.md` (table,
@@ -56,9 +56,11 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _measure  # noqa: E402
+import _cli  # noqa: E402
+import _memory  # noqa: E402
+import _report  # noqa: E402
 
-RECIPE = _measure.REPO / "training" / "configs" / "long_range.yaml"
+RECIPE = _cli.REPO / "training" / "configs" / "long_range.yaml"
 FPS = 1.0
 IMAGE_SIZE = 32
 MEMORY_FLAG = "--measure-step-memory"
@@ -124,7 +126,7 @@ def recipe_overrides(budget: Budget, variant: Variant, seed: int, data_dir: Path
 
 
 def write_data(budget: Budget, data_dir: Path, data_seed: int) -> None:
-    from videofirst.synthetic import write_synthetic_dataset
+    from videofirst.data.synthetic import write_synthetic_dataset
 
     write_synthetic_dataset(
         data_dir,
@@ -142,7 +144,7 @@ def order_accuracy(similarity, video_of_text: list[int], group_of_video: list[in
     """Text-to-video accuracy among the videos of the caption's permutation group (pessimistic ties)."""
     import torch
 
-    from videofirst.evaluation import multiple_choice_metrics
+    from videofirst.evaluation.zero_shot import multiple_choice_metrics
 
     members: dict[int, list[int]] = defaultdict(list)
     for video, group in enumerate(group_of_video):
@@ -163,7 +165,7 @@ def evaluate_export(export_dir: Path, test_manifest: Path, budget: Budget) -> di
     from videofirst.modeling.modeling_videofirst import VideoFirstModel
     from videofirst.modeling.processing_videofirst import VideoFirstProcessor
 
-    from videofirst.evaluation import (
+    from videofirst.evaluation.zero_shot import (
         embed_texts,
         embed_video_clips,
         load_retrieval_manifest,
@@ -227,13 +229,13 @@ def _memory_probe(overrides: list[str]) -> dict[str, Any]:
     from accelerate import Accelerator
 
     from videofirst.adaptation import apply_adaptation
-    from videofirst.data import build_dataloader
-    from videofirst.optimization import build_optimizer
-    from videofirst.pretraining import ContrastiveObjective
+    from videofirst.data.loading import build_dataloader
     from videofirst.recipe import load_recipe
-    from videofirst.setup import build_model, build_processor, prepare_data
+    from videofirst.train.optimization import build_optimizer
+    from videofirst.train.pretraining import ContrastiveObjective
+    from videofirst.train.setup import build_model, build_processor, prepare_data
 
-    _measure.pin_malloc()
+    _memory.pin_malloc()
     recipe = load_recipe(RECIPE, overrides)
     torch.manual_seed(recipe.run.seed)
     run_dir = Path(recipe.run.output_dir)
@@ -255,7 +257,7 @@ def _memory_probe(overrides: list[str]) -> dict[str, Any]:
         return kept
 
     step(0)  # warm-up: optimizer state and lazily built kernels exist from here on
-    probe = _measure.MemoryProbe("cpu")
+    probe = _memory.MemoryProbe("cpu")
     measured = []
     for index in (1, 2):
         gc.collect()
@@ -288,9 +290,7 @@ def _mean(rows: list[dict], key: str) -> float:
 
 
 def _cell(rows: list[dict], key: str, digits: int = 3) -> str:
-    values = [float(row[key]) for row in rows]
-    text = f"{statistics.fmean(values):.{digits}f}"
-    return text + (f" ± {statistics.stdev(values):.{digits}f}" if len(values) > 1 else "")
+    return _report.mean_std([float(row[key]) for row in rows], digits)
 
 
 def claims(rows: list[dict]) -> list[tuple[str, str, str]]:
@@ -380,11 +380,7 @@ def write_markdown(rows: list[dict], path: Path, budget: Budget, seeds: list[int
 
 def write_plot(rows: list[dict], path: Path, segment_frames: int) -> None:
     """One panel per claim whose variants ran (the same rule as `claims`), so a subset run plots only what it tested."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _report.pyplot()
     groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
     for row in rows:
         groups[(row["variant"], row["eval"])].append(row)
@@ -428,9 +424,7 @@ def write_plot(rows: list[dict], path: Path, segment_frames: int) -> None:
         axes["masking"].set(xticks=[0, 1], xticklabels=["joint", "frame"], ylabel="mean R@1 (t2v, v2t)")
         axes["masking"].set_title("(c) effect of masking by attention type")
         axes["masking"].legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    _report.save_figure(figure, path)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -439,8 +433,8 @@ def write_plot(rows: list[dict], path: Path, segment_frames: int) -> None:
 
 
 def run(args: argparse.Namespace) -> list[dict]:
-    from videofirst.pretraining import pretrain
     from videofirst.recipe import load_recipe
+    from videofirst.train.pretraining import pretrain
 
     started = time.perf_counter()
     budget = BUDGETS[args.budget]
@@ -507,10 +501,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-seed", type=int, default=0)
     parser.add_argument("--steps", type=int, help="override the budget's training steps")
     parser.add_argument("--variants", nargs="+", choices=[v.name for v in VARIANTS], help="default: all four")
-    parser.add_argument(
-        "--work", type=Path, default=_measure.REPO / "runs" / "long_range", help="data, runs and exports"
-    )
-    parser.add_argument("--out", type=Path, default=_measure.RESULTS, help="where long_range.{csv,md,png} go")
+    parser.add_argument("--work", type=Path, default=_cli.REPO / "runs" / "long_range", help="data, runs and exports")
+    parser.add_argument("--out", type=Path, default=_cli.RESULTS, help="where long_range.{csv,md,png} go")
     run(parser.parse_args(argv))
     return 0
 

@@ -12,7 +12,7 @@ count; eager attention, since its logit soft-capping rules SDPA out). All share 
 patch size, image size and frame count. TimeSformer and VideoPrism embed every frame (1x16x16 patches), so they
 see twice the tokens of the 2x16x16-tubelet towers at equal frames: `tokens/s` counts each model's own tokens.
 
-Training step and memory definitions: `_measure.py`. Targets checked (joint tower, equal size and frames):
+Training step: `_towers.py`; memory definitions: `_isolation.py`. Targets checked (joint tower, equal size and frames):
 
 * no masking: >= 1.2x the clips/s of `VivitModel` with SDPA, and no more peak memory;
 * 75 % masking: >= 3.5x the clips/s of the unmasked run and <= 0.35x its activation memory.
@@ -29,13 +29,16 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _measure  # noqa: E402
+import _cli  # noqa: E402
+import _isolation  # noqa: E402
+import _report  # noqa: E402
+import _towers  # noqa: E402
 
 PEERS = ("vivit", "timesformer", "videomae", "videoprism")
 MASKING_ROW = "ours_joint (75% masking vs none)"  # the ratio row of our masked run against our unmasked one
 
 
-def peer_groups(base: _measure.Spec, frames: list[int]) -> list[tuple[str, list[_measure.Spec]]]:
+def peer_groups(base: _towers.Spec, frames: list[int]) -> list[tuple[str, list[_towers.Spec]]]:
     """One group per frame count: our joint tower unmasked and with 75% masking, our factorized tower, each peer."""
     groups = []
     for count in frames:
@@ -125,11 +128,7 @@ RUN_COLUMNS = [
     ("attention", "attention"),
     ("kept_tokens", "tokens"),
     ("parameters", "params"),
-    ("peak_mb", "peak MB"),
-    ("act_mb", "act MB"),
-    ("step_mb", "step MB"),
-    ("step_s", "step s"),
-    ("clips_per_s", "clips/s"),
+    *_report.STEP_COLUMNS,
     ("kept_tokens_per_s", "attended tokens/s"),
     ("tflops_per_s", "TFLOP/s"),
     ("efficiency", "of matmul peak"),
@@ -148,15 +147,15 @@ RATIO_COLUMNS = [
 def write_markdown(rows: list[dict], ratios: list[dict], path: Path, header: str) -> None:
     path.write_text(
         f"{header}\n\n**Ratios** (ours / peer; for the masking row, masked / unmasked):\n\n"
-        f"{_measure.markdown_table(RATIO_COLUMNS, ratios)}\n\n**Targets**\n\n"
+        f"{_report.markdown_table(RATIO_COLUMNS, ratios)}\n\n**Targets**\n\n"
         + "\n".join(verdicts(ratios))
-        + f"\n\n**All runs**\n\n{_measure.markdown_table(RUN_COLUMNS, rows)}\n{_measure.error_lines(rows)}"
+        + f"\n\n**All runs**\n\n{_report.markdown_table(RUN_COLUMNS, rows)}\n{_report.error_lines(rows)}"
     )
 
 
 def plot(rows: list[dict], path: Path, title: str) -> None:
     """Throughput and peak memory over frame counts, one line per model."""
-    plt = _measure.pyplot()
+    plt = _report.pyplot()
     figure, axes = plt.subplots(1, 2, figsize=(13, 4.8))
     for model in dict.fromkeys(_model(row) for row in rows):
         series = sorted((row for row in rows if _model(row) == model and row.get("peak_mb")), key=lambda r: r["frames"])
@@ -167,43 +166,43 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
         axes[1].plot([r["frames"] for r in series], [r["peak_mb"] for r in series], style, label=model)
     for axis, ylabel in ((axes[0], "clips / s (training step)"), (axes[1], "peak training memory (MB)")):
         axis.set_yscale("log")
-        _measure.frames_axis(axis, ylabel, legend_size=7)
+        _report.frames_axis(axis, ylabel, legend_size=7)
     figure.suptitle(title, fontsize=9)
-    _measure.save_figure(figure, path)
+    _report.save_figure(figure, path)
 
 
 def write_results(rows: list[dict], args: argparse.Namespace, device: str, model: str, start: float) -> list[dict]:
     """CSVs, markdown and plot; returns the ratio rows."""
     ratios = ratio_rows(rows)
     args.out.mkdir(parents=True, exist_ok=True)
-    _measure.write_csv(args.out / "peers.csv", rows)
-    _measure.write_csv(args.out / "peers_ratios.csv", ratios)
+    _report.write_csv(args.out / "peers.csv", rows)
+    _report.write_csv(args.out / "peers_ratios.csv", ratios)
     header = (
-        f"{_measure.environment_line(device)} {model}. Memory: one process per model; throughput: median of "
+        f"{_report.environment_line(device)} {model}. Memory: one process per model; throughput: median of "
         f"{args.rounds} interleaved steps, all models of a frame count in one process. Wall time "
         f"{time.perf_counter() - start:.0f} s."
     )
     write_markdown(rows, ratios, args.out / "peers.md", header)
-    plot(rows, args.out / "peers.png", f"{_measure.device_description(device)} | {model}")
+    plot(rows, args.out / "peers.png", f"{_cli.device_description(device)} | {model}")
     return ratios
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = _measure.tower_argument_parser(
+    parser = _cli.tower_argument_parser(
         __doc__, rounds=2, frames_help="frame counts, a group each (default: by device)"
     )
     args = parser.parse_args(argv)
-    device = _measure.setup(args)
-    size = _measure.tower_size(args.size, args.quick, device)
+    device = _cli.setup(args)
+    size = _cli.tower_size(args.size, args.quick, device)
     frames = args.frames or ([4] if args.quick else [16, 32, 64] if device == "cpu" else [16, 32, 64, 128])
-    base = _measure.measured_tower("ours", size, args.quick)
+    base = _towers.measured_tower("ours", size, args.quick)
     start = time.perf_counter()
-    print(f"peers on {_measure.device_description(device)}; tower {size}", flush=True)
-    rows = _measure.run_groups(peer_groups(base, frames), device, args.rounds)
-    ratios = write_results(rows, args, device, f"towers {size}: {_measure.tower_line(base)}, fp32, fused AdamW", start)
+    print(f"peers on {_cli.device_description(device)}; tower {size}", flush=True)
+    rows = _isolation.run_groups(peer_groups(base, frames), device, args.rounds)
+    ratios = write_results(rows, args, device, f"towers {size}: {_report.tower_line(base)}, fp32, fused AdamW", start)
     print("\n".join(verdicts(ratios)))
     print(f"wrote {args.out / 'peers.csv'}, peers.md, peers.png in {time.perf_counter() - start:.0f} s")
-    return _measure.exit_code(rows)
+    return _report.exit_code(rows)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@
 A full training step (the sweep's `positions` groups) hides the embedding in the encoder's cost and in the noise of a
 shared machine. This times only what changed: the tubelet embedding of the kept tokens with their positions
 (`VideoFirstEmbeddings.embed_video` with `token_indices`), forward and backward, with today's per-sample gather
-(`kept_positions`) and with the former lookup (`_measure.indexed_kept_positions`), interleaved in one process
+(`kept_positions`) and with the former lookup (`_towers.indexed_kept_positions`), interleaved in one process
 (A B A B ...), at 1 and 2 threads. Sizes: the long-range benchmark's tower (64 frames, 32 px, 2x8x8 tubelets, width
 64, batch 32: where the former lookup was nondeterministic) and the sweep's CPU tower at 64 frames (96 px, 2x16x16,
 width 384, batch 2). 75 % random masking. Reported: the median time of each and their ratio (former / today: above 1
@@ -29,7 +29,9 @@ from videofirst.modeling.masking_videofirst import select_tokens
 from videofirst.modeling.modeling_videofirst import VideoFirstEmbeddings
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _measure  # noqa: E402
+import _cli  # noqa: E402
+import _report  # noqa: E402
+import _towers  # noqa: E402
 
 SHAPES = {
     # name: (hidden, image size, tubelet, frames, batch)
@@ -64,7 +66,7 @@ def measure(shape: tuple, threads: int, rounds: int) -> dict:
     grid = embeddings.video_grid(frames, image_size, image_size)
     selection = select_tokens((grid[0], grid[1] * grid[2]), batch, 0.75, "random", None, "cpu", generator)
     gathered = embeddings.kept_positions
-    variants = {"indexed": _measure.indexed_kept_positions, "gathered": gathered}
+    variants = {"indexed": _towers.indexed_kept_positions, "gathered": gathered}
     times: dict[str, list[float]] = {name: [] for name in variants}
     gradients: dict[str, list[torch.Tensor]] = {name: [] for name in variants}
     for _ in range(rounds + 1):  # the first round warms up and is not timed
@@ -102,7 +104,7 @@ COLUMNS = [
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = _measure.argument_parser(__doc__)
+    parser = _cli.argument_parser(__doc__)
     parser.add_argument("--rounds", type=int, default=30, help="timed forward + backward passes of each variant")
     args = parser.parse_args(argv)
     start = time.perf_counter()
@@ -116,14 +118,14 @@ def main(argv: list[str] | None = None) -> int:
             print(row, flush=True)
             rows.append(row)
     args.out.mkdir(parents=True, exist_ok=True)
-    _measure.write_csv(args.out / "positions.csv", rows)
+    _report.write_csv(args.out / "positions.csv", rows)
     rounds = 2 if args.quick else args.rounds
     header = (
         f"CPU ({os.cpu_count()} cores, shared), torch {torch.__version__}, threads per row; measured "
         f"{time.strftime('%Y-%m-%d %H:%M')}. Tubelet embedding of the kept tokens (75% random masking), forward + "
         f"backward, median of {rounds} interleaved passes per variant. Wall time {time.perf_counter() - start:.0f} s."
     )
-    (args.out / "positions.md").write_text(f"{header}\n\n{_measure.markdown_table(COLUMNS, rows)}\n")
+    (args.out / "positions.md").write_text(f"{header}\n\n{_report.markdown_table(COLUMNS, rows)}\n")
     print((args.out / "positions.md").read_text())
     return 0
 

@@ -4,7 +4,7 @@
     python training/benchmarks/sweep.py --size vit-b    # the paper's ViT-B/16 at 224 px (a GPU's default)
     python training/benchmarks/sweep.py --quick --out /tmp/sweep   # the machinery on a micro model, seconds
 
-Configurations (every one a training step of the video tower alone, see `_measure.py`), at the base frame count:
+Configurations (every one a training step of the video tower alone, see `_towers.py`), at the base frame count:
 
 * attention: joint / factorized / frame;
 * masking: random and tube, 25 / 50 / 75 % of the tokens dropped;
@@ -31,16 +31,19 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _measure  # noqa: E402
+import _cli  # noqa: E402
+import _isolation  # noqa: E402
+import _report  # noqa: E402
+import _towers  # noqa: E402
 
 
 def design_groups(
-    base: _measure.Spec, frames: list[int], masked_frames: list[int]
-) -> list[tuple[str, list[_measure.Spec]]]:
+    base: _towers.Spec, frames: list[int], masked_frames: list[int]
+) -> list[tuple[str, list[_towers.Spec]]]:
     """The design groups at the base frame count, then one group per frame count (each group's first row is the
     reference of its ratios)."""
 
-    def variant(name: str, **changes: object) -> _measure.Spec:
+    def variant(name: str, **changes: object) -> _towers.Spec:
         return dataclasses.replace(base, name=name, **changes)
 
     joint = variant("joint")
@@ -107,11 +110,7 @@ COLUMNS = [
     ("kept_tokens", "tokens kept"),
     ("grid_tokens", "of"),
     ("trainable", "trainable params"),
-    ("peak_mb", "peak MB"),
-    ("act_mb", "act MB"),
-    ("step_mb", "step MB"),
-    ("step_s", "step s"),
-    ("clips_per_s", "clips/s"),
+    *_report.STEP_COLUMNS,
     ("tokens_per_s", "tokens/s"),
     ("tflops_per_s", "TFLOP/s"),
     ("efficiency", "of peak"),
@@ -127,12 +126,12 @@ def write_markdown(rows: list[dict], path: Path, header: str) -> None:
         dict(row, group="") if index and row["group"] == rows[index - 1]["group"] else row
         for index, row in enumerate(rows)
     ]
-    path.write_text(header + "\n\n" + _measure.markdown_table(COLUMNS, shown) + "\n" + _measure.error_lines(rows))
+    path.write_text(header + "\n\n" + _report.markdown_table(COLUMNS, shown) + "\n" + _report.error_lines(rows))
 
 
 def plot(rows: list[dict], path: Path, title: str) -> None:
     """Memory and throughput over frame counts, and the design space at the base frame count."""
-    plt = _measure.pyplot()
+    plt = _report.pyplot()
     figure, axes = plt.subplots(1, 3, figsize=(17, 4.8))
     framed = [row for row in rows if row["group"].startswith("frames_") and row.get("peak_mb")]
     for label, masked in (("joint, no masking", False), ("joint, 75% masking", True)):
@@ -140,8 +139,8 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
         if series:
             axes[0].plot([r["frames"] for r in series], [r["peak_mb"] for r in series], "o-", label=label)
             axes[1].plot([r["frames"] for r in series], [r.get("clips_per_s") for r in series], "o-", label=label)
-    _measure.frames_axis(axes[0], "peak training memory (MB)")
-    _measure.frames_axis(axes[1], "clips / s")
+    _report.frames_axis(axes[0], "peak training memory (MB)")
+    _report.frames_axis(axes[1], "clips / s")
     axes[1].set_yscale("log")
     first_of_config: dict[str, dict] = {}  # "joint" is every design group's reference: plot it once
     for row in rows:
@@ -157,20 +156,18 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     axes[2].set_title("design space at the base frame count")
     axes[2].grid(alpha=0.3)
     figure.suptitle(title, fontsize=9)
-    _measure.save_figure(figure, path)
+    _report.save_figure(figure, path)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = _measure.tower_argument_parser(__doc__, rounds=3, frames_help="frame counts, joint without masking")
+    parser = _cli.tower_argument_parser(__doc__, rounds=3, frames_help="frame counts, joint without masking")
     parser.add_argument("--masked-frames", type=int, nargs="*", default=None, help="frame counts, 75%% masking")
     parser.add_argument("--base-frames", type=int, default=16, help="frame count of the design groups")
     parser.add_argument("--groups", nargs="*", default=None, help="only these groups (attention, masking, ...)")
     return parser.parse_args(argv)
 
 
-def selected_groups(
-    base: _measure.Spec, args: argparse.Namespace, device: str
-) -> list[tuple[str, list[_measure.Spec]]]:
+def selected_groups(base: _towers.Spec, args: argparse.Namespace, device: str) -> list[tuple[str, list[_towers.Spec]]]:
     """The design groups at the frame counts asked for (or the device's defaults), filtered by `--groups`."""
     cpu = device == "cpu"
     if args.quick:
@@ -195,37 +192,37 @@ def long_group_rounds(rounds: int) -> int:
 
 def write_results(rows: list[dict], args: argparse.Namespace, device: str, model: str, start: float) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
-    _measure.write_csv(args.out / "sweep.csv", rows)
+    _report.write_csv(args.out / "sweep.csv", rows)
     cpu = device == "cpu"
     timing = f"median of {args.rounds} interleaved steps per group"
     timing += f" ({long_group_rounds(args.rounds)} at 64+ frames on CPU)" if cpu else ""
     timing += "; 1 CPU thread per process" if cpu and args.threads == 1 else ""
     header = (
-        f"{_measure.environment_line(device)} {model}. Memory: {rows[0].get('memory_method', '?')}, one process per "
+        f"{_report.environment_line(device)} {model}. Memory: {rows[0].get('memory_method', '?')}, one process per "
         f"configuration; throughput: {timing}. Total wall time {time.perf_counter() - start:.0f} s."
     )
     write_markdown(rows, args.out / "sweep.md", header)
-    plot(rows, args.out / "sweep.png", f"{_measure.device_description(device)} | {model}")
+    plot(rows, args.out / "sweep.png", f"{_cli.device_description(device)} | {model}")
     print(f"wrote {args.out / 'sweep.csv'}, sweep.md, sweep.png in {time.perf_counter() - start:.0f} s")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    device = _measure.setup(args)
-    size = _measure.tower_size(args.size, args.quick, device)
-    base = _measure.measured_tower("joint", size, args.quick, frames=4 if args.quick else args.base_frames)
+    device = _cli.setup(args)
+    size = _cli.tower_size(args.size, args.quick, device)
+    base = _towers.measured_tower("joint", size, args.quick, frames=4 if args.quick else args.base_frames)
 
-    def rounds(specs: list[_measure.Spec]) -> int:
+    def rounds(specs: list[_towers.Spec]) -> int:
         long_group = device == "cpu" and max(spec.frames for spec in specs) >= 64
         return long_group_rounds(args.rounds) if long_group else args.rounds
 
     start = time.perf_counter()
-    print(f"sweep on {_measure.device_description(device)}; tower {size}", flush=True)
-    rows = _measure.run_groups(selected_groups(base, args, device), device, rounds)
+    print(f"sweep on {_cli.device_description(device)}; tower {size}", flush=True)
+    rows = _isolation.run_groups(selected_groups(base, args, device), device, rounds)
     add_ratios(rows)
-    model = f"video tower {size}: {_measure.tower_line(base)}, fp32, SDPA, fused AdamW; base {base.frames} frames"
+    model = f"video tower {size}: {_report.tower_line(base)}, fp32, SDPA, fused AdamW; base {base.frames} frames"
     write_results(rows, args, device, model, start)
-    return _measure.exit_code(rows)
+    return _report.exit_code(rows)
 
 
 if __name__ == "__main__":

@@ -18,12 +18,12 @@ embeddings (`model.temporal_pooling=mean`: the latents cannot tell the order of 
 and initialisation, the number of latents, the training steps, a weaker language model prior (fewer text-only
 steps) and the token masking of this stage (the paper's 30% against none).
 
-Each run reports, on the held-out clips: the event-sequence metrics of `videofirst.event_order` (exact sequence,
-per position, event set; per position and exact sequence of the colours alone), Rouge-L and CIDEr-D (when
-`pycocoevalcap` is installed) of greedy captions, the "what happened second?" 5-option likelihood QA
-(`videofirst.event_order.event_order_option_scores`; chance 0.2), the number of distinct captions and the final
-mean |tanh(gate)|. The videos are decoded once and kept in memory, and training samples batches from them (with
-replacement) in a plain loop built from the training script's parts (`build_video_to_text_model`,
+Each run reports, on the held-out clips: the event-sequence metrics of `videofirst.evaluation.event_order` (exact
+sequence, per position, event set; per position and exact sequence of the colours alone), Rouge-L and CIDEr-D
+(when `pycocoevalcap` is installed) of greedy captions, the "what happened second?" 5-option likelihood QA
+(`videofirst.evaluation.event_order.event_order_option_scores`; chance 0.2), the number of distinct captions and
+the final mean |tanh(gate)|. The videos are decoded once and kept in memory, and training samples batches from
+them (with replacement) in a plain loop built from the training script's parts (`build_video_to_text_model`,
 `build_video_to_text_optimizer`, `captioning_loss`, the warmup-cosine schedule); inference drops tokens as in
 training (30%) from a fixed seed.
 
@@ -39,7 +39,6 @@ import csv
 import dataclasses
 import json
 import os
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -47,14 +46,19 @@ from pathlib import Path
 import torch
 from transformers import AutoModel, AutoTokenizer
 
-from videofirst.evaluation import multiple_choice_metrics, read_manifest_rows
-from videofirst.event_order import event_order_option_scores, event_order_questions, event_sequence_metrics
-from videofirst.generation import caption_metrics, captioning_loss, generate_captions, prepare_causal_tokenizer
-from videofirst.optimization import build_scheduler
-from videofirst.pretraining import pretrain
+from videofirst.evaluation.captioning import (
+    caption_metrics,
+    captioning_loss,
+    generate_captions,
+    prepare_causal_tokenizer,
+)
+from videofirst.evaluation.event_order import event_order_option_scores, event_order_questions, event_sequence_metrics
+from videofirst.evaluation.zero_shot import multiple_choice_metrics, read_manifest_rows
 from videofirst.recipe import load_recipe
-from videofirst.setup import prepare_data
-from videofirst.video_to_text import (
+from videofirst.train.optimization import build_scheduler
+from videofirst.train.pretraining import pretrain
+from videofirst.train.setup import prepare_data
+from videofirst.train.video_to_text import (
     VideoToTextRecipe,
     build_language_model,
     build_video_to_text_model,
@@ -63,8 +67,11 @@ from videofirst.video_to_text import (
     load_video_to_text_recipe,
 )
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _cli  # noqa: E402
+import _report  # noqa: E402
+
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-RESULTS = Path(__file__).resolve().parent / "results"
 QA_POSITION = 2
 
 # Table rows: (condition, video tower, recipe overrides); "gates closed" is the language model alone.
@@ -288,12 +295,6 @@ METRICS = [
 ]
 
 
-def _mean_std(values: list[float]) -> str:
-    if len(values) == 1:
-        return f"{values[0]:.3f}"
-    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
-
-
 def summary_table(rows: list[dict], key: str) -> list[str]:
     groups: dict[str, list[dict]] = {}
     for row in rows:
@@ -304,7 +305,7 @@ def summary_table(rows: list[dict], key: str) -> list[str]:
         "|---|---:|" + "---:|" * len(columns),
     ]
     for name, members in groups.items():
-        cells = [_mean_std([float(member[column]) for member in members]) for column, _ in columns]
+        cells = [_report.mean_std([float(member[column]) for member in members]) for column, _ in columns]
         lines.append(f"| {name} | {len(members)} | " + " | ".join(cells) + " |")
     return lines
 
@@ -336,7 +337,7 @@ def write_results(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default=str(RESULTS), help="folder of video_to_text.csv / .md")
+    parser.add_argument("--out", default=str(_cli.RESULTS), help="folder of video_to_text.csv / .md")
     parser.add_argument("--work", default="runs/benchmark_video_to_text", help="data, tokenizer and encoder")
     parser.add_argument("--encoder", help="a pretrained VideoFirst export (default: pretrain the demo's here)")
     parser.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2], help="none: no table")

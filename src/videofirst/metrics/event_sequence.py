@@ -1,15 +1,15 @@
 """`evaluate` module: does a generated caption name the right events in the right order?
 
 Load it offline with `evaluate.load(videofirst.metrics.metric_path("event_sequence"))`, or use `EventSequence()`
-directly. The math lives in `videofirst.event_order.event_sequence_metrics`: the events (coloured shapes) are parsed
-out of the `"a red circle, then a blue square, ..."` captions of the synthetic order-of-events videos
-(`videofirst.synthetic`).
+directly. The math lives in `videofirst.evaluation.event_order.event_sequence_metrics`: the events (coloured shapes)
+are parsed out of the `"a red circle, then a blue square, ..."` captions of the synthetic order-of-events videos
+(`videofirst.data.synthetic`).
 """
 
 import datasets
 import evaluate
 
-from videofirst.event_order import event_sequence_metrics
+from videofirst.evaluation.event_order import event_sequence_metrics
 
 _CITATION = ""
 
@@ -27,7 +27,7 @@ reference order (shapes aside). All are fractions in [0, 1].
 _KWARGS_DESCRIPTION = """
 Args:
     predictions (`list` of `str`): one generated caption per video.
-    references (`list` of `str`): the reference caption of each video (`videofirst.synthetic` grammar).
+    references (`list` of `str`): the reference caption of each video (`videofirst.data.synthetic` grammar).
 Returns:
     `event_sequence_accuracy`, `event_position_accuracy`, `event_set_accuracy`, `colour_position_accuracy`,
     `colour_sequence_accuracy` (`float` in [0, 1]).

@@ -1,7 +1,8 @@
 """`evaluate` module: captioning / summarisation quality of generated text (Rouge-L, and CIDEr when available).
 
 Load it offline with `evaluate.load(videofirst.metrics.metric_path("video_captioning"))`, or use
-`VideoCaptioning()` directly. The math lives in `videofirst.generation.caption_metrics`: Rouge-L with Google's
+`VideoCaptioning()` directly. The math lives in `videofirst.evaluation.captioning.caption_metrics`: Rouge-L with
+Google's
 `rouge_score` package (the paper reports Rouge-L for summarisation), CIDEr-D with the COCO caption evaluation code
 (`pycocoevalcap`) when it is installed.
 """
@@ -9,7 +10,7 @@ Load it offline with `evaluate.load(videofirst.metrics.metric_path("video_captio
 import datasets
 import evaluate
 
-from videofirst.generation import caption_metrics
+from videofirst.evaluation.captioning import caption_metrics
 
 _CITATION = """\
 @inproceedings{lin2004rouge,

@@ -1,6 +1,6 @@
 """Reading the synthetic order-of-events captions back: does a generated caption name the right events in order?
 
-The synthetic videos (`videofirst.synthetic`) show a sequence of events, each a coloured shape, and their
+The synthetic videos (`videofirst.data.synthetic`) show a sequence of events, each a coloured shape, and their
 captions list them in order (`"a red circle, then a blue square, then a green triangle"`). Rouge-L and CIDEr-D
 reward shared words, and every caption shares most of its words ("a", "then", the shapes) with every other: a
 language model that ignores the video scores well on them. This module parses the events out of a caption and
@@ -32,8 +32,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
-from videofirst.generation import encode_captions, sequence_log_likelihoods
-from videofirst.synthetic import COLOURS, SHAPES
+from videofirst.data.synthetic import COLOURS, SHAPES
+from videofirst.evaluation.captioning import encode_captions, sequence_log_likelihoods
 
 __all__ = [
     "ORDINALS",
@@ -68,13 +68,14 @@ def parse_event_caption(caption: str) -> list[Event | None]:
 
 
 def is_event_caption(text: str) -> bool:
-    """Whether every part of `text` names an event (a reference caption of `videofirst.synthetic` does)."""
+    """Whether every part of `text` names an event (a reference caption of `videofirst.data.synthetic` does)."""
     events = parse_event_caption(text)
     return bool(events) and None not in events
 
 
 def event_phrase(event: Event) -> str:
-    """The caption's phrase for an event (`("orange", "cross")` -> `"an orange cross"`), as `videofirst.synthetic`."""
+    """The caption's phrase for an event (`("orange", "cross")` -> `"an orange cross"`), as
+    `videofirst.data.synthetic`."""
     colour, shape = event
     return f"{'an' if colour[0] in 'aeiou' else 'a'} {colour} {shape}"
 
@@ -83,7 +84,7 @@ def _reference_events(reference: str | Sequence[Event]) -> list[Event]:
     if not isinstance(reference, str):
         return [tuple(event) for event in reference]
     if not is_event_caption(reference):
-        raise ValueError(f"Reference {reference!r} is not an order-of-events caption of `videofirst.synthetic`.")
+        raise ValueError(f"Reference {reference!r} is not an order-of-events caption of `videofirst.data.synthetic`.")
     return parse_event_caption(reference)
 
 

@@ -9,7 +9,7 @@ A *source* is named by one string, read with the `datasets` library:
   absolute), a ``caption`` or ``text`` column, and optional ``start`` / ``end`` seconds;
 * a folder holding ``metadata.jsonl`` / ``.csv`` / ``.parquet`` (the layout of `datasets`' folder builders:
   ``file_name`` plus caption columns), read like a manifest;
-* WebDataset-style tar shards (`videofirst.shards`: ``mp4`` or an image plus ``txt`` / ``json``): a folder of
+* WebDataset-style tar shards (`videofirst.data.shards`: ``mp4`` or an image plus ``txt`` / ``json``): a folder of
   ``.tar`` files (searched recursively), one ``.tar``, a glob (``data/shard-*.tar``) or a brace pattern
   (``shard-{000000..000099}.tar``); ``hf://``, ``https://`` and other fsspec URLs are streamed;
 * a Hub dataset id (``owner/name``): the snapshot in the local cache is used when there is one (offline-first),
@@ -55,7 +55,6 @@ import os
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -63,9 +62,7 @@ import datasets
 import torch
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
-from videofirst.modeling.video_processing_videofirst import VideoDecodingError, pad_video_batch
-from videofirst.recipe import DataSection
-from videofirst.shards import (
+from videofirst.data.shards import (
     IMAGE_EXTENSIONS,
     VIDEO_EXTENSIONS,
     caption_problem,
@@ -74,6 +71,8 @@ from videofirst.shards import (
     iter_tar_samples,
     read_range,
 )
+from videofirst.modeling.video_processing_videofirst import VideoDecodingError, pad_video_batch
+from videofirst.recipe import DataSection
 
 logger = logging.getLogger(__name__)
 
@@ -345,21 +344,6 @@ def source_captions(spec, limit: int | None = None) -> list[str]:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _decode_backend(data: DataSection) -> str:
-    if data.decode_backend != "auto":
-        return data.decode_backend
-    return "pyav" if _has_av() else "decord"
-
-
-@lru_cache(maxsize=1)
-def _has_av() -> bool:
-    try:
-        import av  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def load_media(row: dict[str, Any], video_processor, data: DataSection) -> torch.Tensor:
     """Pixels of one row: a video ``(T, C, H, W)`` (real frames only) or an image ``(C, H, W)``."""
     if row.get("error"):
@@ -376,7 +360,7 @@ def load_media(row: dict[str, Any], video_processor, data: DataSection) -> torch
         **data.sampling_options(),  # the recipe's training policy, named explicitly
         start=row.get("start"),
         end=row.get("end"),
-        decode_backend=_decode_backend(data),
+        decode_backend=data.decode_backend,  # "auto": the decoder picks PyAV when installed
         keyframe_snap=data.keyframe_snap,
         return_tensors="pt",
     )

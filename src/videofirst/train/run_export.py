@@ -1,13 +1,11 @@
-"""Writing checkpoints that load anywhere: weights, config, processor, the model code, card and endpoint handler.
+"""Exporting a training run: its final export, or one of its training checkpoints, rebuilt from the run's recipe.
 
-* `export_checkpoint(model, processor, out_dir)`: an in-memory model to a publishable folder.
-* `export_run(source, out_dir)`: the same from a training run folder, its final export, or one of its training
-  checkpoints, with the run's recipe, log and evaluation results in the model card.
+`export_run(source, out_dir)` writes the same publishable folder as `videofirst.hub.export_checkpoint`, with the
+run's recipe, log and evaluation results in the model card.
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import logging
@@ -15,64 +13,22 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from transformers import PreTrainedModel, ProcessorMixin
+from safetensors.torch import load_file
 
-from videofirst.checkpointing import CheckpointError, verify
-from videofirst.hub import ModelCardOptions, RunInfo, hub_model_id, load_results, with_run_eval, write_hub_files
+from videofirst.adaptation import apply_adaptation, merge_adaptation
+from videofirst.hub.export import export_checkpoint
+from videofirst.hub.publishing import ModelCardOptions, RunInfo, hub_model_id, load_results, with_run_eval
+from videofirst.modeling.modeling_videofirst import VideoFirstModel
+from videofirst.modeling.processing_videofirst import VideoFirstProcessor
+from videofirst.recipe import load_recipe
+from videofirst.train.checkpointing import CheckpointError, verify
+from videofirst.train.distributed import load_sharded_model, sharded_model_folder
+from videofirst.train.setup import build_model, build_processor
 
-__all__ = ["export_checkpoint", "export_run"]
+__all__ = ["export_run"]
 
 _TRAINER_STATE = "trainer_state.json"
 logger = logging.getLogger(__name__)
-
-
-def export_checkpoint(
-    model: PreTrainedModel,
-    processor: ProcessorMixin | None,
-    output_dir: str | Path,
-    *,
-    safe_serialization: bool = True,
-    card: ModelCardOptions | bool = True,
-    results: Any = None,
-    run: RunInfo | None = None,
-    run_dir: str | Path | None = None,
-) -> Path:
-    """Save `model` (and `processor`) to `output_dir` with the `modeling/` code as transformers remote code.
-
-    The folder then loads with `AutoModel.from_pretrained(output_dir, trust_remote_code=True)` in an
-    environment where `videofirst` is not installed: the classes are registered for the Auto classes, so
-    `save_pretrained` copies the defining modules and records them in `auto_map` (plain `model.save_pretrained`
-    does that too). The saved tokenizer's `model_max_length` is capped at the text tower's
-    `max_position_embeddings`, so the processor truncates captions to what the model reads. With a processor the
-    folder also gets the pipelines (`pipeline("zero-shot-video-classification", model=output_dir,
-    trust_remote_code=True)`), the Inference Endpoints handler and its `requirements.txt`.
-
-    `card` (True, False or `ModelCardOptions`) writes `README.md`, with `results` (anything
-    `videofirst.hub.load_results` reads) in its `model-index` and what `run` recorded. `run_dir` (a training
-    run folder) supplies `run` when it is None and adds the run's last held-out evaluation to `results`.
-    """
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    if run_dir is not None:
-        run = run or RunInfo.from_run_dir(run_dir)
-        results = with_run_eval(load_results(results), run_dir)
-    # `videofirst.registration` registered the classes for the Auto classes: save_pretrained ships their code.
-    model.save_pretrained(output_dir, safe_serialization=safe_serialization)
-    if processor is not None:
-        _with_text_limit(processor, model).save_pretrained(output_dir)
-    write_hub_files(output_dir, model, processor, card=card, results=results, run=run)
-    return output_dir
-
-
-def _with_text_limit(processor: ProcessorMixin, model: PreTrainedModel) -> ProcessorMixin:
-    """`processor`, or a copy whose tokenizer truncates at the text tower's positions (the caller's is not changed)."""
-    tokenizer = getattr(processor, "tokenizer", None)
-    positions = getattr(getattr(model.config, "text_config", None), "max_position_embeddings", None)
-    if tokenizer is None or not positions or tokenizer.model_max_length <= positions:
-        return processor
-    processor = copy.deepcopy(processor)
-    processor.tokenizer.model_max_length = positions
-    return processor
 
 
 def export_run(
@@ -95,7 +51,8 @@ def export_run(
     * a training checkpoint `<run>/checkpoints/step_XXXXXXXX` (accelerate state of a single-process, DDP, FSDP2 or
       plain-CPU run): the model is rebuilt from the run's recipe and loaded with that step's weights.
 
-    The card gets the run's recipe and log, `results` (files or records, see `videofirst.hub.load_results`) and,
+    The card gets the run's recipe and log, `results` (files or records, see
+    `videofirst.hub.publishing.load_results`) and,
     with `include_run_eval`, the run's last held-out evaluation.
     """
     source = Path(source)
@@ -130,9 +87,6 @@ def _prepare_output(output_dir: Path, source: Path, overwrite: bool) -> None:
 
 def _load_source(source: Path):
     """(model, processor, run folder or None) for a run folder, an exported folder or a training checkpoint."""
-    from videofirst.modeling.modeling_videofirst import VideoFirstModel
-    from videofirst.modeling.processing_videofirst import VideoFirstProcessor
-
     if not source.is_dir():
         raise FileNotFoundError(f"{source} is not a folder")
     if (source / "recipe.yaml").is_file():
@@ -176,17 +130,9 @@ def _newest_valid_checkpoint(run_dir: Path) -> Path:
 
 def _load_training_checkpoint(checkpoint: Path):
     """Rebuild the run's model as `pretrain` did (recipe, adaptation) and load the checkpoint's weights into it."""
-    from safetensors.torch import load_file
-
-    from videofirst.adaptation import apply_adaptation, merge_adaptation
-    from videofirst.recipe import load_recipe
-    from videofirst.setup import build_model, build_processor
-
     run_dir = checkpoint.parent.parent
     if not (run_dir / "recipe.yaml").is_file():
         raise FileNotFoundError(f"{checkpoint} is not inside a run folder: {run_dir / 'recipe.yaml'} is missing")
-    from videofirst.distributed import load_sharded_model, sharded_model_folder
-
     weights = sharded_model_folder(checkpoint) or checkpoint / "model.safetensors"
     if not weights.exists():
         raise FileNotFoundError(

@@ -7,7 +7,7 @@ images exactly as its source does; the text tower and the projections come along
 immediately usable for zero-shot retrieval.
 
 ```python
-from videofirst.conversion import convert_image_text_model, convert_checkpoint
+from videofirst.hub.conversion import convert_image_text_model, convert_checkpoint
 model = convert_image_text_model("path/to/clip", inflation="average", num_frames=16)
 convert_checkpoint("path/to/clip", "out/videofirst-clip")   # weights, config, code, tokenizer / processor
 ```
@@ -21,11 +21,15 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from transformers import AutoModel, AutoTokenizer, PreTrainedModel
+from transformers import AutoImageProcessor, AutoModel, AutoTokenizer, PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
+from videofirst.hub.export import export_checkpoint
+from videofirst.hub.publishing import ModelCardOptions, hub_model_id
 from videofirst.modeling.configuration_videofirst import VideoFirstConfig
 from videofirst.modeling.modeling_videofirst import VideoFirstModel, VideoFirstVisionModel
+from videofirst.modeling.processing_videofirst import VideoFirstProcessor
+from videofirst.modeling.video_processing_videofirst import VideoFirstVideoProcessor
 
 INFLATION_MODES = ("average", "central")
 POOLING_CHOICES = ("source", "mean")
@@ -364,9 +368,6 @@ def convert_checkpoint(
     video processor normalises like the source's image processor when one is stored with the source.
     `options` go to [`convert_image_text_model`].
     """
-    from videofirst.export import export_checkpoint
-    from videofirst.hub import ModelCardOptions, hub_model_id
-
     model = convert_image_text_model(source, text_source=text_source, **options)
     tokenizer = load_source_tokenizer(text_source if text_source is not None else source)
     processor = _build_processor(source, model, tokenizer) if tokenizer is not None else None
@@ -376,11 +377,6 @@ def convert_checkpoint(
 
 
 def _build_processor(source: Source, model: VideoFirstModel, tokenizer: PreTrainedTokenizerBase):
-    from transformers import AutoImageProcessor
-
-    from videofirst.modeling.processing_videofirst import VideoFirstProcessor
-    from videofirst.modeling.video_processing_videofirst import VideoFirstVideoProcessor
-
     vision = model.config.vision_config
     settings = {
         "num_frames": vision.num_frames,

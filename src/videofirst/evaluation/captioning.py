@@ -2,7 +2,7 @@
 multiple-choice QA by language-model likelihood, text metrics and export.
 
 The model is `VideoFirstForConditionalGeneration` (`modeling/modeling_videofirst_video_to_text.py`); the training
-loop is `videofirst.video_to_text`.
+loop is `videofirst.train.video_to_text`.
 
 Text layout for a causal language model. A training sequence is `[BOS] prompt caption [EOS]`, where the prompt (for
 instance `"Summary:"`, or a question) is optional and is joined to the caption with one space. Only the caption and
@@ -26,7 +26,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from videofirst.evaluation import MultipleChoiceSet, evaluation_mode, multiple_choice_metrics
+from videofirst.data.tokenization import train_sentencepiece_tokenizer
+from videofirst.evaluation.zero_shot import MultipleChoiceSet, evaluation_mode, multiple_choice_metrics
 from videofirst.modeling.modeling_videofirst_video_to_text import VideoFirstForConditionalGeneration
 from videofirst.modeling.video_processing_videofirst import pad_video_batch, resolve_sampling
 
@@ -62,8 +63,8 @@ DEFAULT_QA_PROMPT = "question: {question} answer:"
 def prepare_causal_tokenizer(tokenizer):
     """Give `tokenizer` the BOS, EOS and pad tokens a causal captioner needs (in place; returns it).
 
-    BERT-style tokenizers (`videofirst.tokenization`) use `[CLS]` as BOS and `[SEP]` as EOS; a tokenizer with an EOS
-    but no BOS (some byte-level BPEs) starts from EOS, as GPT-2 does; a missing pad token becomes EOS (padding never
+    BERT-style tokenizers (`videofirst.data.tokenization`) use `[CLS]` as BOS and `[SEP]` as EOS; a tokenizer with an
+    EOS but no BOS (some byte-level BPEs) starts from EOS, as GPT-2 does; a missing pad token becomes EOS (padding never
     carries a label, so the choice does not matter).
     """
     if tokenizer.bos_token is None and tokenizer.cls_token is not None:
@@ -80,10 +81,8 @@ def prepare_causal_tokenizer(tokenizer):
 
 
 def train_caption_tokenizer(captions: Iterable[str], output_dir: str | Path, vocab_size: int = 8000):
-    """A SentencePiece tokenizer trained on `captions` (`videofirst.tokenization`), made ready for a causal LM and
+    """A SentencePiece tokenizer trained on `captions` (`videofirst.data.tokenization`), made ready for a causal LM and
     saved to `output_dir` (loads with `AutoTokenizer.from_pretrained`)."""
-    from videofirst.tokenization import train_sentencepiece_tokenizer
-
     tokenizer = prepare_causal_tokenizer(train_sentencepiece_tokenizer(captions, output_dir, vocab_size))
     tokenizer.save_pretrained(output_dir)
     return tokenizer
@@ -265,7 +264,7 @@ def answer_log_likelihoods(
     Question `i` is asked about video `i`. Each option is scored as the log-likelihood of its tokens after
     `[BOS] prompt_template.format(question=...)`, summed or length-normalised (`reduction`). The videos are encoded
     once and their latents shared by the options. Returns `(questions, options)` scores: the prediction is the
-    row-wise argmax (`videofirst.evaluation.multiple_choice_metrics` turns them into an accuracy).
+    row-wise argmax (`videofirst.evaluation.zero_shot.multiple_choice_metrics` turns them into an accuracy).
     """
     model = _unwrap(model)
     if len(questions) != len(options) or not questions:
@@ -309,7 +308,8 @@ def evaluate_video_question_answering(
     num_frames: int | None = None,
     sampling: str | None = None,
 ) -> dict[str, float]:
-    """Zero-shot multiple-choice QA (EgoSchema format, `videofirst.evaluation.load_multiple_choice_manifest`) by
+    """Zero-shot multiple-choice QA (EgoSchema format,
+    `videofirst.evaluation.zero_shot.load_multiple_choice_manifest`) by
     answer likelihood. A video that fails to decode is reported and its questions are left out; `fps`,
     `num_frames` and `sampling` override the processor's frame sampling (an ambiguous request is an error).
 

@@ -27,7 +27,7 @@ plus ``events`` (colour, shape, start, end of each event), ``group`` and ``split
 
 Command line::
 
-    python -m videofirst.synthetic --out DIR --num-videos 64 --events 3 --duration 16 --fps 1 \\
+    python -m videofirst.data.synthetic --out DIR --num-videos 64 --events 3 --duration 16 --fps 1 \\
         --size 64 --seed 0 --test-fraction 0.2
 """
 
@@ -496,7 +496,7 @@ def write_synthetic_dataset(
 def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
     """Command-line entry point; prints the written paths as json."""
     parser = argparse.ArgumentParser(
-        prog="python -m videofirst.synthetic",
+        prog="python -m videofirst.data.synthetic",
         description="Write synthetic videos of coloured shapes whose captions depend on event order.",
     )
     parser.add_argument("--out", required=True, help="output folder (videos/, manifest.jsonl, ...)")

@@ -1,12 +1,12 @@
 """What the training loops share: run setup, resumable iteration, stop conditions and bookkeeping.
 
-`videofirst.pretraining` (contrastive) and `videofirst.video_to_text` (captioning) are two short loops on the same
-skeleton; each concern they share lives here, once:
+`videofirst.train.pretraining` (contrastive) and `videofirst.train.video_to_text` (captioning) are two short loops on
+the same skeleton; each concern they share lives here, once:
 
 - `TrainingRun`: the accelerator (mixed precision, gradient accumulation, trackers, seedable sampler), the run
-  folder (its lock and identity, `videofirst.run_folder`), crash-safe verified checkpoints and resume
-  (`videofirst.checkpointing`), the recipe copy, the trackers and the JSONL metrics log
-  (`videofirst.run_logging`), the progress bar, where the run stands (`TrainerState`) and the atomic export;
+  folder (its lock and identity, `videofirst.train.run_folder`), crash-safe verified checkpoints and resume
+  (`videofirst.train.checkpointing`), the recipe copy, the trackers and the JSONL metrics log
+  (`videofirst.train.run_logging`), the progress bar, where the run stands (`TrainerState`) and the atomic export;
 - `reseed`: randomness that affects training (token masking, dropout) comes from `(seed, step, micro-batch,
   process)`, and the data order from `(seed, epoch)` (`batches_from`, `cycle_batches`), so a run resumed from a
   checkpoint replays exactly what the uninterrupted run would have done;
@@ -52,13 +52,13 @@ from accelerate.utils import ProjectConfiguration, broadcast_object_list, set_se
 from torch import nn
 from tqdm.auto import tqdm
 
-from videofirst.checkpointing import CheckpointError, CheckpointManager, TrainerState
-from videofirst.data import equalize_batch
-from videofirst.determinism import configure_determinism
-from videofirst.distributed import ddp_kwargs
+from videofirst.data.loading import equalize_batch
 from videofirst.recipe import Recipe
-from videofirst.run_folder import RunFolder, RunFolderError, exit_with_launcher, flat_config
-from videofirst.run_logging import RunLogger, tracker_names
+from videofirst.train.checkpointing import CheckpointError, CheckpointManager, TrainerState
+from videofirst.train.determinism import configure_determinism
+from videofirst.train.distributed import ddp_kwargs
+from videofirst.train.run_folder import RunFolder, RunFolderError, exit_with_launcher, flat_config
+from videofirst.train.run_logging import RunLogger, tracker_names
 
 __all__ = [
     "CheckpointError",
@@ -137,7 +137,7 @@ class TrainingRun:
     the `run`, `data`, `optim`, `checkpoint` and `eval` sections.
 
     Creating it makes the accelerator, seeds everything with `run.seed`, and claims the run folder
-    (`videofirst.run_folder`): it takes the folder's lock and decides, before anything is built, whether the run
+    (`videofirst.train.run_folder`): it takes the folder's lock and decides, before anything is built, whether the run
     starts fresh or resumes from which verified checkpoint, or refuses (`RunFolderError`, `CheckpointError`, on
     every process); `start` (after `accelerator.prepare`) resumes and starts the logs; `micro_batches`,
     `accumulate`, `optimizer_step` and `end_micro_batch` drive the loop; `finish` exports and ends it, and

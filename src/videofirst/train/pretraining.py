@@ -17,16 +17,16 @@ from accelerate import Accelerator
 from torch import nn
 
 from videofirst.adaptation import apply_adaptation, merge_adaptation
-from videofirst.data import build_dataloader, training_sources
-from videofirst.distributed import compile_towers, enable_fsdp2_on_cpu, exportable_model, shard_model
-from videofirst.evaluation import embed_texts, embed_videos, retrieval_metrics
-from videofirst.export import export_checkpoint
-from videofirst.losses import contrastive_loss, sigmoid_loss
+from videofirst.data.loading import build_dataloader, training_sources
+from videofirst.evaluation.zero_shot import embed_texts, embed_videos, retrieval_metrics
+from videofirst.hub.export import export_checkpoint
 from videofirst.modeling.modeling_videofirst import VideoFirstModel
-from videofirst.optimization import build_optimizer, build_scheduler
 from videofirst.recipe import PretrainRecipe
-from videofirst.setup import build_model, build_processor, prepare_data
-from videofirst.training_loop import NonFiniteLossError, TrainingRun, check_finite, cycle_batches, reseed
+from videofirst.train.distributed import compile_towers, enable_fsdp2_on_cpu, exportable_model, shard_model
+from videofirst.train.loop import NonFiniteLossError, TrainingRun, check_finite, cycle_batches, reseed
+from videofirst.train.losses import contrastive_loss, sigmoid_loss
+from videofirst.train.optimization import build_optimizer, build_scheduler
+from videofirst.train.setup import build_model, build_processor, prepare_data
 
 __all__ = ["ContrastiveObjective", "NonFiniteLossError", "PretrainResult", "pretrain"]
 

@@ -1,8 +1,7 @@
 """Publishing VideoFirst checkpoints on the Hugging Face Hub: model cards, Hub files and pushes.
 
 ```python
-from videofirst.export import export_run
-from videofirst.hub import ModelCardOptions, push_to_hub
+from videofirst import ModelCardOptions, export_run, push_to_hub
 
 folder = export_run("runs/long_stage", "out/videofirst-long", results="eval/msrvtt.json",
                     card=ModelCardOptions(repo_id="me/videofirst-long", hardware="8x A100 80GB"))
@@ -16,8 +15,9 @@ remote code, the pipelines (`pipeline_videofirst.py`, named in `config.json`'s `
 Model cards are rendered with `huggingface_hub`'s card API from the `hub_cards/model_card.md` template. Metadata is
 built as `ModelCardData` and serialised by the YAML dumper, so user text cannot break the front matter; text that
 reaches the Markdown body is escaped (no HTML, code fences, table breaks or links), and repo ids that reach the usage
-snippets must be valid Hub repo ids. Evaluation results use `videofirst.evaluation`'s metric names and fractions
-(`t2v_recall@1`, `top1_accuracy`, `accuracy`, ...) in the card's `model-index`, under task types from the Hub's task
+snippets must be valid Hub repo ids. Evaluation results use `videofirst.evaluation.zero_shot`'s metric names and
+fractions (`t2v_recall@1`, `top1_accuracy`, `accuracy`, ...) in the card's `model-index`, under task types from the
+Hub's task
 list; the same evaluation given twice (a run's last held-out evaluation and `training/evaluate.py` on the same
 manifest) is listed once (`with_run_eval`).
 """
@@ -39,6 +39,8 @@ import yaml
 from huggingface_hub import CommitOperationAdd, CommitOperationDelete, EvalResult, HfApi, ModelCard, ModelCardData
 from huggingface_hub.hf_api import CommitInfo
 from transformers import PreTrainedModel, ProcessorMixin
+
+from videofirst.modeling import pipeline_videofirst
 
 __all__ = [
     "BenchmarkResult",
@@ -120,7 +122,8 @@ def hub_cards_dir() -> Path:
 
 @dataclass
 class BenchmarkResult:
-    """Metrics of one evaluation set, with `videofirst.evaluation`'s names (fractions for recall and accuracy).
+    """Metrics of one evaluation set, with `videofirst.evaluation.zero_shot`'s names (fractions for recall and
+    accuracy).
 
     `task` is `"retrieval"`, `"classification"` or `"multiple_choice"`; inferred from the metric names when None.
     `dataset_type` is the dataset's Hub id or a short type (default: a slug of `dataset`). `manifest` is the file
@@ -720,8 +723,6 @@ def write_hub_files(
 ) -> None:
     """Add the Hub files to a folder written by `save_pretrained`: card, and with a processor the pipelines and
     the Inference Endpoints handler (both need the processor)."""
-    from videofirst.modeling import pipeline_videofirst
-
     output_dir = Path(output_dir)
     if processor is not None:
         shutil.copyfile(pipeline_videofirst.__file__, output_dir / f"{PIPELINE_MODULE}.py")
@@ -740,9 +741,7 @@ def write_hub_files(
 
 def register_pipelines() -> None:
     """Register the VideoFirst pipelines with transformers for in-memory models (`pipeline(task, model=model)`)."""
-    from videofirst.modeling.pipeline_videofirst import register_pipelines as register
-
-    register()
+    pipeline_videofirst.register_pipelines()
 
 
 # --------------------------------------------------------------------------------------------------------------

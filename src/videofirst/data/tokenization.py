@@ -4,7 +4,7 @@ For a text tower trained from scratch (the demo, small synthetic corpora). Sente
 vocabulary; its pieces and scores become a `tokenizers` Unigram model with BERT-style special tokens
 (`[CLS] ... [SEP]`, `[PAD]` = 0), saved so that `AutoTokenizer.from_pretrained(folder)` loads it.
 
-    python -m videofirst.tokenization --manifest data/train.jsonl --out runs/tokenizer --vocab-size 64
+    python -m videofirst.data.tokenization --manifest data/train.jsonl --out runs/tokenizer --vocab-size 64
 """
 
 import argparse
@@ -16,15 +16,15 @@ import sentencepiece
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast
 
+from videofirst.data.loading import source_captions
+
 SPECIAL_TOKENS = {"pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS]", "sep_token": "[SEP]"}
 SPECIAL_TOKENS["mask_token"] = "[MASK]"
 
 
 def read_captions(manifest: str | Path) -> list[str]:
     """Captions of a manifest (or any data source), read and checked like the training data
-    (`videofirst.data.load_manifest`: non-empty strings, UTF-8, errors naming the file and row)."""
-    from videofirst.data import source_captions  # here: the data pipeline is not needed to train a tokenizer
-
+    (`videofirst.data.loading.load_manifest`: non-empty strings, UTF-8, errors naming the file and row)."""
     return source_captions(str(manifest))
 
 

@@ -4,10 +4,10 @@ The paper's second step: a frozen VideoFirst video tower and a frozen causal lan
 Perceiver resampler and gated cross-attention layers that alone train, with the autoregressive captioning loss
 (captioning or summarisation, from a video-text manifest).
 
-It reuses the contrastive loop's pieces: the data pipeline (`videofirst.data`, whose batches carry the caption
-strings, tokenized here for the language model by `videofirst.generation.encode_captions`), the run setup and
-bookkeeping of `videofirst.training_loop` (crash-safe checkpoints and resume, the JSONL / tracker log, the stop
-conditions), AdamW and the warmup-cosine schedule (`videofirst.optimization`) and the recipe loader
+It reuses the contrastive loop's pieces: the data pipeline (`videofirst.data.loading`, whose batches carry the caption
+strings, tokenized here for the language model by `videofirst.evaluation.captioning.encode_captions`), the run setup and
+bookkeeping of `videofirst.train.loop` (crash-safe checkpoints and resume, the JSONL / tracker log, the stop
+conditions), AdamW and the warmup-cosine schedule (`videofirst.train.optimization`) and the recipe loader
 (`videofirst.recipe.load_recipe`). Token masking is reseeded from `(seed, step, micro-batch, process)` and the data
 order from `(seed, epoch)` as in pretraining, so a resumed run continues exactly.
 """
@@ -26,10 +26,9 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
-from videofirst.data import build_dataloader
-from videofirst.evaluation import load_multiple_choice_manifest
-from videofirst.event_order import event_sequence_metrics, is_event_caption
-from videofirst.generation import (
+from videofirst.data.loading import build_dataloader
+from videofirst.data.tokenization import read_captions
+from videofirst.evaluation.captioning import (
     caption_metrics,
     captioning_loss,
     encode_captions,
@@ -38,12 +37,13 @@ from videofirst.generation import (
     generate_captions,
     prepare_causal_tokenizer,
 )
+from videofirst.evaluation.event_order import event_sequence_metrics, is_event_caption
+from videofirst.evaluation.zero_shot import load_multiple_choice_manifest
 from videofirst.modeling.configuration_videofirst import VideoFirstVisionConfig
 from videofirst.modeling.modeling_videofirst import VideoFirstModel, VideoFirstVisionModel
 from videofirst.modeling.modeling_videofirst_video_to_text import VideoFirstForConditionalGeneration
 from videofirst.modeling.processing_videofirst import VideoFirstProcessor
 from videofirst.modeling.video_processing_videofirst import VideoFirstVideoProcessor
-from videofirst.optimization import build_optimizer, build_scheduler
 from videofirst.recipe import (
     CheckpointSection,
     DataSection,
@@ -53,9 +53,9 @@ from videofirst.recipe import (
     RunSection,
     load_recipe,
 )
-from videofirst.setup import prepare_data
-from videofirst.tokenization import read_captions
-from videofirst.training_loop import TrainingRun, check_finite, reseed
+from videofirst.train.loop import TrainingRun, check_finite, reseed
+from videofirst.train.optimization import build_optimizer, build_scheduler
+from videofirst.train.setup import prepare_data
 
 __all__ = [
     "VideoToTextEvalSection",
@@ -266,7 +266,7 @@ def build_video_to_text_model(
 def build_video_to_text_optimizer(
     model: VideoFirstForConditionalGeneration, optim: OptimSection, gate_learning_rate_multiplier: float = 1.0
 ) -> torch.optim.AdamW:
-    """AdamW over the trainable parameters (`videofirst.optimization.build_optimizer`), with the cross-attention
+    """AdamW over the trainable parameters (`videofirst.train.optimization.build_optimizer`), with the cross-attention
     gates in a group of their own at `gate_learning_rate_multiplier` times the learning rate (the schedule scales
     every group alike)."""
     if gate_learning_rate_multiplier <= 0:
@@ -291,7 +291,7 @@ def build_video_to_text_optimizer(
 
 
 def _tokenizer_source(recipe: VideoToTextRecipe) -> str | None:
-    """Where the tokenizer comes from; None: train one on the captions (`videofirst.setup.prepare_data`)."""
+    """Where the tokenizer comes from; None: train one on the captions (`videofirst.train.setup.prepare_data`)."""
     if recipe.data.tokenizer is not None:
         return recipe.data.tokenizer
     for source in (recipe.model.init_from, recipe.model.language_model_from):
@@ -408,8 +408,8 @@ def _gate_summary(model: VideoFirstForConditionalGeneration) -> dict[str, float]
 
 class _Evaluator:
     """Held-out captioning loss, generated captions scored with Rouge-L (and CIDEr; on synthetic order-of-events
-    captions also the event-sequence metrics of `videofirst.event_order`), and optional zero-shot QA; on the main
-    process."""
+    captions also the event-sequence metrics of `videofirst.evaluation.event_order`), and optional zero-shot QA; on
+    the main process."""
 
     def __init__(self, recipe: VideoToTextRecipe, accelerator: Accelerator, processor, eval_loader, logger):
         self.recipe = recipe

@@ -5,14 +5,14 @@ from pathlib import Path
 
 from transformers import AutoModel, AutoTokenizer
 
-from videofirst.data import is_remote, source_captions, training_sources
+from videofirst.data.loading import is_remote, source_captions, training_sources
+from videofirst.data.synthetic import write_synthetic_dataset
+from videofirst.data.tokenization import train_sentencepiece_tokenizer
 from videofirst.modeling.configuration_videofirst import VideoFirstConfig
 from videofirst.modeling.modeling_videofirst import VideoFirstModel
 from videofirst.modeling.processing_videofirst import VideoFirstProcessor
 from videofirst.modeling.video_processing_videofirst import VideoFirstVideoProcessor
 from videofirst.recipe import PretrainRecipe
-from videofirst.synthetic import write_synthetic_dataset
-from videofirst.tokenization import train_sentencepiece_tokenizer
 
 # Fields of the vision config that a recipe may change on a model loaded with `model.init_from`.
 RUNTIME_VISION_FIELDS = ("mask_ratio", "mask_type")

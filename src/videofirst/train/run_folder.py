@@ -27,8 +27,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from videofirst.checkpointing import CheckpointManager, read_state
 from videofirst.recipe import Recipe
+from videofirst.train.checkpointing import CheckpointManager, read_state
 
 __all__ = ["RESUMABLE_CHANGES", "RunFolder", "RunFolderError", "exit_with_launcher", "flat_config"]
 

@@ -2,7 +2,7 @@
 
 What makes two runs of one recipe and seed bit-identical (and a resumed run equal to an uninterrupted one):
 
-- the randomness: `run.seed`, re-seeded per micro-batch (`videofirst.training_loop.reseed`);
+- the randomness: `run.seed`, re-seeded per micro-batch (`videofirst.train.loop.reseed`);
 - the model: its masked path has no accumulation whose order depends on thread scheduling (the kept tokens'
   position embeddings are gathered per sample, `VideoFirstEmbeddings.kept_positions`), so on CPU it is
   deterministic with or without this switch;

@@ -53,7 +53,7 @@ import torch.utils.data
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from videofirst.modeling.video_processing_videofirst import resolve_sampling
+from videofirst.modeling.video_processing_videofirst import pad_video_batch, resolve_sampling
 
 if TYPE_CHECKING:
     from videofirst.modeling.modeling_videofirst import VideoFirstModel
@@ -907,8 +907,6 @@ class _ClipCollator:
         self.tubelet_frames = tubelet_frames
 
     def __call__(self, items: Sequence[dict[str, Any]]) -> dict[str, Any]:
-        from videofirst.modeling.video_processing_videofirst import pad_video_batch
-
         decoded = [item for item in items if item["pixels"] is not None]
         batch: dict[str, Any] = {
             "indices": [item["index"] for item in decoded],
