@@ -15,7 +15,8 @@ from videofirst.modeling.processing_videofirst import VideoFirstProcessor
 from videofirst.modeling.video_processing_videofirst import VideoFirstVideoProcessor
 
 import videofirst.data.loading as data_module
-from videofirst.data.loading import build_dataloader, load_source
+from videofirst.data.loading import build_dataloader
+from videofirst.data.sources import load_source, source_captions
 from videofirst.recipe import DataSection, PretrainRecipe
 from videofirst.train.checkpointing import TrainerState
 from videofirst.train.loop import check_bad_fraction
@@ -240,9 +241,7 @@ def test_bad_captions_in_shards_are_bad_samples(clips):
 
 
 def test_the_captioning_tokenizer_reads_captions_with_the_same_checks(clips):
-    from videofirst.data.tokenization import read_captions
-
     path = clips / "latin1_captions.jsonl"
     path.write_bytes(b'{"video": "clip0.mp4", "caption": "caf\xe9"}\n')
     with pytest.raises(ValueError, match=rf"{path} is not UTF-8.*line 1"):
-        read_captions(path)
+        source_captions(str(path))

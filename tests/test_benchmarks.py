@@ -29,13 +29,15 @@ from videofirst.evaluation.benchmarks import BENCHMARKS, AnnotationError, load_b
 from videofirst.evaluation.captioning import (
     caption_metrics,
     evaluate_video_question_answering,
-    export_video_to_text,
     generate_captions,
     prepare_causal_tokenizer,
     train_caption_tokenizer,
 )
-from videofirst.evaluation.zero_shot import VideoClip, evaluate_retrieval
-from videofirst.hub.publishing import eval_results, load_results, render_model_card
+from videofirst.evaluation.embedding import evaluate_retrieval
+from videofirst.evaluation.sets import VideoClip
+from videofirst.hub.cards import render_model_card
+from videofirst.hub.export import export_video_to_text
+from videofirst.hub.results import eval_results, load_results
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "training" / "evaluate.py"

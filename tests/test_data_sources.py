@@ -17,17 +17,9 @@ from video_fixtures import frame_ids, index_frame, write_video
 from videofirst.modeling.processing_videofirst import VideoFirstProcessor
 from videofirst.modeling.video_processing_videofirst import VideoFirstVideoProcessor
 
-from videofirst.data.loading import (
-    MediaTextDataset,
-    MixedMediaTextDataset,
-    build_dataloader,
-    load_source,
-    parse_sources,
-    resolve_source,
-    source_captions,
-    training_sources,
-)
+from videofirst.data.loading import MediaTextDataset, MixedMediaTextDataset, build_dataloader
 from videofirst.data.shards import TarShardWriter
+from videofirst.data.sources import load_source, parse_sources, resolve_source, source_captions, training_sources
 from videofirst.recipe import DataSection
 
 CLIPS = 8

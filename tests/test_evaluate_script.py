@@ -18,8 +18,8 @@ from videofirst.modeling.video_processing_videofirst import VideoFirstVideoProce
 from videofirst import export_checkpoint
 from videofirst.data.synthetic import write_synthetic_dataset
 from videofirst.data.tokenization import train_sentencepiece_tokenizer
-from videofirst.evaluation import zero_shot
-from videofirst.evaluation.zero_shot import evaluate_classification, evaluate_multiple_choice, evaluate_retrieval
+from videofirst.evaluation import sets
+from videofirst.evaluation.embedding import evaluate_classification, evaluate_multiple_choice, evaluate_retrieval
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "training" / "evaluate.py"
@@ -204,7 +204,7 @@ def test_embedding_cache_is_reused_and_keyed(checkpoint, data, tmp_path, monkeyp
         raise AssertionError("a cached video was decoded again")
 
     with monkeypatch.context() as patch:
-        patch.setattr(zero_shot._ClipDataset, "__getitem__", no_decoding)
+        patch.setattr(sets.ClipDataset, "__getitem__", no_decoding)
         code, second = run(checkpoint, tmp_path, *args)
     assert code == 0 and second["embeddings_cache"] == {**first["embeddings_cache"], "hits": 6, "embedded": 0}
     assert second["metrics"] == first["metrics"]

@@ -1,13 +1,15 @@
 """Embedding helpers, one-call evaluations on tiny fixtures, and the segment-aggregation baseline."""
 
+import datasets
 import pytest
 import torch
 import torch.nn.functional as F
 from tiny_models import tiny_model
 from transformers import BertTokenizer
 
-from videofirst.evaluation.zero_shot import (
-    classification_metrics,
+from videofirst.data.sources import load_manifest
+from videofirst.evaluation.captioning import DEFAULT_QA_PROMPT
+from videofirst.evaluation.embedding import (
     embed_answer_options,
     embed_class_prompts,
     embed_texts,
@@ -17,8 +19,13 @@ from videofirst.evaluation.zero_shot import (
     evaluate_multiple_choice,
     evaluate_retrieval,
     flatten_captions,
-    multiple_choice_metrics,
-    retrieval_metrics,
+)
+from videofirst.evaluation.metrics import classification_metrics, multiple_choice_metrics, retrieval_metrics
+from videofirst.evaluation.sets import (
+    VideoClip,
+    load_classification_manifest,
+    load_multiple_choice_manifest,
+    load_retrieval_manifest,
 )
 
 WORDS = (
@@ -57,14 +64,6 @@ def video_features(model, pixel_values_videos, video_frame_mask=None) -> torch.T
         ).pooler_output
 
 
-class Wrapper(torch.nn.Module):
-    """Stands in for DDP / accelerate's wrapper: the model is `.module`."""
-
-    def __init__(self, module):
-        super().__init__()
-        self.module = module
-
-
 def test_embed_texts_is_batched_normalised_and_restores_train_mode(model, tokenizer):
     texts = ["a red circle", "a blue square then a green triangle", "what did the person do first", "a dog"]
     model.train()
@@ -84,7 +83,8 @@ def test_embed_videos_takes_tensors_and_processor_batches(model):
     mask = torch.ones(3, 4, dtype=torch.long)
     mask[1, 2:] = 0
     batches = [{"pixel_values_videos": clips[:2], "video_frame_mask": mask[:2], "input_ids": None}, clips[2:]]
-    embeds = embed_videos(Wrapper(model), batches)
+    # Wrapped as training leaves it (a data-parallel container, compiled): the bare model embeds.
+    embeds = embed_videos(torch.compile(torch.nn.DataParallel(model)), batches)
     assert embeds.shape == (3, 16) and not model.training
     expected = torch.cat([video_features(model, clips[:2], mask[:2]), video_features(model, clips[2:])])
     assert torch.allclose(embeds, expected, atol=1e-5)
@@ -159,8 +159,10 @@ def test_multiple_choice_on_a_tiny_egoschema_fixture(model, tokenizer):
     options = [["cook", "cut", "open", "close", "run"], ["running", "jumping", "cooking", "cutting", "open"]]
     option_embeds = embed_answer_options(model, tokenizer, questions, options)
     assert option_embeds.shape == (2, 5, 16)
-    # The text of an option is "question answer".
-    expected = text_features(model, tokenizer, [f"{q} {a}" for q, row in zip(questions, options) for a in row])
+    # The text of an option is "question: ... answer: ...", the text the video-to-text model scores too.
+    texts = [f"question: {q} answer: {a}" for q, row in zip(questions, options) for a in row]
+    assert texts[0] == f"{DEFAULT_QA_PROMPT.format(question=questions[0])} {options[0][0]}"
+    expected = text_features(model, tokenizer, texts)
     assert torch.allclose(option_embeds.reshape(10, 16), expected, atol=1e-5)
 
     scores = torch.einsum("qd,qod->qo", video_features(model, clips), expected.reshape(2, 5, 16))
@@ -205,3 +207,74 @@ def test_zero_shot_classification_with_prompt_templates(model, tokenizer):
     assert classification_metrics(scores, best, (1,)) == {"top1_accuracy": 1.0}
     with pytest.raises(ValueError, match="contain"):
         embed_class_prompts(model, tokenizer, class_names, ["no placeholder"])
+
+
+# Evaluation sets from manifests ---------------------------------------------------------------------------------
+
+
+def test_evaluation_manifests_are_read_by_the_data_pipelines_reader(tmp_path):
+    """Any manifest format of the training data (Parquet, a `file_name` column, a `text` column) is an evaluation
+    set too, with its task columns (captions lists, options, answers, labels) and windows carried through."""
+    (tmp_path / "clips").mkdir()
+    rows = [
+        {"file_name": "clips/a.mp4", "text": ["a red circle", "a circle"], "question": "what?", "options": ["x", "y"],
+         "answer": 1, "label": "red", "start": 1.0, "end": 3.5},
+        {"file_name": "clips/b.mp4", "text": ["a blue square"], "question": "who?", "options": ["u", "v"],
+         "answer": 0, "label": "blue", "start": None, "end": None},
+    ]  # fmt: skip
+    parquet = tmp_path / "set.parquet"
+    datasets.Dataset.from_list(rows).to_parquet(str(parquet))
+    retrieval = load_retrieval_manifest(parquet)
+    assert retrieval.clips == [
+        VideoClip(str(tmp_path / "clips" / "a.mp4"), 1.0, 3.5),
+        VideoClip(str(tmp_path / "clips" / "b.mp4")),
+    ]
+    assert retrieval.texts == ["a red circle", "a circle", "a blue square"]
+    assert retrieval.video_ids_of_texts == [0, 0, 1]
+    assert [row["media"] for row in load_manifest(parquet, require_captions=False)] == [c.path for c in retrieval.clips]
+    questions = load_multiple_choice_manifest(parquet)
+    assert questions.options == [["x", "y"], ["u", "v"]] and questions.answers == [1, 0]
+    assert load_classification_manifest(parquet).labels == [1, 0]  # classes sorted: blue, red
+
+    # CSV: EgoSchema's `option N` columns, JSON lists in cells, empty windows.
+    csv_manifest = tmp_path / "set.csv"
+    csv_manifest.write_text(
+        'video,question,option 0,option 1,answer,caption,start\nclips/a.mp4,q?,no,yes,1,"[""one"", ""two""]",\n'
+    )
+    questions = load_multiple_choice_manifest(csv_manifest)
+    assert questions.options == [["no", "yes"]] and questions.clips == [VideoClip(str(tmp_path / "clips" / "a.mp4"))]
+    assert load_retrieval_manifest(csv_manifest).texts == ["one", "two"]
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("missing.jsonl", None, "Manifest not found"),
+        ("bad.jsonl", b'{"video": "a.mp4", "caption": "x"}\n{"video": \n', r"bad.jsonl:2 is not valid JSON"),
+        ("list.jsonl", b'{"video": "a.mp4", "caption": "x"}\n["a.mp4"]\n', "list.jsonl:2 must be a JSON object"),
+        ("empty.jsonl", b"\n", "has no rows"),
+        ("header.csv", b"video,caption\n", "has no rows"),
+        ("latin1.jsonl", b'{"video": "a.mp4", "caption": "caf\xe9"}\n', "is not UTF-8: line 1"),
+        ("novideo.jsonl", b'{"caption": "x"}\n', r"needs one of the columns \('video'"),
+        ("nofile.jsonl", b'{"video": "", "caption": "x"}\n', "Row 1 of .* names no media file"),
+        ("image.jsonl", b'{"image": "a.png", "caption": "x"}\n', "is an image"),
+        ("start.jsonl", b'{"video": "a.mp4", "caption": "x", "start": "soon"}\n', "`start` is 'soon', not a number"),
+        ("nocaption.jsonl", b'{"video": "a.mp4"}\n', "Row 1 of .* needs a non-empty `caption`"),
+        ("reserved.jsonl", b'{"video": "a.mp4", "caption": "x", "size": 3}\n', r"columns \['size'\] are the data"),
+    ],
+)  # fmt: skip
+def test_evaluation_manifests_fail_with_a_message(tmp_path, name, content, message):
+    path = tmp_path / name
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises((ValueError, FileNotFoundError), match=message):
+        load_retrieval_manifest(path)
+
+
+def test_task_columns_are_checked_per_task(tmp_path):
+    path = tmp_path / "set.jsonl"
+    path.write_text('{"video": "a.mp4", "question": "q", "options": ["a", "b"], "answer": 2, "label": ""}\n')
+    with pytest.raises(ValueError, match="`answer` 2 is not an index into its options"):
+        load_multiple_choice_manifest(path)
+    with pytest.raises(ValueError, match="needs a `label`"):
+        load_classification_manifest(path)

@@ -29,16 +29,12 @@ from transformers import BertTokenizerFast, pipeline
 from video_fixtures import write_video
 from videofirst.modeling.processing_videofirst import VideoFirstProcessor
 
+from videofirst.hub.cards import ModelCardOptions, render_model_card
+from videofirst.hub.cli import results_from_cli
 from videofirst.hub.export import export_checkpoint
-from videofirst.hub.publishing import (
-    BenchmarkResult,
-    ModelCardOptions,
-    load_results,
-    push_to_hub,
-    register_pipelines,
-    render_model_card,
-    results_from_cli,
-)
+from videofirst.hub.files import register_pipelines
+from videofirst.hub.push import push_to_hub
+from videofirst.hub.results import BenchmarkResult, load_results
 from videofirst.train.checkpointing import CheckpointError, TrainerState, write_manifest
 from videofirst.train.run_export import export_run
 
@@ -205,7 +201,7 @@ def test_card_metadata_parses_and_carries_the_evaluation_results(exported):
     assert {"videofirst", "custom_code", "arxiv:2312.07395"} <= set(data.tags)
     expected = {(record["dataset"], key): value for record in RESULTS for key, value in record["metrics"].items()}
     found = {(result.dataset_name, result.metric_type): result.metric_value for result in data.eval_results}
-    assert found == expected  # fractions, videofirst.evaluation.zero_shot's names
+    assert found == expected  # fractions, videofirst.evaluation.metrics' names
     by_metric = {result.metric_type: result for result in data.eval_results}
     assert by_metric["t2v_recall@1"].task_type == "text-retrieval"
     assert by_metric["t2v_recall@1"].dataset_type == "msrvtt" and by_metric["t2v_recall@1"].dataset_split == "test-1k"
@@ -302,8 +298,14 @@ def test_push_private_repo_then_repush_an_updated_checkpoint(hub, exported, mode
     first = tmp_path / "first"
     export_checkpoint(model, processor, first, card=CARD, results=RESULTS)
     (first / "notes.txt").write_text("scratch file that the next push removes\n")
+    (first / "__pycache__").mkdir()
+    (first / "__pycache__" / "pipeline_videofirst.cpython-311.pyc").write_bytes(b"bytecode")
+    (first / ".DS_Store").write_bytes(b"debris")
     info = push_to_hub(first, "tester/private-model", private=True, endpoint=hub.url, token=TOKEN, commit_message="v1")
     assert api.model_info("tester/private-model").private is True
+    pushed = set(api.list_repo_files("tester/private-model"))
+    assert "notes.txt" in pushed and not any("__pycache__" in name or "DS_Store" in name for name in pushed)
+    assert 'repo = "tester/private-model"' in (first / "README.md").read_text()  # the folder holds what was pushed
     assert hub.repos["tester/private-model"].commits[info.oid].title == "v1"
     card = hub.file("tester/private-model", "README.md").decode()
     assert 'repo = "tester/private-model"' in card and "your-username" not in card

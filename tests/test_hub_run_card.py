@@ -9,7 +9,7 @@ from huggingface_hub import ModelCard
 from test_pretraining import DEMO, tiny_overrides, write_tiny_data
 
 import videofirst.train.pretraining as pretraining
-from videofirst.hub.publishing import hub_model_id
+from videofirst.hub.cards import hub_model_id
 from videofirst.recipe import load_recipe
 
 pytestmark = pytest.mark.slow  # a tiny pretraining run (about 25 s on 2 CPU cores)

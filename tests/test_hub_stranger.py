@@ -24,8 +24,9 @@ from tiny_models import tiny_model, tiny_processor
 from video_fixtures import write_video
 from videofirst.modeling.processing_videofirst import VideoFirstProcessor
 
+from videofirst.hub.cards import ModelCardOptions
 from videofirst.hub.export import export_checkpoint
-from videofirst.hub.publishing import ModelCardOptions, push_to_hub
+from videofirst.hub.push import push_to_hub
 
 pytestmark = pytest.mark.slow
 

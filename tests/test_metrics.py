@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from videofirst.evaluation import zero_shot
-from videofirst.evaluation.zero_shot import (
+from videofirst.evaluation import metrics as metrics_module
+from videofirst.evaluation.metrics import (
     classification_metrics,
     multiple_choice_metrics,
     rank_metrics,
@@ -85,7 +85,7 @@ def test_retrieval_matches_brute_force_reference(seed, monkeypatch):
     t2v, v2t = brute_force_ranks(similarity, video_ids)
     expected = {**rank_metrics(t2v, (1, 2, 3), "t2v_"), **rank_metrics(v2t, (1, 2, 3), "v2t_")}
     assert retrieval_metrics(similarity, video_ids, recall_at=(1, 2, 3)) == pytest.approx(expected)
-    monkeypatch.setattr(zero_shot, "_CHUNK_ENTRIES", 7)  # one or two rows per chunk: same answer
+    monkeypatch.setattr(metrics_module, "_CHUNK_ENTRIES", 7)  # one or two rows per chunk: same answer
     assert retrieval_metrics(similarity, video_ids, recall_at=(1, 2, 3)) == pytest.approx(expected)
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from huggingface_hub import ModelCard
 from safetensors.torch import load_file
 from tiny_models import tiny_vision_config
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -26,9 +27,11 @@ from videofirst.modeling.modeling_videofirst_video_to_text import (
 from videofirst.modeling.processing_videofirst import VideoFirstProcessor
 from videofirst.modeling.video_processing_videofirst import VideoFirstVideoProcessor
 
+import videofirst
 import videofirst.metrics
 import videofirst.train.video_to_text as video_to_text
-from videofirst.data.loading import build_dataloader
+from videofirst.data.loading import MediaTextCollator, build_dataloader
+from videofirst.data.shards import TarShardWriter
 from videofirst.data.synthetic import COLOURS, SHAPES, sample_videos, write_synthetic_dataset
 from videofirst.evaluation.captioning import (
     answer_log_likelihoods,
@@ -36,7 +39,6 @@ from videofirst.evaluation.captioning import (
     captioning_loss,
     cider_available,
     encode_captions,
-    export_video_to_text,
     generate_captions,
     prepare_causal_tokenizer,
     sequence_log_likelihoods,
@@ -49,7 +51,9 @@ from videofirst.evaluation.event_order import (
     event_sequence_metrics,
     parse_event_caption,
 )
-from videofirst.evaluation.zero_shot import multiple_choice_metrics
+from videofirst.evaluation.metrics import multiple_choice_metrics
+from videofirst.hub.cards import ModelCardOptions
+from videofirst.hub.export import export_checkpoint
 
 LANGUAGE_MODELS = {
     "gpt2": {"model_type": "gpt2", "n_embd": 32, "n_layer": 2, "n_head": 4, "n_positions": 64},
@@ -303,9 +307,19 @@ def test_save_load_and_remote_code(tmp_path, caption_tokenizer):
         size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}, num_frames=4, tubelet_frames=2
     )
     processor = VideoFirstProcessor(video_processor=video_processor, tokenizer=caption_tokenizer)
-    checkpoint = export_video_to_text(model, processor, tmp_path / "export")
+    checkpoint = export_checkpoint(model, processor, tmp_path / "export", card=ModelCardOptions(repo_id="me/v2t"))
+    assert videofirst.export_video_to_text is export_checkpoint  # the former name of this export
     assert (checkpoint / "modeling_videofirst_video_to_text.py").is_file()
     assert json.loads((checkpoint / "config.json").read_text())["auto_map"]["AutoModelForImageTextToText"]
+    # The video-to-text card and files, not the dual encoder's: no scoring pipelines or endpoint handler.
+    card = ModelCard.load(checkpoint / "README.md")
+    assert card.data.pipeline_tag == "video-text-to-text" and "AutoModelForImageTextToText" in card.text
+    total = sum(parameter.numel() for parameter in model.parameters())  # shared (tied) weights once
+    trained = sum(parameter.numel() for parameter in model.parameters() if parameter.requires_grad)
+    assert f"{total:,}), of which " in card.text and f"{trained:,}) trained" in card.text
+    assert (checkpoint / "requirements.txt").is_file()
+    assert not (checkpoint / "handler.py").exists() and not (checkpoint / "pipeline_videofirst.py").exists()
+    assert "custom_pipelines" not in json.loads((checkpoint / "config.json").read_text())
 
     loaded = VideoFirstForConditionalGeneration.from_pretrained(checkpoint).eval()
     assert loaded.trainable_parameter_names() == model.trainable_parameter_names()
@@ -540,6 +554,39 @@ def test_training_loop_logs_exports_and_resumes_exactly(tiny_data, tmp_path, mon
     assert expected.keys() == actual.keys()
     assert all(torch.equal(expected[key], actual[key]) for key in expected)
     assert AutoTokenizer.from_pretrained(resumed.export_dir).bos_token == "[CLS]"
+
+
+def test_training_reads_the_recipes_sources(tiny_data, tmp_path, monkeypatch):
+    """`data.train_sources` (here a weighted mix naming tar shards) is what video-to-text trains on, read like
+    pretraining's data: every training batch holds the shards' captions, never `data.train_manifest`'s."""
+    rows = [json.loads(line) for line in (tiny_data / "train.jsonl").read_text().splitlines()]
+    (tmp_path / "shards").mkdir()
+    writer = TarShardWriter(tmp_path / "shards" / "shard-000000.tar")
+    for index, row in enumerate(rows):
+        meta = {"caption": f"shard {row['caption']}", "start": row["start"], "end": row["end"]}
+        writer.add(f"{index:06d}", {"mp4": (tiny_data / row["video"]).read_bytes(), "json": json.dumps(meta).encode()})
+    writer.close()
+    seen: list[str] = []
+    collate = MediaTextCollator.__call__
+
+    def recording(self, samples):
+        seen.extend(sample["caption"] for sample in samples)
+        return collate(self, samples)
+
+    monkeypatch.setattr(MediaTextCollator, "__call__", recording)
+    recipe = tiny_recipe(
+        tiny_data,
+        tmp_path / "run",
+        **{
+            "data.train_manifest": tiny_data / "test.jsonl",  # present, but the sources take precedence
+            "data.train_sources": f"[{{source: {tmp_path / 'shards'}, weight: 1}}]",
+            "data.eval_manifest": "null",
+            "optim.max_steps": 2,
+            "model.language_model_text_steps": 1,
+        },
+    )
+    assert video_to_text.train_video_to_text(recipe).final_step == 2
+    assert len(seen) >= 8 and all(caption.startswith("shard ") for caption in seen), seen
 
 
 def test_a_few_steps_on_synthetic_data_lower_the_loss(tiny_data, caption_tokenizer):

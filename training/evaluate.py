@@ -67,24 +67,23 @@ from videofirst.evaluation.captioning import (
     generate_captions,
     prepare_causal_tokenizer,
 )
-from videofirst.evaluation.zero_shot import (
+from videofirst.evaluation.embedding import (
     DEFAULT_CLASS_TEMPLATES,
     DEFAULT_QA_TEMPLATE,
-    ClipEmbeddings,
-    EmbeddingCache,
-    _ClipCollator,
-    _ClipDataset,
-    checkpoint_fingerprint,
-    classification_metrics,
     embed_answer_options,
     embed_class_prompts,
     embed_texts,
+)
+from videofirst.evaluation.metrics import classification_metrics, multiple_choice_metrics, retrieval_metrics
+from videofirst.evaluation.sets import (
+    ClipEmbeddings,
+    EmbeddingCache,
+    checkpoint_fingerprint,
+    clip_loader,
     embed_video_clips,
     load_classification_manifest,
     load_multiple_choice_manifest,
     load_retrieval_manifest,
-    multiple_choice_metrics,
-    retrieval_metrics,
 )
 
 TASKS = ("retrieval", "mcq", "classification")
@@ -354,12 +353,7 @@ def run_video_to_text(
     and the number of clips decoded."""
     options = {key: settings[key] for key in ("fps", "num_frames", "sampling") if settings[key] is not None}
     dataset, tokenizer = data.dataset, processor.tokenizer
-    loader = torch.utils.data.DataLoader(
-        _ClipDataset(dataset.clips, range(len(dataset.clips)), processor.video_processor, options),
-        batch_size=args.batch_size,
-        num_workers=args.num_workers,
-        collate_fn=_ClipCollator(int(getattr(processor.video_processor, "tubelet_frames", 1))),
-    )
+    loader = clip_loader(dataset.clips, processor.video_processor, options, args.batch_size, args.num_workers)
     summaries: dict[int, str] = {}
     scores: dict[int, torch.Tensor] = {}  # question -> its options' log-likelihoods
     failures: dict[int, str] = {}

@@ -13,7 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from videofirst.hub.publishing import add_card_arguments, card_options_from_args, results_from_cli
+from videofirst.hub.cli import add_card_arguments, card_options_from_args, results_from_cli
 from videofirst.train.run_export import export_run
 
 

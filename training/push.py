@@ -15,13 +15,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from videofirst.hub.publishing import (
-    HANDLER_FILE,
-    add_card_arguments,
-    card_options_from_args,
-    push_to_hub,
-    results_from_cli,
-)
+from videofirst.hub.cli import add_card_arguments, card_options_from_args, results_from_cli
+from videofirst.hub.files import HANDLER_FILE
+from videofirst.hub.push import push_to_hub
 from videofirst.train.run_export import export_run
 
 

@@ -10,23 +10,22 @@ from videofirst.evaluation.captioning import (
     caption_metrics,
     encode_captions,
     evaluate_video_question_answering,
-    export_video_to_text,
     generate_captions,
 )
-from videofirst.evaluation.zero_shot import (
-    classification_metrics,
+from videofirst.evaluation.embedding import (
     embed_texts,
     embed_videos,
     embed_videos_by_segments,
     evaluate_classification,
     evaluate_multiple_choice,
     evaluate_retrieval,
-    multiple_choice_metrics,
-    retrieval_metrics,
 )
+from videofirst.evaluation.metrics import classification_metrics, multiple_choice_metrics, retrieval_metrics
+from videofirst.hub.cards import ModelCardOptions, render_model_card
 from videofirst.hub.conversion import convert_checkpoint, convert_image_text_model, replace_text_tower
-from videofirst.hub.export import export_checkpoint
-from videofirst.hub.publishing import ModelCardOptions, push_to_hub, register_pipelines, render_model_card
+from videofirst.hub.export import export_checkpoint, export_video_to_text
+from videofirst.hub.files import register_pipelines
+from videofirst.hub.push import push_to_hub
 from videofirst.modeling.configuration_videofirst import VideoFirstConfig, VideoFirstVisionConfig
 from videofirst.modeling.configuration_videofirst_video_to_text import VideoFirstVideoToTextConfig
 from videofirst.modeling.modeling_videofirst import (

@@ -77,7 +77,7 @@ class DataSection:
     bad_fraction_min_samples: int = 100
     # Training data as a weighted mix, e.g. [{source: data/clips_shards, weight: 3}, {source: img.jsonl, weight: 1}]:
     # each batch comes from one source, chosen by weight, deterministic by seed and epoch. Empty: `train_manifest`.
-    # Any manifest field also takes a folder, tar shards or a Hub dataset id (see videofirst.data.loading).
+    # Any manifest field also takes a folder, tar shards or a Hub dataset id (see videofirst.data.sources).
     train_sources: list[dict[str, Any]] = field(default_factory=list)
     # Read tar shards front to back with `datasets` streaming instead of indexing them (remote shards always are).
     streaming: bool = False

@@ -12,7 +12,7 @@ show the same events in different orders, whose captions are order permutations 
 
 Every configuration is trained with the real loop, `videofirst.train.pretraining.pretrain` on
 `training/configs/long_range.yaml` plus overrides (attention type, masking ratio, seed), and evaluated zero-shot on
-the held-out split with `videofirst.evaluation.zero_shot`:
+the held-out split with `videofirst.evaluation.sets` and `.embedding`:
 
 * `t2v_r1`, `v2t_r1`: text-to-video / video-to-text Recall@1 over the whole held-out split;
 * `order_acc`: order-dependent retrieval, text-to-video Recall@1 among the caption's own permutation group only
@@ -144,7 +144,7 @@ def order_accuracy(similarity, video_of_text: list[int], group_of_video: list[in
     """Text-to-video accuracy among the videos of the caption's permutation group (pessimistic ties)."""
     import torch
 
-    from videofirst.evaluation.zero_shot import multiple_choice_metrics
+    from videofirst.evaluation.metrics import multiple_choice_metrics
 
     members: dict[int, list[int]] = defaultdict(list)
     for video, group in enumerate(group_of_video):
@@ -165,13 +165,9 @@ def evaluate_export(export_dir: Path, test_manifest: Path, budget: Budget) -> di
     from videofirst.modeling.modeling_videofirst import VideoFirstModel
     from videofirst.modeling.processing_videofirst import VideoFirstProcessor
 
-    from videofirst.evaluation.zero_shot import (
-        embed_texts,
-        embed_video_clips,
-        load_retrieval_manifest,
-        read_manifest_rows,
-        retrieval_metrics,
-    )
+    from videofirst.evaluation.embedding import embed_texts
+    from videofirst.evaluation.metrics import retrieval_metrics
+    from videofirst.evaluation.sets import embed_video_clips, load_retrieval_manifest, read_manifest_rows
 
     model = VideoFirstModel.from_pretrained(export_dir).eval()
     processor = VideoFirstProcessor.from_pretrained(export_dir)

@@ -53,7 +53,8 @@ from videofirst.evaluation.captioning import (
     prepare_causal_tokenizer,
 )
 from videofirst.evaluation.event_order import event_order_option_scores, event_order_questions, event_sequence_metrics
-from videofirst.evaluation.zero_shot import multiple_choice_metrics, read_manifest_rows
+from videofirst.evaluation.metrics import multiple_choice_metrics
+from videofirst.evaluation.sets import read_manifest_rows
 from videofirst.recipe import load_recipe
 from videofirst.train.optimization import build_scheduler
 from videofirst.train.pretraining import pretrain

@@ -14,7 +14,7 @@ task per file); shards are written in manifest order, each atomically, followed 
 so an interrupted run resumes at the first unfinished shard and rebuilds it byte for byte. A file that fails
 (bad input, decode error, a clip longer than ``max_clip_frames`` frames, or a worker stuck past the time limit,
 which is then killed) is skipped and listed in ``bad_files.jsonl``; ``report.json`` sums up the run. The
-manifest is read with `videofirst.data.loading.load_manifest`, which refuses rows without a proper caption up front.
+manifest is read with `videofirst.data.sources.load_manifest`, which refuses rows without a proper caption up front.
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from videofirst.data.loading import load_manifest
 from videofirst.data.shards import (
     BAD_FILES,
     FORMAT_VERSION,
@@ -41,6 +40,7 @@ from videofirst.data.shards import (
     encode_image,
     transcode_video,
 )
+from videofirst.data.sources import load_manifest
 
 logger = logging.getLogger(__name__)
 

@@ -16,16 +16,10 @@ import sentencepiece
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast
 
-from videofirst.data.loading import source_captions
+from videofirst.data.sources import source_captions
 
 SPECIAL_TOKENS = {"pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS]", "sep_token": "[SEP]"}
 SPECIAL_TOKENS["mask_token"] = "[MASK]"
-
-
-def read_captions(manifest: str | Path) -> list[str]:
-    """Captions of a manifest (or any data source), read and checked like the training data
-    (`videofirst.data.loading.load_manifest`: non-empty strings, UTF-8, errors naming the file and row)."""
-    return source_captions(str(manifest))
 
 
 def train_sentencepiece_tokenizer(
@@ -83,14 +77,16 @@ def train_sentencepiece_tokenizer(
 
 def main(argv: Sequence[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--manifest", required=True, help="JSONL or CSV manifest with a caption/text column")
+    parser.add_argument(
+        "--manifest", required=True, help="a manifest with a caption/text column, or any data source (tar shards, ...)"
+    )
     parser.add_argument("--out", required=True, help="folder to save the tokenizer to")
     parser.add_argument("--vocab-size", type=int, default=8000)
     parser.add_argument("--keep-case", action="store_true", help="do not lowercase")
     args = parser.parse_args(argv)
-    tokenizer = train_sentencepiece_tokenizer(
-        read_captions(args.manifest), args.out, args.vocab_size, lowercase=not args.keep_case
-    )
+    # The training data's reader and checks (non-empty strings, UTF-8, errors naming the file and row).
+    captions = source_captions(args.manifest)
+    tokenizer = train_sentencepiece_tokenizer(captions, args.out, args.vocab_size, lowercase=not args.keep_case)
     print(f"Saved a {len(tokenizer)}-token tokenizer to {args.out}")
     return Path(args.out)
 

@@ -3,7 +3,7 @@
 Each `Benchmark` of `BENCHMARKS` knows its annotation files in the format their authors publish, the protocol the
 paper used (split, caption handling, segment bounds, frame rate, frame count, where the frames come from), the
 names its distributors give the video files, and the Hub dataset that names it in a model card's `model-index`.
-`load_benchmark` turns annotations plus a folder of videos into the evaluation sets of `videofirst.evaluation.zero_shot`
+`load_benchmark` turns annotations plus a folder of videos into the evaluation sets of `videofirst.evaluation.sets`
 (`RetrievalSet`, `MultipleChoiceSet`, `ClassificationSet`), which `training/evaluate.py --benchmark` scores.
 
 =============  ==========================================================================================
@@ -52,7 +52,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from videofirst.evaluation.zero_shot import ClassificationSet, MultipleChoiceSet, RetrievalSet, VideoClip
+from videofirst.evaluation.sets import ClassificationSet, MultipleChoiceSet, RetrievalSet, VideoClip
 from videofirst.modeling.video_processing_videofirst import resolve_sampling
 
 __all__ = [

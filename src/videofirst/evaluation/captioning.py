@@ -1,5 +1,5 @@
 """Video-to-text with a VideoFirst encoder: caption tokenization, the captioning loss, generation, zero-shot
-multiple-choice QA by language-model likelihood, text metrics and export.
+multiple-choice QA by language-model likelihood and text metrics (the export is `videofirst.hub.export`).
 
 The model is `VideoFirstForConditionalGeneration` (`modeling/modeling_videofirst_video_to_text.py`); the training
 loop is `videofirst.train.video_to_text`.
@@ -27,7 +27,9 @@ import torch
 import torch.nn.functional as F
 
 from videofirst.data.tokenization import train_sentencepiece_tokenizer
-from videofirst.evaluation.zero_shot import MultipleChoiceSet, evaluation_mode, multiple_choice_metrics
+from videofirst.evaluation.embedding import DEFAULT_QA_TEMPLATE, evaluation_mode, model_device, unwrap_model
+from videofirst.evaluation.metrics import multiple_choice_metrics
+from videofirst.evaluation.sets import MultipleChoiceSet
 from videofirst.modeling.modeling_videofirst_video_to_text import VideoFirstForConditionalGeneration
 from videofirst.modeling.video_processing_videofirst import pad_video_batch, resolve_sampling
 
@@ -41,7 +43,6 @@ __all__ = [
     "encode_captions",
     "encode_prompts",
     "evaluate_video_question_answering",
-    "export_video_to_text",
     "generate_captions",
     "prepare_causal_tokenizer",
     "sequence_log_likelihoods",
@@ -51,8 +52,9 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
-#: How an EgoSchema question becomes the prompt its candidate answers are scored after.
-DEFAULT_QA_PROMPT = "question: {question} answer:"
+#: How an EgoSchema question becomes the prompt its candidate answers are scored after: the QA template up to the
+#: answer, which `encode_captions` joins with one space (so the scored text is the template's, filled in).
+DEFAULT_QA_PROMPT = DEFAULT_QA_TEMPLATE.removesuffix(" {answer}")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -174,10 +176,6 @@ def encode_prompts(tokenizer, prompts: str | Sequence[str] | None, count: int | 
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _device_of(model: torch.nn.Module) -> torch.device:
-    return next(model.parameters()).device
-
-
 def captioning_loss(
     model: torch.nn.Module,
     batch: Mapping[str, Any],
@@ -214,10 +212,6 @@ def sequence_log_likelihoods(logits: torch.Tensor, labels: torch.Tensor, reducti
     return total / mask.sum(dim=1).clamp(min=1) if reduction == "mean" else total
 
 
-def _unwrap(model: torch.nn.Module) -> VideoFirstForConditionalGeneration:
-    return getattr(model, "module", model)
-
-
 def generate_captions(
     model: torch.nn.Module,
     tokenizer,
@@ -228,8 +222,8 @@ def generate_captions(
 ) -> list[str]:
     """Captions (or summaries) of a batch of videos: `model.generate` from `[BOS] prompt`, decoded without special
     tokens. `generate_kwargs` are generation options (`max_new_tokens`, `num_beams`, `do_sample`, ...)."""
-    model = _unwrap(model)
-    device = _device_of(model)
+    model: VideoFirstForConditionalGeneration = unwrap_model(model)
+    device = model_device(model)
     inputs = {
         key: value.to(device) for key, value in encode_prompts(tokenizer, prompt, len(pixel_values_videos)).items()
     }
@@ -264,15 +258,15 @@ def answer_log_likelihoods(
     Question `i` is asked about video `i`. Each option is scored as the log-likelihood of its tokens after
     `[BOS] prompt_template.format(question=...)`, summed or length-normalised (`reduction`). The videos are encoded
     once and their latents shared by the options. Returns `(questions, options)` scores: the prediction is the
-    row-wise argmax (`videofirst.evaluation.zero_shot.multiple_choice_metrics` turns them into an accuracy).
+    row-wise argmax (`videofirst.evaluation.metrics.multiple_choice_metrics` turns them into an accuracy).
     """
-    model = _unwrap(model)
+    model: VideoFirstForConditionalGeneration = unwrap_model(model)
     if len(questions) != len(options) or not questions:
         raise ValueError(f"{len(questions)} questions for {len(options)} option lists.")
     num_options = len(options[0])
     if any(len(choices) != num_options for choices in options):
         raise ValueError("Every question needs the same number of options.")
-    device = _device_of(model)
+    device = model_device(model)
     with evaluation_mode(model):
         if visual_latents is None:
             if pixel_values_videos is None:
@@ -309,7 +303,7 @@ def evaluate_video_question_answering(
     sampling: str | None = None,
 ) -> dict[str, float]:
     """Zero-shot multiple-choice QA (EgoSchema format,
-    `videofirst.evaluation.zero_shot.load_multiple_choice_manifest`) by
+    `videofirst.evaluation.sets.load_multiple_choice_manifest`) by
     answer likelihood. A video that fails to decode is reported and its questions are left out; `fps`,
     `num_frames` and `sampling` override the processor's frame sampling (an ambiguous request is an error).
 
@@ -398,6 +392,7 @@ def caption_metrics(
     if not predictions:
         raise ValueError("No predictions to score.")
     reference_lists = _as_reference_lists(references, len(predictions))
+    # rouge_score is the scorer `evaluate`'s "rouge" module wraps; that module is a Hub download, unusable offline.
     scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
     rouge = [
         scorer.score_multi(refs, prediction)["rougeL"].fmeasure
@@ -414,27 +409,3 @@ def caption_metrics(
         score, _ = Cider().compute_score(gts, res)
         metrics["cider"] = float(score)
     return metrics
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Export
-# --------------------------------------------------------------------------------------------------------------
-
-
-def export_video_to_text(model: VideoFirstForConditionalGeneration, processor, output_dir: str | Path) -> Path:
-    """Save the model (and processor) with the `modeling/` code as remote code, so that
-    `AutoModelForImageTextToText.from_pretrained(output_dir, trust_remote_code=True)` and
-    `AutoProcessor.from_pretrained(output_dir, trust_remote_code=True)` work without `videofirst` installed."""
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    model = _unwrap(model)
-    model.config.register_for_auto_class("AutoConfig")
-    model.register_for_auto_class("AutoModelForImageTextToText")
-    model.save_pretrained(output_dir)
-    if processor is not None:
-        processor.register_for_auto_class("AutoProcessor")
-        video_processor = getattr(processor, "video_processor", None)
-        if video_processor is not None:
-            video_processor.register_for_auto_class("AutoVideoProcessor")
-        processor.save_pretrained(output_dir)
-    return output_dir

@@ -24,8 +24,8 @@ import torch.nn.functional as F
 from transformers import AutoImageProcessor, AutoModel, AutoTokenizer, PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
+from videofirst.hub.cards import ModelCardOptions, hub_model_id
 from videofirst.hub.export import export_checkpoint
-from videofirst.hub.publishing import ModelCardOptions, hub_model_id
 from videofirst.modeling.configuration_videofirst import VideoFirstConfig
 from videofirst.modeling.modeling_videofirst import VideoFirstModel, VideoFirstVisionModel
 from videofirst.modeling.processing_videofirst import VideoFirstProcessor

@@ -1,7 +1,7 @@
 """Writing checkpoints that load anywhere: weights, config, processor, the model code, card and endpoint handler.
 
-`export_checkpoint(model, processor, out_dir)` turns an in-memory model into a publishable folder;
-`videofirst.train.run_export.export_run` does the same from a training run folder.
+`export_checkpoint(model, processor, out_dir)` turns an in-memory model, the dual encoder or the video-to-text model,
+into a publishable folder; `videofirst.train.run_export.export_run` does the same from a training run folder.
 """
 
 from __future__ import annotations
@@ -12,15 +12,11 @@ from typing import Any
 
 from transformers import PreTrainedModel, ProcessorMixin
 
-from videofirst.hub.publishing import (
-    ModelCardOptions,
-    RunInfo,
-    load_results,
-    with_run_eval,
-    write_hub_files,
-)
+from videofirst.hub.cards import ModelCardOptions
+from videofirst.hub.files import write_hub_files
+from videofirst.hub.results import RunInfo, load_results, with_run_eval
 
-__all__ = ["export_checkpoint"]
+__all__ = ["export_checkpoint", "export_video_to_text"]
 
 
 def export_checkpoint(
@@ -36,16 +32,18 @@ def export_checkpoint(
 ) -> Path:
     """Save `model` (and `processor`) to `output_dir` with the `modeling/` code as transformers remote code.
 
-    The folder then loads with `AutoModel.from_pretrained(output_dir, trust_remote_code=True)` in an
-    environment where `videofirst` is not installed: the classes are registered for the Auto classes, so
-    `save_pretrained` copies the defining modules and records them in `auto_map` (plain `model.save_pretrained`
-    does that too). The saved tokenizer's `model_max_length` is capped at the text tower's
-    `max_position_embeddings`, so the processor truncates captions to what the model reads. With a processor the
-    folder also gets the pipelines (`pipeline("zero-shot-video-classification", model=output_dir,
-    trust_remote_code=True)`), the Inference Endpoints handler and its `requirements.txt`.
+    `model` is a `VideoFirstModel` (the dual encoder) or a `VideoFirstForConditionalGeneration` (video-to-text). The
+    folder then loads with `AutoModel.from_pretrained(output_dir, trust_remote_code=True)` (video-to-text:
+    `AutoModelForImageTextToText`) in an environment where `videofirst` is not installed: the classes are registered
+    for the Auto classes, so `save_pretrained` copies the defining modules and records them in `auto_map` (plain
+    `model.save_pretrained` does that too). The saved tokenizer's `model_max_length` is capped at the text tower's
+    `max_position_embeddings`, so the processor truncates captions to what the model reads. The folder gets the
+    `requirements.txt` of the model code; the dual encoder with a processor also gets the pipelines
+    (`pipeline("zero-shot-video-classification", model=output_dir, trust_remote_code=True)`) and the Inference
+    Endpoints handler.
 
     `card` (True, False or `ModelCardOptions`) writes `README.md`, with `results` (anything
-    `videofirst.hub.publishing.load_results` reads) in its `model-index` and what `run` recorded. `run_dir` (a training
+    `videofirst.hub.results.load_results` reads) in its `model-index` and what `run` recorded. `run_dir` (a training
     run folder) supplies `run` when it is None and adds the run's last held-out evaluation to `results`.
     """
     output_dir = Path(output_dir)
@@ -59,6 +57,10 @@ def export_checkpoint(
         _with_text_limit(processor, model).save_pretrained(output_dir)
     write_hub_files(output_dir, model, processor, card=card, results=results, run=run)
     return output_dir
+
+
+# The video-to-text export is the same export (the card and Hub files follow the model's kind); kept by this name.
+export_video_to_text = export_checkpoint
 
 
 def _with_text_limit(processor: ProcessorMixin, model: PreTrainedModel) -> ProcessorMixin:

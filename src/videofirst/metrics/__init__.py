@@ -9,7 +9,7 @@ Each module is a single file defining one `evaluate.Metric`; `evaluate.load` tak
 
 Loading from a local path never touches the network. The classes can also be used directly
 (`from videofirst.metrics import VideoTextRetrieval`), and the math behind them is plain functions in
-`videofirst.evaluation.zero_shot`.
+`videofirst.evaluation.metrics`.
 """
 
 from __future__ import annotations

@@ -1,15 +1,15 @@
 """`evaluate` module: zero-shot multiple-choice QA accuracy in the EgoSchema format (a question, five answers).
 
 Load it offline with `evaluate.load(videofirst.metrics.metric_path("multiple_choice_qa"))`, or use
-`MultipleChoiceQA()` directly. The math lives in `videofirst.evaluation.zero_shot.multiple_choice_metrics`; producing
+`MultipleChoiceQA()` directly. The math lives in `videofirst.evaluation.metrics.multiple_choice_metrics`; producing
 the scores (video similarity to "question + answer" texts) is
-`videofirst.evaluation.zero_shot.evaluate_multiple_choice`.
+`videofirst.evaluation.embedding.evaluate_multiple_choice`.
 """
 
 import datasets
 import evaluate
 
-from videofirst.evaluation.zero_shot import multiple_choice_metrics
+from videofirst.evaluation.metrics import multiple_choice_metrics
 
 _CITATION = """\
 @inproceedings{mangalam2023egoschema,

@@ -1,13 +1,13 @@
 """`evaluate` module: zero-shot text-to-video and video-to-text retrieval (Recall@K, median and mean rank).
 
 Load it offline with `evaluate.load(videofirst.metrics.metric_path("video_text_retrieval"))`, or use
-`VideoTextRetrieval()` directly. The math lives in `videofirst.evaluation.zero_shot.retrieval_metrics`.
+`VideoTextRetrieval()` directly. The math lives in `videofirst.evaluation.metrics.retrieval_metrics`.
 """
 
 import datasets
 import evaluate
 
-from videofirst.evaluation.zero_shot import retrieval_metrics
+from videofirst.evaluation.metrics import retrieval_metrics
 
 _CITATION = """\
 @inproceedings{papalampidi2024simple,

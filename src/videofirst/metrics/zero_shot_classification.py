@@ -1,15 +1,15 @@
 """`evaluate` module: zero-shot classification top-K accuracy (class scores from prompt-template embeddings).
 
 Load it offline with `evaluate.load(videofirst.metrics.metric_path("zero_shot_classification"))`, or use
-`ZeroShotClassification()` directly. The math lives in `videofirst.evaluation.zero_shot.classification_metrics`;
+`ZeroShotClassification()` directly. The math lives in `videofirst.evaluation.metrics.classification_metrics`;
 producing the scores (video similarity to prompt-ensembled class embeddings) is
-`videofirst.evaluation.zero_shot.evaluate_classification`.
+`videofirst.evaluation.embedding.evaluate_classification`.
 """
 
 import datasets
 import evaluate
 
-from videofirst.evaluation.zero_shot import classification_metrics
+from videofirst.evaluation.metrics import classification_metrics
 
 _CITATION = """\
 @inproceedings{radford2021learning,

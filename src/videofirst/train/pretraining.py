@@ -17,8 +17,10 @@ from accelerate import Accelerator
 from torch import nn
 
 from videofirst.adaptation import apply_adaptation, merge_adaptation
-from videofirst.data.loading import build_dataloader, training_sources
-from videofirst.evaluation.zero_shot import embed_texts, embed_videos, retrieval_metrics
+from videofirst.data.loading import build_dataloader
+from videofirst.data.sources import training_sources
+from videofirst.evaluation.embedding import embed_texts, embed_videos
+from videofirst.evaluation.metrics import retrieval_metrics
 from videofirst.hub.export import export_checkpoint
 from videofirst.modeling.modeling_videofirst import VideoFirstModel
 from videofirst.recipe import PretrainRecipe

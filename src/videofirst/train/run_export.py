@@ -16,8 +16,9 @@ from typing import Any
 from safetensors.torch import load_file
 
 from videofirst.adaptation import apply_adaptation, merge_adaptation
+from videofirst.hub.cards import ModelCardOptions, hub_model_id
 from videofirst.hub.export import export_checkpoint
-from videofirst.hub.publishing import ModelCardOptions, RunInfo, hub_model_id, load_results, with_run_eval
+from videofirst.hub.results import RunInfo, load_results, with_run_eval
 from videofirst.modeling.modeling_videofirst import VideoFirstModel
 from videofirst.modeling.processing_videofirst import VideoFirstProcessor
 from videofirst.recipe import load_recipe
@@ -52,7 +53,7 @@ def export_run(
       plain-CPU run): the model is rebuilt from the run's recipe and loaded with that step's weights.
 
     The card gets the run's recipe and log, `results` (files or records, see
-    `videofirst.hub.publishing.load_results`) and,
+    `videofirst.hub.results.load_results`) and,
     with `include_run_eval`, the run's last held-out evaluation.
     """
     source = Path(source)

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from transformers import AutoModel, AutoTokenizer
 
-from videofirst.data.loading import is_remote, source_captions, training_sources
+from videofirst.data.sources import is_remote, source_captions, training_sources
 from videofirst.data.synthetic import write_synthetic_dataset
 from videofirst.data.tokenization import train_sentencepiece_tokenizer
 from videofirst.modeling.configuration_videofirst import VideoFirstConfig

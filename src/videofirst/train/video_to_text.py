@@ -27,18 +27,19 @@ from accelerate.utils import set_seed
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
 from videofirst.data.loading import build_dataloader
-from videofirst.data.tokenization import read_captions
+from videofirst.data.sources import source_captions, training_sources
 from videofirst.evaluation.captioning import (
+    DEFAULT_QA_PROMPT,
     caption_metrics,
     captioning_loss,
     encode_captions,
     evaluate_video_question_answering,
-    export_video_to_text,
     generate_captions,
     prepare_causal_tokenizer,
 )
 from videofirst.evaluation.event_order import event_sequence_metrics, is_event_caption
-from videofirst.evaluation.zero_shot import load_multiple_choice_manifest
+from videofirst.evaluation.sets import load_multiple_choice_manifest
+from videofirst.hub.export import export_checkpoint
 from videofirst.modeling.configuration_videofirst import VideoFirstVisionConfig
 from videofirst.modeling.modeling_videofirst import VideoFirstModel, VideoFirstVisionModel
 from videofirst.modeling.modeling_videofirst_video_to_text import VideoFirstForConditionalGeneration
@@ -120,7 +121,7 @@ class VideoToTextEvalSection(EvalSection):
     num_beams: int = 1
     # An EgoSchema-format manifest (video, question, options, answer) for zero-shot QA by answer likelihood.
     qa_manifest: str | None = None
-    qa_prompt: str = "question: {question} answer:"
+    qa_prompt: str = DEFAULT_QA_PROMPT
 
 
 @dataclass
@@ -342,7 +343,7 @@ def train_video_to_text(recipe: VideoToTextRecipe) -> VideoToTextResult:
     set_seed(recipe.run.seed)  # the new layers (and a language model built from config) start the same on resume
     # On resume the checkpoint holds the language model: its text-only warm-up need not run again.
     resuming = run.checkpoint_to_resume() is not None
-    captions = read_captions(recipe.data.train_manifest)
+    captions = source_captions(training_sources(recipe.data))
     model = build_video_to_text_model(recipe, tokenizer, captions, text_warmup=not resuming)
     processor = build_video_to_text_processor(recipe, model, tokenizer)
     if optim.activation_checkpointing:
@@ -356,7 +357,9 @@ def train_video_to_text(recipe: VideoToTextRecipe) -> VideoToTextResult:
 
     optimizer = build_video_to_text_optimizer(model, optim, recipe.model.gate_learning_rate_multiplier)
     scheduler = build_scheduler(optimizer, optim)
-    train_loader = build_dataloader(recipe.data, recipe.data.train_manifest, processor, optim.batch_size, shuffle=True)
+    train_loader = build_dataloader(
+        recipe.data, training_sources(recipe.data), processor, optim.batch_size, shuffle=True
+    )
     eval_loader = None
     if recipe.data.eval_manifest is not None:
         eval_loader = build_dataloader(
@@ -393,7 +396,7 @@ def train_video_to_text(recipe: VideoToTextRecipe) -> VideoToTextResult:
 
     if run.eval_due(at_end=True):
         metrics = evaluator(model, state.step)
-    export_dir = run.finish(lambda folder: export_video_to_text(accelerator.unwrap_model(model), processor, folder))
+    export_dir = run.finish(lambda folder: export_checkpoint(accelerator.unwrap_model(model), processor, folder))
     return VideoToTextResult(run_dir, export_dir, state.step, metrics, state.bad_samples, evaluator.samples)
 
 
