@@ -12,6 +12,9 @@ from transformers.models.auto.configuration_auto import AutoConfig
 
 from .configuration_videofirst import VideoFirstVisionConfig
 
+#: What reaches the resampler: tokens averaged over time ("mean", the paper) or all of them with time embeddings.
+TEMPORAL_POOLING = ("mean", "none")
+
 
 def _require_positive(field: str, value: int | None, allow_none: bool = False) -> None:
     if value is None and allow_none:
@@ -31,6 +34,12 @@ class VideoFirstVideoToTextConfig(PreTrainedConfig):
             Llama, Qwen2, ...); a dict needs a `model_type` unless it is GPT-2.
         mask_ratio (`float`, defaults to 0.0): fraction of video tokens dropped before the video tower, in
             training *and* at inference (the paper uses 0.3 for this stage). Overridable per call.
+        temporal_pooling (`str`, defaults to `"mean"`): what reaches the resampler from the video tower's
+            `(time, space)` token grid. `"mean"` (the paper): the tokens averaged over time at each spatial position,
+            a fixed number of tokens whatever the frame count, but the order of what happens is lost (a mean does
+            not depend on it). `"none"` (Flamingo): every kept token, plus a learned embedding of its tubelet step
+            (`resampler.time_embedding`, one per step of the tower's `num_frames`, linearly interpolated for other
+            frame counts), so that the latents can say what happened when.
         resampler_num_latents (`int`, defaults to 64): visual tokens the language model sees, whatever the
             number of frames.
         resampler_depth (`int`, defaults to 6): Perceiver resampler layers (Flamingo uses 6).
@@ -65,6 +74,7 @@ class VideoFirstVideoToTextConfig(PreTrainedConfig):
     vision_config: dict | PreTrainedConfig | None = None
     text_config: dict | PreTrainedConfig | None = None
     mask_ratio: float | int = 0.0
+    temporal_pooling: str = "mean"
     resampler_num_latents: int = 64
     resampler_depth: int = 6
     resampler_hidden_size: int | None = None
@@ -99,6 +109,8 @@ class VideoFirstVideoToTextConfig(PreTrainedConfig):
         """Reject configurations the model cannot run, naming the field and the allowed values."""
         if not 0.0 <= self.mask_ratio < 1.0:
             raise ValueError(f"`mask_ratio` must be in [0, 1), got {self.mask_ratio}.")
+        if self.temporal_pooling not in TEMPORAL_POOLING:
+            raise ValueError(f"`temporal_pooling` must be one of {TEMPORAL_POOLING}, got {self.temporal_pooling!r}.")
         for field in ("resampler_num_latents", "resampler_depth", "resampler_num_attention_heads"):
             _require_positive(field, getattr(self, field))
         _require_positive("cross_attention_every", self.cross_attention_every)

@@ -12,6 +12,9 @@ The paper's second step (Papalampidi et al., CVPR 2024, arXiv 2312.07395, Sec. 3
    from the resampler's attention (a key mask) rather than filled with a made-up value. (With 30% random
    masking that happens with probability `0.3 ** T` per position.) A class token, when the tower has one
    (`pooling="cls"`), is appended as one more visual token.
+   With `config.temporal_pooling="none"` (Flamingo's way) nothing is averaged: every kept token goes on, plus a
+   learned embedding of its tubelet step, so that the order of events survives (a mean over time does not
+   depend on it: the paper's pooling gives the same visual tokens for the same events in any order).
 3. **Perceiver resampler** (new, trained): `resampler_num_latents` learned latents cross-attend to
    `[visual tokens; latents]` for `resampler_depth` layers, then are projected to the language model's width.
 4. **Gated cross-attention** (new, trained) before every (or every n-th) decoder layer of any transformers causal
@@ -54,6 +57,7 @@ from .modeling_videofirst import (
     VideoFirstVisionModelOutput,
     additive_key_mask,
     eager_attention_forward,
+    resize_temporal_positions,
 )
 
 
@@ -178,14 +182,36 @@ class VideoFirstPerceiverResampler(nn.Module):
     def __init__(self, config: VideoFirstVideoToTextConfig):
         super().__init__()
         width = config.resampler_width
-        self.input_projection = nn.Linear(config.vision_config.hidden_size, width)
+        vision_config = config.vision_config
+        self.time_embedding = None
+        if config.temporal_pooling == "none":
+            # Flamingo's learned time embeddings, one per tubelet step of the tower's training clips, added to the
+            # visual tokens (whose own temporal positions the tower may not have learnt, e.g. a random tower's).
+            steps = vision_config.num_frames // vision_config.tubelet_size[0]
+            self.time_embedding = nn.Parameter(torch.zeros(1, steps, vision_config.hidden_size))
+        self.input_projection = nn.Linear(vision_config.hidden_size, width)
         self.latents = nn.Parameter(torch.zeros(config.resampler_num_latents, width))
         self.layers = nn.ModuleList([VideoFirstPerceiverLayer(config) for _ in range(config.resampler_depth)])
         self.norm = nn.LayerNorm(width, eps=config.layer_norm_eps)
         self.output_projection = nn.Linear(width, config.text_config.hidden_size)
 
-    def forward(self, visual_tokens: torch.Tensor, visual_valid: torch.BoolTensor | None = None) -> torch.Tensor:
-        """`(B, S, vision_dim)` tokens (and `(B, S)` validity) to `(B, num_latents, text_dim)` latents."""
+    def forward(
+        self,
+        visual_tokens: torch.Tensor,
+        visual_valid: torch.BoolTensor | None = None,
+        time_steps: torch.LongTensor | None = None,
+        num_steps: int | None = None,
+    ) -> torch.Tensor:
+        """`(B, N, vision_dim)` tokens (and `(B, N)` validity) to `(B, num_latents, text_dim)` latents.
+
+        With time embeddings (`temporal_pooling="none"`), `time_steps` `(B, N)` gives each token's tubelet step
+        out of `num_steps` (`num_steps` itself for a token of no step, the class token, which gets none).
+        """
+        if self.time_embedding is not None:
+            if time_steps is None or num_steps is None:
+                raise ValueError("This resampler adds time embeddings: pass `time_steps` and `num_steps`.")
+            table = F.pad(resize_temporal_positions(self.time_embedding, num_steps)[0], (0, 0, 0, 1))
+            visual_tokens = visual_tokens + table[time_steps].to(visual_tokens.dtype)
         media = self.input_projection(visual_tokens.to(self.input_projection.weight.dtype))
         latents = self.latents.to(media.dtype)[None].expand(media.shape[0], -1, -1)
         key_mask = None
@@ -324,6 +350,10 @@ class VideoFirstVideoToTextPreTrainedModel(PreTrainedModel):
         std = self.config.initializer_range
         if isinstance(module, VideoFirstPerceiverResampler):
             init.trunc_normal_(module.latents, std=std)
+            if module.time_embedding is not None:
+                # Unit scale, as Flamingo's `randn`, like the LayerNormed tokens they are added to: at the weights'
+                # 0.02 they are a rounding error beside the tokens and a short run does not learn to read them.
+                init.normal_(module.time_embedding, std=1.0)
         elif isinstance(module, VideoFirstGatedCrossAttentionLayer):
             # Closed gates by default: the language model starts unchanged.
             init.constant_(module.attention_gate, self.config.cross_attention_gate_init)
@@ -429,9 +459,10 @@ class VideoFirstForConditionalGeneration(VideoFirstVideoToTextPreTrainedModel, G
         """Names of the parameters that receive gradients (with the default freezing: resampler, cross-attention)."""
         return [name for name, parameter in self.named_parameters() if parameter.requires_grad]
 
-    def _pool_over_time(
+    def _visual_tokens(
         self, vision_outputs: VideoFirstVisionModelOutput, video_shape: torch.Size
-    ) -> tuple[torch.Tensor, torch.BoolTensor | None]:
+    ) -> tuple[torch.Tensor, torch.BoolTensor | None, torch.LongTensor | None, int]:
+        """What the resampler reads: `(tokens, valid, time_steps, num_steps)` (see `config.temporal_pooling`)."""
         vision_config = self.config.vision_config
         tubelet_frames, tubelet_height, tubelet_width = vision_config.tubelet_size
         frames, height, width = video_shape[1], video_shape[3], video_shape[4]
@@ -440,14 +471,25 @@ class VideoFirstForConditionalGeneration(VideoFirstVideoToTextPreTrainedModel, G
         class_token = None
         if vision_config.pooling == "cls":
             class_token, hidden_states = hidden_states[:, :1], hidden_states[:, 1:]
-        pooled, valid = pool_tokens_over_time(
-            hidden_states, grid, vision_outputs.token_indices, vision_outputs.token_mask
-        )
+        time_steps = None
+        if self.config.temporal_pooling == "mean":
+            tokens, valid = pool_tokens_over_time(
+                hidden_states, grid, vision_outputs.token_indices, vision_outputs.token_mask
+            )
+        else:
+            tokens, valid = hidden_states, vision_outputs.token_mask
+            if vision_outputs.token_indices is None:
+                steps = torch.arange(grid[0], device=tokens.device).repeat_interleave(grid[1])
+                time_steps = steps[None].expand(tokens.shape[0], -1)
+            else:
+                time_steps = vision_outputs.token_indices // grid[1]
         if class_token is not None:
-            pooled = torch.cat([pooled, class_token], dim=1)
+            tokens = torch.cat([tokens, class_token], dim=1)
             if valid is not None:
                 valid = F.pad(valid, (0, 1), value=True)
-        return pooled, valid
+            if time_steps is not None:
+                time_steps = F.pad(time_steps, (0, 1), value=grid[0])
+        return tokens, valid, time_steps, grid[0]
 
     def get_video_features(
         self,
@@ -482,8 +524,10 @@ class VideoFirstForConditionalGeneration(VideoFirstVideoToTextPreTrainedModel, G
                 generator=generator,
                 **kwargs,
             )
-        visual_tokens, visual_valid = self._pool_over_time(vision_outputs, pixel_values_videos.shape)
-        latents = self.resampler(visual_tokens, visual_valid)
+        visual_tokens, visual_valid, time_steps, num_steps = self._visual_tokens(
+            vision_outputs, pixel_values_videos.shape
+        )
+        latents = self.resampler(visual_tokens, visual_valid, time_steps, num_steps)
         return BaseModelOutputWithPooling(
             last_hidden_state=vision_outputs.last_hidden_state,
             pooler_output=latents,

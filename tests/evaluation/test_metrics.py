@@ -174,6 +174,7 @@ CASES = {
             "event_position_accuracy": 0.25,
             "event_set_accuracy": 0.5,
             "colour_position_accuracy": 0.25,
+            "colour_sequence_accuracy": 0.0,
         },
     ),
 }

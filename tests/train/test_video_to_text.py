@@ -221,6 +221,49 @@ def test_pooling_over_time_with_and_without_masking():
     assert torch.equal(pooled[0, 2], torch.zeros(5))  # no kept token: zeros, masked out of the resampler
 
 
+def test_time_embeddings_make_the_latents_follow_the_order():
+    # Truth from the mean's algebra: a tower without temporal positions (a random one starts so) and joint attention
+    # maps clips whose tubelet steps are swapped to the same tokens, swapped; their mean over time is the same.
+    # Keeping every step with its time embedding (Flamingo; `temporal_pooling="none"`) tells the two apart.
+    clip = videos(batch=1, frames=4)
+    swapped = clip[:, [2, 3, 0, 1]]  # 2 tubelet steps of 2 frames, in the other order
+    latents = {}
+    for pooling in ("mean", "none"):
+        torch.manual_seed(0)
+        model = tiny_model(temporal_pooling=pooling).eval()
+        assert not model.vision_model.embeddings.temporal_position_embedding.any()
+        latents[pooling] = [
+            model.get_video_features(pixels, mask_ratio=0.0).pooler_output for pixels in (clip, swapped)
+        ]
+    assert torch.allclose(*latents["mean"], atol=1e-5)  # the paper's pooling: blind to the order
+    ordered, reordered = latents["none"]
+    assert ((ordered - reordered).norm() / ordered.norm()).item() > 5e-3
+    # Unit-scale time embeddings (Flamingo's randn), not the weights' 0.02: beside LayerNormed tokens these count.
+    assert 0.5 < model.resampler.time_embedding.std().item() < 2.0
+    assert tiny_model().resampler.time_embedding is None
+
+
+def test_time_steps_of_kept_tokens_and_class_token():
+    config = VideoFirstVideoToTextConfig(
+        vision_config=tiny_vision_config(pooling="cls"),
+        text_config=text_config("gpt2"),
+        temporal_pooling="none",
+        resampler_num_latents=8,
+        resampler_num_attention_heads=4,
+    )
+    model = VideoFirstForConditionalGeneration(config).eval()
+    pixels = videos(frames=8)  # 4 steps: the table of the tower's 2 steps (num_frames 4) is interpolated
+    outputs = model.vision_model(pixel_values_videos=pixels, mask_ratio=0.3, generator=torch.Generator().manual_seed(1))
+    tokens, valid, time_steps, num_steps = model._visual_tokens(outputs, pixels.shape)
+    spatial = (32 // 8) ** 2
+    assert num_steps == 4 and tokens.shape[1] == outputs.token_indices.shape[1] + 1  # kept tokens, class token
+    assert torch.equal(time_steps[:, :-1], outputs.token_indices // spatial)  # brute force: grid index // S
+    assert (time_steps[:, -1] == num_steps).all()  # the class token: the zero row, no time embedding
+    assert model.get_video_features(pixels).pooler_output.shape == (2, 8, 32)
+    with pytest.raises(ValueError, match="time_steps"):
+        model.resampler(tokens)
+
+
 def test_token_masking_in_training_and_inference():
     model = tiny_model(mask_ratio=0.3).eval()
     frame_mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]])
@@ -316,6 +359,7 @@ def test_save_load_and_remote_code(tmp_path, caption_tokenizer):
         ({"cross_attention_num_heads": 3}, "cross_attention_num_heads"),
         ({"cross_attention_every": 0}, "cross_attention_every"),
         ({"resampler_depth": 0}, "resampler_depth"),
+        ({"temporal_pooling": "max"}, "temporal_pooling"),
         ({"vision_config": tiny_vision_config(tubevit_kernels=[{"kernel_size": [2, 8, 8]}])}, "tubevit_kernels"),
     ],
 )
@@ -609,13 +653,16 @@ def test_event_sequence_metrics_count_order_position_and_set():
         "event_position_accuracy": pytest.approx((3 + 1 + 1) / 9),
         "event_set_accuracy": pytest.approx(2 / 3),
         "colour_position_accuracy": pytest.approx((3 + 1 + 1) / 9),
+        "colour_sequence_accuracy": pytest.approx(1 / 3),
     }
-    # The colour alone counts for the colour accuracy.
+    # The colour alone counts for the colour accuracies.
     shapes_wrong = event_sequence_metrics(["a red cross, then a blue cross, then a green circle"], references[:1])
     assert shapes_wrong["colour_position_accuracy"] == 1.0 and shapes_wrong["event_position_accuracy"] == 0.0
-    # An extra event breaks the exact sequence but no position.
+    assert shapes_wrong["colour_sequence_accuracy"] == 1.0 and shapes_wrong["event_sequence_accuracy"] == 0.0
+    # An extra event breaks the exact sequences but no position.
     extra = event_sequence_metrics([references[0] + ", then a red circle"], references[:1])
     assert extra["event_sequence_accuracy"] == 0.0 and extra["event_position_accuracy"] == 1.0
+    assert extra["colour_sequence_accuracy"] == 0.0
     with pytest.raises(ValueError, match="not an order-of-events caption"):
         event_sequence_metrics(["a red circle"], ["a dog runs"])
 
@@ -686,7 +733,12 @@ def test_video_to_text_benchmark_smoke(tmp_path):
     command = [sys.executable, str(script), "--quick", "--out", str(tmp_path / "out"), "--work", str(tmp_path)]
     subprocess.run(command + ["--seeds", "0", "--sweep-seeds"], check=True, timeout=1800)
     rows = (tmp_path / "out" / "video_to_text.csv").read_text().splitlines()
-    assert rows[0].startswith("condition,setting,seed") and len(rows) == 4  # header + the three conditions
+    assert rows[0].startswith("condition,setting,seed") and len(rows) == 5  # header + the four conditions
     table = (tmp_path / "out" / "video_to_text.md").read_text()
-    for condition in ("gates closed", "random tower", "contrastive encoder"):
+    for condition in (
+        "gates closed",
+        "random tower",
+        "contrastive encoder",
+        "contrastive encoder, mean over time (the paper)",
+    ):
         assert f"| {condition} | 1 |" in table

@@ -13,7 +13,10 @@ scores what matters:
 * `event_set_accuracy`: the fraction of videos whose caption names the reference events in any order (what a
   model that sees the events but not their order can reach);
 * `colour_position_accuracy`: the fraction of reference events whose colour is named at their position (the
-  shape aside; chance is about 1/6 where the position accuracy's is about 1/30).
+  shape aside; chance is about 1/6 where the position accuracy's is about 1/30);
+* `colour_sequence_accuracy`: the fraction of videos whose caption names exactly the reference colours in the
+  reference order (shapes aside). The generator gives every event of a video its own colour, so this is the
+  order of events as far as colours tell them apart; it separates reading the order from reading the shapes.
 
 It also writes EgoSchema-style order questions about the same videos ("what happened second?", five options:
 the answer, the video's other events and events it does not show) and scores them by the likelihood of a
@@ -86,14 +89,14 @@ def _reference_events(reference: str | Sequence[Event]) -> list[Event]:
 
 
 def event_sequence_metrics(predictions: Sequence[str], references: Sequence[str | Sequence[Event]]) -> dict[str, float]:
-    """`event_sequence_accuracy`, `event_position_accuracy`, `event_set_accuracy` and `colour_position_accuracy`
-    (see the module docstring) of
-    generated captions against reference captions (or reference `(colour, shape)` lists), all in [0, 1]."""
+    """`event_sequence_accuracy`, `event_position_accuracy`, `event_set_accuracy`, `colour_position_accuracy` and
+    `colour_sequence_accuracy` (see the module docstring) of generated captions against reference captions (or
+    reference `(colour, shape)` lists), all in [0, 1]."""
     if len(predictions) != len(references):
         raise ValueError(f"{len(predictions)} predictions for {len(references)} references.")
     if not predictions:
         raise ValueError("No predictions to score.")
-    exact = same_set = positions = correct = colours = 0
+    exact = same_set = positions = correct = colours = colour_orders = 0
     for prediction, reference in zip(predictions, references):
         truth = _reference_events(reference)
         named = parse_event_caption(prediction)
@@ -101,16 +104,19 @@ def event_sequence_metrics(predictions: Sequence[str], references: Sequence[str 
         same_set += None not in named and sorted(named) == sorted(truth)
         positions += len(truth)
         correct += sum(index < len(named) and named[index] == event for index, event in enumerate(truth))
-        colours += sum(
+        colours_named = [
             index < len(named) and named[index] is not None and named[index][0] == event[0]
             for index, event in enumerate(truth)
-        )
+        ]
+        colours += sum(colours_named)
+        colour_orders += len(named) == len(truth) and all(colours_named)
     count = len(predictions)
     return {
         "event_sequence_accuracy": exact / count,
         "event_position_accuracy": correct / positions,
         "event_set_accuracy": same_set / count,
         "colour_position_accuracy": colours / positions,
+        "colour_sequence_accuracy": colour_orders / count,
     }
 
 

@@ -19,8 +19,9 @@ at "then" into events, an event being the first palette colour and the first pal
 that names none counts as a wrong event). `event_sequence_accuracy` is the fraction of videos whose caption names
 exactly the reference events in the reference order; `event_position_accuracy` the fraction of reference events
 named at their position; `event_set_accuracy` the fraction of videos whose caption names the reference events in
-any order; `colour_position_accuracy` the fraction of reference events whose colour is named at their position.
-All are fractions in [0, 1].
+any order; `colour_position_accuracy` the fraction of reference events whose colour is named at their position;
+`colour_sequence_accuracy` the fraction of videos whose caption names exactly the reference colours in the
+reference order (shapes aside). All are fractions in [0, 1].
 """
 
 _KWARGS_DESCRIPTION = """
@@ -28,8 +29,8 @@ Args:
     predictions (`list` of `str`): one generated caption per video.
     references (`list` of `str`): the reference caption of each video (`videofirst.data.synthetic` grammar).
 Returns:
-    `event_sequence_accuracy`, `event_position_accuracy`, `event_set_accuracy`, `colour_position_accuracy`
-    (`float` in [0, 1]).
+    `event_sequence_accuracy`, `event_position_accuracy`, `event_set_accuracy`, `colour_position_accuracy`,
+    `colour_sequence_accuracy` (`float` in [0, 1]).
 Examples:
     >>> metric = EventSequence()
     >>> result = metric.compute(

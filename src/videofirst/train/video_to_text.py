@@ -94,6 +94,10 @@ class VideoToTextModelSection:
     language_model_text_steps: int = 0
     # Fraction of video tokens dropped in training and at inference (the paper: 0.3).
     mask_ratio: float = 0.3
+    # What the resampler reads from the video tower (`VideoFirstVideoToTextConfig.temporal_pooling`): "mean", the
+    # tokens averaged over time (the paper; blind to the order of events), or "none", every token with a learned
+    # embedding of its time step (Flamingo).
+    temporal_pooling: str = "mean"
     resampler_num_latents: int = 64
     resampler_depth: int = 6
     resampler_num_attention_heads: int = 8
@@ -245,6 +249,7 @@ def build_video_to_text_model(
             vision_model if vision_model is not None else _vision_tower(section, recipe.data),
             language_model,
             mask_ratio=section.mask_ratio,
+            temporal_pooling=section.temporal_pooling,
             resampler_num_latents=section.resampler_num_latents,
             resampler_depth=section.resampler_depth,
             resampler_num_attention_heads=section.resampler_num_attention_heads,
