@@ -39,7 +39,8 @@ def warmup_cosine_factor(step: int, warmup_steps: int, max_steps: int, min_ratio
     """Learning-rate multiplier: linear from 1/warmup to 1, then cosine down to `min_ratio` at `max_steps`.
 
     Hand-written because transformers' `cosine_with_min_lr` schedule warms up from 0 instead of 1/warmup (equal
-    from the end of the warm-up on; `tests/train/test_pretraining.py` compares them), and runs must stay reproducible."""
+    from the end of the warm-up on; `tests/train/test_pretraining.py` compares them), and runs must stay
+    reproducible."""
     if step < warmup_steps:
         return (step + 1) / warmup_steps
     progress = min(1.0, (step - warmup_steps) / max(1, max_steps - warmup_steps))
