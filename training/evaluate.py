@@ -52,6 +52,7 @@ import torch
 from transformers import AutoModel, AutoModelForImageTextToText, AutoProcessor
 
 import videofirst
+from videofirst.data.captions import prepare_causal_tokenizer
 from videofirst.evaluation.benchmarks import (
     BENCHMARKS,
     LONG_FRAMES,
@@ -61,12 +62,7 @@ from videofirst.evaluation.benchmarks import (
     summarization_set,
 )
 from videofirst.evaluation.captioning import DEFAULT_QA_PROMPT as DEFAULT_QA_PROMPT_V2T
-from videofirst.evaluation.captioning import (
-    answer_log_likelihoods,
-    caption_metrics,
-    generate_captions,
-    prepare_causal_tokenizer,
-)
+from videofirst.evaluation.captioning import answer_log_likelihoods, caption_metrics, generate_captions
 from videofirst.evaluation.embedding import (
     DEFAULT_CLASS_TEMPLATES,
     DEFAULT_QA_TEMPLATE,

@@ -4,11 +4,11 @@ Importing the package registers the VideoFirst classes with the transformers Aut
 """
 
 from videofirst.adaptation import AdaptationConfig, AdaptationSummary, apply_adaptation, merge_adaptation
+from videofirst.data.captions import encode_captions
 from videofirst.evaluation.benchmarks import BENCHMARKS, load_benchmark
 from videofirst.evaluation.captioning import (
     answer_log_likelihoods,
     caption_metrics,
-    encode_captions,
     evaluate_video_question_answering,
     generate_captions,
 )

@@ -24,15 +24,10 @@ from videofirst.modeling.processing_videofirst import VideoFirstProcessor
 from videofirst.modeling.video_processing_videofirst import VideoFirstVideoProcessor
 
 from videofirst import export_checkpoint
+from videofirst.data.captions import prepare_causal_tokenizer, train_caption_tokenizer
 from videofirst.data.tokenization import train_sentencepiece_tokenizer
 from videofirst.evaluation.benchmarks import BENCHMARKS, AnnotationError, load_benchmark, resolve_annotations
-from videofirst.evaluation.captioning import (
-    caption_metrics,
-    evaluate_video_question_answering,
-    generate_captions,
-    prepare_causal_tokenizer,
-    train_caption_tokenizer,
-)
+from videofirst.evaluation.captioning import caption_metrics, evaluate_video_question_answering, generate_captions
 from videofirst.evaluation.embedding import evaluate_retrieval
 from videofirst.evaluation.sets import VideoClip
 from videofirst.hub.cards import render_model_card

@@ -30,6 +30,7 @@ from videofirst.modeling.video_processing_videofirst import VideoFirstVideoProce
 import videofirst
 import videofirst.metrics
 import videofirst.train.video_to_text as video_to_text
+from videofirst.data.captions import encode_captions, prepare_causal_tokenizer, train_caption_tokenizer
 from videofirst.data.loading import MediaTextCollator, build_dataloader
 from videofirst.data.shards import TarShardWriter
 from videofirst.data.synthetic import COLOURS, SHAPES, sample_videos, write_synthetic_dataset
@@ -38,11 +39,8 @@ from videofirst.evaluation.captioning import (
     caption_metrics,
     captioning_loss,
     cider_available,
-    encode_captions,
     generate_captions,
-    prepare_causal_tokenizer,
     sequence_log_likelihoods,
-    train_caption_tokenizer,
 )
 from videofirst.evaluation.event_order import (
     event_order_option_scores,

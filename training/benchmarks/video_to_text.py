@@ -46,12 +46,8 @@ from pathlib import Path
 import torch
 from transformers import AutoModel, AutoTokenizer
 
-from videofirst.evaluation.captioning import (
-    caption_metrics,
-    captioning_loss,
-    generate_captions,
-    prepare_causal_tokenizer,
-)
+from videofirst.data.captions import prepare_causal_tokenizer
+from videofirst.evaluation.captioning import caption_metrics, captioning_loss, generate_captions
 from videofirst.evaluation.event_order import event_order_option_scores, event_order_questions, event_sequence_metrics
 from videofirst.evaluation.metrics import multiple_choice_metrics
 from videofirst.evaluation.sets import read_manifest_rows

@@ -4,5 +4,5 @@ long-range data, and the caption tokenizer.
 Modules: `sources` (source strings, manifests, tar shards and Hub datasets read into rows: the one manifest
 reader), `loading` (decoding, datasets, mixing, collator, dataloader), `shards` (WebDataset-style tar shards),
 `preparation` (writing shards), `synthetic` (order-of-events videos), `tokenization` (SentencePiece tokenizer
-training).
+training), `captions` (captions as causal-language-model sequences and prompts).
 """

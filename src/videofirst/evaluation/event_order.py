@@ -32,8 +32,9 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
+from videofirst.data.captions import encode_captions
 from videofirst.data.synthetic import COLOURS, SHAPES
-from videofirst.evaluation.captioning import encode_captions, sequence_log_likelihoods
+from videofirst.evaluation.captioning import sequence_log_likelihoods
 
 __all__ = [
     "ORDINALS",

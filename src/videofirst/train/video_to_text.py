@@ -5,7 +5,7 @@ Perceiver resampler and gated cross-attention layers that alone train, with the 
 (captioning or summarisation, from a video-text manifest).
 
 It reuses the contrastive loop's pieces: the data pipeline (`videofirst.data.loading`, whose batches carry the caption
-strings, tokenized here for the language model by `videofirst.evaluation.captioning.encode_captions`), the run setup and
+strings, tokenized here for the language model by `videofirst.data.captions.encode_captions`), the run setup and
 bookkeeping of `videofirst.train.loop` (crash-safe checkpoints and resume, the JSONL / tracker log, the stop
 conditions), AdamW and the warmup-cosine schedule (`videofirst.train.optimization`) and the recipe loader
 (`videofirst.recipe.load_recipe`). Token masking is reseeded from `(seed, step, stream, process)` (the streams of
@@ -27,16 +27,15 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
+from videofirst.data.captions import encode_captions, prepare_causal_tokenizer
 from videofirst.data.loading import build_dataloader
 from videofirst.data.sources import source_captions, training_sources
 from videofirst.evaluation.captioning import (
     DEFAULT_QA_PROMPT,
     caption_metrics,
     captioning_loss,
-    encode_captions,
     evaluate_video_question_answering,
     generate_captions,
-    prepare_causal_tokenizer,
 )
 from videofirst.evaluation.event_order import event_sequence_metrics, is_event_caption
 from videofirst.evaluation.sets import load_multiple_choice_manifest
