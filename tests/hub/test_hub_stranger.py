@@ -215,8 +215,8 @@ def test_vision_sub_model_loads_from_the_full_checkpoint(stranger, model):
     value = result.get("value") or {"loading_info": {"missing_keys": ["(loading failed)"]}}
     if not result["ok"] and "initializer_range" not in result["error"]:
         pytest.fail(f"loading the vision tower failed:\n{result['error']}")
-    if value["loading_info"]["missing_keys"] or value["loading_info"]["unexpected_keys"]:
-        pytest.xfail("needs h18model: VideoFirstVisionModel.from_pretrained(full checkpoint) misses the tower's keys")
+    assert not value["loading_info"]["missing_keys"], value["loading_info"]["missing_keys"]
+    assert not value["loading_info"]["unexpected_keys"], value["loading_info"]["unexpected_keys"]
     inputs = stranger["inputs"]
     with torch.no_grad():
         expected = model.vision_model(
