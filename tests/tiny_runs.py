@@ -25,9 +25,10 @@ def write_tiny_data(root: Path) -> Path:
     return root
 
 
-def tiny_overrides(data: Path, run_dir: Path, **extra) -> list[str]:
-    """The demo recipe shrunk to seconds: 4-frame clips, batch 4, workers off."""
-    values = {
+def tiny_run_and_data(data: Path, run_dir: Path) -> dict:
+    """The recipe keys every tiny run shares (pretraining and video-to-text): its folder, no trackers, the tiny
+    data's manifests, 4-frame clips, no data workers, a one-layer video tower."""
+    return {
         "run.output_dir": run_dir,
         "run.log_every": 1,
         "run.trackers": "none",
@@ -36,6 +37,13 @@ def tiny_overrides(data: Path, run_dir: Path, **extra) -> list[str]:
         "data.num_frames": 4,
         "data.num_workers": 0,
         "model.vision.num_hidden_layers": 1,
+    }
+
+
+def tiny_overrides(data: Path, run_dir: Path, **extra) -> list[str]:
+    """The demo recipe shrunk to seconds: 4-frame clips, batch 4, workers off."""
+    values = {
+        **tiny_run_and_data(data, run_dir),
         "model.text.num_hidden_layers": 1,
         "optim.batch_size": 4,
         "optim.max_steps": 6,

@@ -15,6 +15,7 @@ import torch
 from huggingface_hub import ModelCard
 from safetensors.torch import load_file
 from tiny_models import tiny_vision_config
+from tiny_runs import tiny_run_and_data
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
@@ -484,14 +485,7 @@ def tiny_data(tmp_path_factory) -> Path:
 
 def tiny_recipe(data: Path, run_dir: Path, **extra) -> video_to_text.VideoToTextRecipe:
     values = {
-        "run.output_dir": run_dir,
-        "run.log_every": 1,
-        "run.trackers": "none",
-        "data.train_manifest": data / "train.jsonl",
-        "data.eval_manifest": data / "test.jsonl",
-        "data.num_frames": 4,
-        "data.num_workers": 0,
-        "model.vision.num_hidden_layers": 1,
+        **tiny_run_and_data(data, run_dir),
         "model.language_model.n_layer": 2,
         "model.language_model.n_embd": 32,
         "model.language_model.n_head": 4,
