@@ -49,6 +49,9 @@ class SyntheticDataSection:
     fps: float = 1.0
     size: int = 32
     test_fraction: float = 0.25
+    # More videos per group with the colours of its first in the same order but other shapes (captions that differ
+    # only in shape words): 0 keeps the groups to the order distractors.
+    shape_variants_per_set: int = 0
 
 
 @dataclass

@@ -102,6 +102,33 @@ def test_sampling_is_deterministic_and_groups_permute_one_event_set():
     assert {v.group for v in sample_videos(4, 2, 4.0, seed=0, permutations_per_set=5)} == {0, 1}
 
 
+def test_shape_variants_keep_the_colour_order_and_change_only_shapes():
+    videos = sample_videos(36, 3, 12.0, seed=3, shape_variants_per_set=3)
+    groups: dict[int, list] = {}
+    for video in videos:
+        groups.setdefault(video.group, []).append(video)
+    assert len(groups) == 6 and len({video.caption for video in videos}) == 36
+    seen_sets: set = set()
+    for members in groups.values():
+        assert len(members) == 6
+        first = members[0]
+        base_set = frozenset((e.colour, e.shape) for e in first.events)
+        permutations, variants = members[:3], members[3:]
+        assert {frozenset((e.colour, e.shape) for e in v.events) for v in permutations} == {base_set}
+        for variant in variants:
+            # The first video's colours in its order; at least one shape differs, so only shape words tell them apart.
+            assert [e.colour for e in variant.events] == [e.colour for e in first.events]
+            assert [e.shape for e in variant.events] != [e.shape for e in first.events]
+        sets = {frozenset((e.colour, e.shape) for e in v.events) for v in members}
+        assert len(sets) == 4  # one set for the permutations, one per variant
+        assert not sets & seen_sets  # no event set is shared across groups
+        seen_sets |= sets
+    # Off by default: the groups are the order distractors alone, as before the option existed.
+    assert [v.caption for v in sample_videos(12, 3, 12.0, seed=3)] == [
+        v.caption for v in sample_videos(12, 3, 12.0, seed=3, shape_variants_per_set=0)
+    ]
+
+
 def test_caption_wording_and_event_timing():
     video = sample_videos(1, 4, 10.0, seed=0)[0]
     assert video.caption == ", then ".join(
@@ -244,6 +271,8 @@ def test_invalid_parameters_fail_clearly(tmp_path):
         write_synthetic_dataset(tmp_path, num_videos=1, test_fraction=1.0)
     with pytest.raises(ValueError, match="colours"):
         sample_videos(1, 1, 1.0, colours=["mauve"])
+    with pytest.raises(ValueError, match="shape_variants_per_set"):
+        sample_videos(1, 1, 1.0, shape_variants_per_set=-1)
     with pytest.raises(ValueError, match="distinct colour/shape pairs"):
         sample_videos(1, 3, 3.0, colours=["red"], shapes=["circle", "square"])
 

@@ -336,6 +336,18 @@ def test_a_mistyped_manifest_is_an_error_not_a_synthetic_dataset(tmp_path):
     assert not typo.parent.exists() and not (tmp_path / "synthetic").exists()
 
 
+def test_the_recipe_writes_shape_distractors_into_the_synthetic_data(tmp_path):
+    folder = tmp_path / "synthetic"
+    overrides = [f"data.synthetic.folder={folder}", f"data.train_manifest={folder / 'train.jsonl'}"]
+    overrides += ["data.synthetic.num_videos=12", "data.synthetic.shape_variants_per_set=3"]
+    prepare_data(load_recipe(DEMO, overrides), tmp_path / "run")
+    assert json.loads((folder / "synthetic.json").read_text())["shape_variants_per_set"] == 3
+    rows = [json.loads(line) for line in (folder / "manifest.jsonl").read_text().splitlines()]
+    first, *_, last = [row for row in rows if row["group"] == 0]
+    assert [e["colour"] for e in last["events"]] == [e["colour"] for e in first["events"]]
+    assert [e["shape"] for e in last["events"]] != [e["shape"] for e in first["events"]]
+
+
 # 11. Disk full, atomic export, command line ---------------------------------------------------------------------------
 
 

@@ -151,6 +151,7 @@ def sample_videos(
     seed: int = 0,
     order_distractors: bool = True,
     permutations_per_set: int = 3,
+    shape_variants_per_set: int = 0,
     colours: Sequence[str] | None = None,
     shapes: Sequence[str] | None = None,
 ) -> list[SyntheticVideo]:
@@ -158,9 +159,11 @@ def sample_videos(
 
     With ``order_distractors`` the videos come in groups of ``permutations_per_set`` (capped at
     ``num_events!``) that share one event set in distinct orders; without it every video draws
-    its own events. Captions are unique across the dataset (and event sets across groups)
-    as long as the palette has room; after many failed draws duplicates are allowed rather
-    than looping forever.
+    its own events. ``shape_variants_per_set`` more videos join each group with the colours of its
+    first video in the same order but other shapes (shape distractors: their captions differ
+    only in shape words, so a model that ignores shapes cannot tell them apart). Captions are
+    unique across the dataset (and event sets across groups) as long as the palette has room;
+    after many failed draws duplicates are allowed rather than looping forever.
     """
     if num_videos < 1:
         raise ValueError(f"num_videos must be >= 1, got {num_videos}")
@@ -170,6 +173,8 @@ def sample_videos(
         raise ValueError(f"duration must be > 0 seconds, got {duration}")
     if permutations_per_set < 1:
         raise ValueError(f"permutations_per_set must be >= 1, got {permutations_per_set}")
+    if shape_variants_per_set < 0:
+        raise ValueError(f"shape_variants_per_set must be >= 0, got {shape_variants_per_set}")
     colours = list(COLOURS) if colours is None else list(colours)
     shapes = list(SHAPES) if shapes is None else list(shapes)
     _check_palette(colours, shapes)
@@ -195,6 +200,15 @@ def sample_videos(
             candidate = tuple(base[i] for i in rng.permutation(num_events))
             if candidate not in orders:
                 orders.append(candidate)
+        variants = min(shape_variants_per_set, num_videos - len(videos) - len(orders))
+        tries = 0
+        while variants > 0 and len(shapes) > 1 and tries < 1000:
+            tries += 1
+            candidate = tuple((colour, shapes[int(rng.integers(len(shapes)))]) for colour, _ in base)
+            if candidate not in orders and frozenset(candidate) not in used_sets:
+                used_sets.add(frozenset(candidate))
+                orders.append(candidate)
+                variants -= 1
         for order in orders:
             events = tuple(
                 SyntheticEvent(colour, shape, bounds[i], bounds[i + 1]) for i, (colour, shape) in enumerate(order)
@@ -395,6 +409,7 @@ def write_synthetic_dataset(
     test_fraction: float = 0.0,
     order_distractors: bool = True,
     permutations_per_set: int = 3,
+    shape_variants_per_set: int = 0,
     noise: float = 4.0,
     crf: int = 20,
     colours: Sequence[str] | None = None,
@@ -426,6 +441,7 @@ def write_synthetic_dataset(
         "test_fraction": float(test_fraction),
         "order_distractors": bool(order_distractors),
         "permutations_per_set": int(permutations_per_set),
+        "shape_variants_per_set": int(shape_variants_per_set),
         "noise": float(noise),
         "crf": int(crf),
         "colours": list(COLOURS) if colours is None else list(colours),
@@ -459,6 +475,7 @@ def write_synthetic_dataset(
         seed=seed,
         order_distractors=order_distractors,
         permutations_per_set=permutations_per_set,
+        shape_variants_per_set=shape_variants_per_set,
         colours=params["colours"],
         shapes=params["shapes"],
     )
@@ -514,6 +531,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
         help="videos sharing one event set in different orders (order distractors)",
     )
     parser.add_argument(
+        "--shape-variants-per-set",
+        type=int,
+        default=0,
+        help="more videos per group with its first video's colours in order but other shapes (shape distractors)",
+    )
+    parser.add_argument(
         "--no-order-distractors",
         action="store_true",
         help="sample every video's events independently instead of in permutation groups",
@@ -533,6 +556,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
         test_fraction=args.test_fraction,
         order_distractors=not args.no_order_distractors,
         permutations_per_set=args.permutations_per_set,
+        shape_variants_per_set=args.shape_variants_per_set,
         noise=args.noise,
         crf=args.crf,
         overwrite=args.overwrite,

@@ -49,6 +49,7 @@ def prepare_data(recipe: PretrainRecipe, run_dir: Path) -> DataPaths:
             size=synthetic.size,
             seed=recipe.run.seed,
             test_fraction=synthetic.test_fraction,
+            shape_variants_per_set=synthetic.shape_variants_per_set,
         )
     if data.tokenizer is not None:
         return DataPaths(train_manifest, Path(data.tokenizer))
