@@ -95,17 +95,22 @@ def event_tokens(tower, clips: Clips, tubelet_frames: int) -> torch.Tensor:
     return grid.flatten(0, 1)
 
 
+def train_classifier(logits, parameters, train_x, train_y, steps: int, weight_decay: float) -> None:
+    """Minimise the cross-entropy of `logits(batch)` on random batches of 64 training rows with AdamW (lr 1e-3)."""
+    optimizer = torch.optim.AdamW(parameters, lr=1e-3, weight_decay=weight_decay)
+    for _ in range(steps):
+        rows = torch.randint(len(train_x), (64,))
+        loss = torch.nn.functional.cross_entropy(logits(train_x[rows]), train_y[rows])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+
 def fit_probe(train_x, train_y, test_x, test_y, classes: int, steps: int, seed: int) -> float:
     """Held-out accuracy of an attention probe trained on (train_x, train_y)."""
     torch.manual_seed(seed)
     probe = AttentionProbe(train_x.shape[-1], classes)
-    optimizer = torch.optim.AdamW(probe.parameters(), lr=1e-3, weight_decay=0.01)
-    for _ in range(steps):
-        rows = torch.randint(len(train_x), (64,))
-        loss = torch.nn.functional.cross_entropy(probe(train_x[rows]), train_y[rows])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+    train_classifier(probe, list(probe.parameters()), train_x, train_y, steps, weight_decay=0.01)
     with torch.no_grad():
         return (probe(test_x).argmax(-1) == test_y).float().mean().item()
 
@@ -127,15 +132,15 @@ def supervised_ceiling(tower, bench: Benchmark, mask_ratio: float, steps: int, s
     train_x, test_x = event_frames(bench.train_clips), event_frames(bench.test_clips)
     train_y = event_labels(bench.train_clips, "shape", list(SHAPES)).repeat_interleave(per_event)
     test_y = event_labels(bench.test_clips, "shape", list(SHAPES)).repeat_interleave(per_event)
-    optimizer = torch.optim.AdamW([*model.parameters(), *head.parameters()], lr=1e-3, weight_decay=0.05)
     model.train()
-    for _ in range(steps):
-        rows = torch.randint(len(train_x), (64,))
-        pooled = model(pixel_values=train_x[rows], mask_ratio=mask_ratio).pooler_output
-        loss = torch.nn.functional.cross_entropy(head(pooled), train_y[rows])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+    train_classifier(
+        lambda frames: head(model(pixel_values=frames, mask_ratio=mask_ratio).pooler_output),
+        [*model.parameters(), *head.parameters()],
+        train_x,
+        train_y,
+        steps,
+        weight_decay=0.05,
+    )
     model.eval()
     with torch.no_grad():
         return (head(model(pixel_values=test_x).pooler_output).argmax(-1) == test_y).float().mean().item()

@@ -192,26 +192,26 @@ def sample_videos(
             if frozenset(base) not in used_sets:
                 break
         used_sets.add(frozenset(base))
-        orders = [base]
+        members = [base]
         wanted = min(group_size, num_videos - len(videos))
         tries = 0
-        while len(orders) < wanted and tries < 1000:
+        while len(members) < wanted and tries < 1000:
             tries += 1
             candidate = tuple(base[i] for i in rng.permutation(num_events))
-            if candidate not in orders:
-                orders.append(candidate)
-        variants = min(shape_variants_per_set, num_videos - len(videos) - len(orders))
+            if candidate not in members:
+                members.append(candidate)
+        variants = min(shape_variants_per_set, num_videos - len(videos) - len(members))
         tries = 0
         while variants > 0 and len(shapes) > 1 and tries < 1000:
             tries += 1
             candidate = tuple((colour, shapes[int(rng.integers(len(shapes)))]) for colour, _ in base)
-            if candidate not in orders and frozenset(candidate) not in used_sets:
+            if candidate not in members and frozenset(candidate) not in used_sets:
                 used_sets.add(frozenset(candidate))
-                orders.append(candidate)
+                members.append(candidate)
                 variants -= 1
-        for order in orders:
+        for member in members:
             events = tuple(
-                SyntheticEvent(colour, shape, bounds[i], bounds[i + 1]) for i, (colour, shape) in enumerate(order)
+                SyntheticEvent(colour, shape, bounds[i], bounds[i + 1]) for i, (colour, shape) in enumerate(member)
             )
             videos.append(SyntheticVideo(len(videos), group, events, float(duration), seed))
         group += 1
