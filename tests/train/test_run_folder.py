@@ -435,7 +435,11 @@ def test_cpu_2proc_config_runs_two_processes_that_end_with_the_launcher(tiny_dat
         str(PRETRAIN),
         "--config",
         str(DEMO),
-        *tiny_overrides(tiny_data, run_dir, **{"optim.max_steps": 1000, "optim.batch_size": 2}),
+        # Every checkpoint is kept: with the default two, step 2's is rotated away at step 6, a fraction of a second
+        # later on a fast machine, and the poll below could miss it while the run goes on to its end.
+        *tiny_overrides(
+            tiny_data, run_dir, **{"optim.max_steps": 1000, "optim.batch_size": 2, "checkpoint.keep_last": 1000}
+        ),
     ]
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
     launcher = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
